@@ -1,0 +1,629 @@
+//! Typed configuration: one struct tree, defaults as named functions, and a
+//! validation pass that turns every mistake into an error naming its key.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file, then
+//! environment variables prefixed `UNTAKEN_` with `__` between levels
+//! (`UNTAKEN_SAMPLING__DEFAULT_RATE=0.1`, `UNTAKEN_SINK__KAFKA__BROKERS=...`).
+//!
+//! This module owns parsing and validation only. It must never log a secret:
+//! API keys and passwords are read into [`Secret`], which never prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration mistake, naming the key a user has to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config error at `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen addresses and request limits.
+    pub server: ServerConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+    /// Which requests are shadowed.
+    pub sampling: SamplingConfig,
+    /// The route catalog: route name → upstream and its counterfactual.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// How long a half-finished pair waits for its other half.
+    pub pairing: PairingConfig,
+    /// The hand-off queue between `Mirror` and the shadow workers.
+    pub queue: QueueConfig,
+    /// Where pair records go.
+    pub sink: SinkConfig,
+    /// Local disk spool used while Kafka is unreachable.
+    pub spool: SpoolConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address. Loopback by default: the router is in the same pod.
+    pub listen: String,
+    /// Admin HTTP listen address (`/live`, `/ready`, `/metrics`).
+    pub admin_listen: String,
+    /// Largest `request_body` accepted by `Mirror`, and largest answer body kept.
+    pub max_body_bytes: usize,
+    /// Most labels a request may carry.
+    pub max_labels: usize,
+    /// Longest label key or value, in bytes.
+    pub max_label_bytes: usize,
+    /// How long shutdown waits for in-flight shadow calls before spooling the rest.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            max_body_bytes: 1024 * 1024,
+            max_labels: 32,
+            max_label_bytes: 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `json` (structured, for production) or `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Json }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Mixed into the hash: a new salt draws an independent sample.
+    pub salt: String,
+    /// Probability that a request matching no rule is shadowed.
+    pub default_rate: f64,
+    /// First matching rule wins; a rule matches when every field it sets matches.
+    pub rules: Vec<SamplingRule>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { salt: "untaken".into(), default_rate: 0.05, rules: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingRule {
+    /// Matches `MirrorRequest.slice` exactly.
+    #[serde(default)]
+    pub slice: Option<String>,
+    /// Matches `MirrorRequest.route_taken` exactly.
+    #[serde(default)]
+    pub route_taken: Option<String>,
+    /// Sampling probability for matching requests.
+    pub rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// OpenAI-compatible chat-completions endpoint (full URL).
+    pub url: String,
+    /// Model name written into the shadow request's `model`.
+    pub model: String,
+    /// The route shadowed when the router took this one; none means never shadowed.
+    #[serde(default)]
+    pub counterfactual: Option<String>,
+    /// Whole-call timeout for a shadow request to this route.
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Environment variable holding the API key (sent as a bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (e.g. a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Price in USD per million input (prompt) tokens.
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    /// Price in USD per million output (completion) tokens.
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    /// Shadow requests per second to this route; excess is shed (`rate_limited`).
+    #[serde(default)]
+    pub max_rps: Option<u32>,
+    /// Concurrent shadow calls to this route; excess is shed (`concurrency_limited`).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Shadow spend on this route per rolling hour; past it, shed (`budget_exhausted`).
+    #[serde(default)]
+    pub budget_usd_per_hour: Option<f64>,
+}
+
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairingConfig {
+    /// How long a pair waits for its missing half before it is published without it.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most pairs waiting at once; past it new samples are shed (`pairing_full`).
+    pub max_pending: usize,
+}
+
+impl Default for PairingConfig {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(120), max_pending: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Shadow jobs waiting for a worker; past it new samples are shed (`queue_full`).
+    pub capacity: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { capacity: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    Kafka,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// proto3 JSON mapping of `untaken.v1.PairRecord`.
+    #[default]
+    Json,
+    /// Binary protobuf `untaken.v1.PairRecord`.
+    Protobuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `kafka` or `file`; when unset, `kafka` if brokers are configured, else `file`.
+    #[serde(rename = "type")]
+    pub kind: Option<SinkType>,
+    /// Record encoding on Kafka. The file sink always writes JSON lines.
+    pub encoding: Encoding,
+    pub kafka: KafkaConfig,
+    pub file: FileSinkConfig,
+}
+
+impl SinkConfig {
+    /// The sink in force, resolving the default.
+    pub fn effective_kind(&self) -> SinkType {
+        self.kind.unwrap_or(if self.kafka.brokers.trim().is_empty() {
+            SinkType::File
+        } else {
+            SinkType::Kafka
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, comma separated.
+    pub brokers: String,
+    /// Topic the pair records are written to.
+    pub topic: String,
+    /// File holding `sasl.password` (never put the password in this file).
+    pub sasl_password_file: Option<PathBuf>,
+    /// Environment variable holding `sasl.password`.
+    pub sasl_password_env: Option<String>,
+    /// How long a record may wait for Kafka before it goes to the spool instead.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka settings, passed through as given.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "untaken.pairs".into(),
+            sasl_password_file: None,
+            sasl_password_env: None,
+            delivery_timeout: Duration::from_secs(30),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkConfig {
+    /// JSON-lines file the records are appended to.
+    pub path: PathBuf,
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("untaken-pairs.jsonl") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory for the spool; none disables spooling (records wait in memory only).
+    pub dir: Option<PathBuf>,
+    /// The spool never grows past this many bytes; past it records are refused and counted.
+    pub max_bytes: u64,
+    /// How often spooled data is fsynced.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self { dir: None, max_bytes: 256 * 1024 * 1024, fsync_interval: Duration::from_secs(1) }
+    }
+}
+
+/// A secret value that never appears in `Debug` or `Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is sent to its peer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Reads a config file (if any) and the `UNTAKEN_` environment, then validates.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_env(path, Env::prefixed("UNTAKEN_").split("__"))
+}
+
+fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::new("--config", format!("file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let config: Config = figment.merge(env).extract().map_err(figment_error)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses TOML text (no environment), then validates. Used by tests and `demo`.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(figment_error)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn figment_error(err: figment::Error) -> ConfigError {
+    let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
+    let message = match &err.kind {
+        figment::error::Kind::UnknownField(field, _) if err.path.is_empty() => {
+            return ConfigError::new(field.clone(), "unknown key");
+        }
+        figment::error::Kind::UnknownField(..) => "unknown key".to_string(),
+        kind => kind.to_string(),
+    };
+    ConfigError::new(key, message)
+}
+
+impl Config {
+    /// Checks everything serde cannot: ranges, references between routes, URLs, secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_addr("server.listen", &self.server.listen)?;
+        check_addr("server.admin_listen", &self.server.admin_listen)?;
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
+        }
+        check_rate("sampling.default_rate", self.sampling.default_rate)?;
+        for (i, rule) in self.sampling.rules.iter().enumerate() {
+            let key = format!("sampling.rules[{i}]");
+            check_rate(&format!("{key}.rate"), rule.rate)?;
+            if rule.slice.is_none() && rule.route_taken.is_none() {
+                return Err(ConfigError::new(key, "a rule needs `slice` or `route_taken` (use default_rate for all)"));
+            }
+            if let Some(route) = &rule.route_taken {
+                if !self.routes.contains_key(route) {
+                    return Err(ConfigError::new(format!("{key}.route_taken"), format!("unknown route `{route}`")));
+                }
+            }
+        }
+        for (name, route) in &self.routes {
+            let key = format!("routes.{name}");
+            let url = url::Url::parse(&route.url)
+                .map_err(|e| ConfigError::new(format!("{key}.url"), format!("not a valid URL: {e}")))?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(ConfigError::new(format!("{key}.url"), "scheme must be http or https"));
+            }
+            if route.model.trim().is_empty() {
+                return Err(ConfigError::new(format!("{key}.model"), "must not be empty"));
+            }
+            if let Some(cf) = &route.counterfactual {
+                if !self.routes.contains_key(cf) {
+                    return Err(ConfigError::new(
+                        format!("{key}.counterfactual"),
+                        format!("unknown route `{cf}`"),
+                    ));
+                }
+                if cf == name {
+                    return Err(ConfigError::new(format!("{key}.counterfactual"), "a route cannot shadow itself"));
+                }
+            }
+            if route.timeout.is_zero() {
+                return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than 0"));
+            }
+            for (field, price) in
+                [("input_usd_per_mtok", route.input_usd_per_mtok), ("output_usd_per_mtok", route.output_usd_per_mtok)]
+            {
+                if !price.is_finite() || price < 0.0 {
+                    return Err(ConfigError::new(format!("{key}.{field}"), "must be a non-negative number"));
+                }
+            }
+            if route.max_rps == Some(0) {
+                return Err(ConfigError::new(format!("{key}.max_rps"), "must be greater than 0 (omit for no limit)"));
+            }
+            if route.max_concurrency == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{key}.max_concurrency"),
+                    "must be greater than 0 (omit for no limit)",
+                ));
+            }
+            if let Some(b) = route.budget_usd_per_hour {
+                if !b.is_finite() || b < 0.0 {
+                    return Err(ConfigError::new(format!("{key}.budget_usd_per_hour"), "must be a non-negative number"));
+                }
+            }
+            if route.api_key_env.is_some() && route.api_key_file.is_some() {
+                return Err(ConfigError::new(format!("{key}.api_key_file"), "set api_key_env or api_key_file, not both"));
+            }
+            route.api_key(name)?;
+        }
+        if self.pairing.timeout.is_zero() {
+            return Err(ConfigError::new("pairing.timeout", "must be greater than 0"));
+        }
+        if self.pairing.max_pending == 0 {
+            return Err(ConfigError::new("pairing.max_pending", "must be greater than 0"));
+        }
+        if self.queue.capacity == 0 {
+            return Err(ConfigError::new("queue.capacity", "must be greater than 0"));
+        }
+        if self.sink.effective_kind() == SinkType::Kafka {
+            if self.sink.kafka.brokers.trim().is_empty() {
+                return Err(ConfigError::new("sink.kafka.brokers", "required when sink.type = \"kafka\""));
+            }
+            if self.sink.kafka.topic.trim().is_empty() {
+                return Err(ConfigError::new("sink.kafka.topic", "must not be empty"));
+            }
+            for key in ["bootstrap.servers", "sasl.password"] {
+                if self.sink.kafka.librdkafka.contains_key(key) {
+                    return Err(ConfigError::new(
+                        format!("sink.kafka.librdkafka.\"{key}\""),
+                        "set through sink.kafka.brokers / sasl_password_file / sasl_password_env instead",
+                    ));
+                }
+            }
+            self.sink.kafka.sasl_password()?;
+        }
+        if self.spool.max_bytes < 4096 && self.spool.dir.is_some() {
+            return Err(ConfigError::new("spool.max_bytes", "must be at least 4096"));
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::new(key, format!("`{value}` is not an IP:port address")))
+}
+
+fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(ConfigError::new(key, format!("rate {rate} is outside 0..=1")));
+    }
+    Ok(())
+}
+
+fn read_secret(key: String, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<Secret>, ConfigError> {
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(|v| Some(Secret::new(v.trim())))
+            .map_err(|_| ConfigError::new(format!("{key}_env"), format!("environment variable `{var}` is not set")));
+    }
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
+            .map(|v| Some(Secret::new(v.trim())))
+            .map_err(|e| ConfigError::new(format!("{key}_file"), format!("cannot read {}: {e}", path.display())));
+    }
+    Ok(None)
+}
+
+impl RouteConfig {
+    /// The route's API key, read from its environment variable or file.
+    pub fn api_key(&self, route: &str) -> Result<Option<Secret>, ConfigError> {
+        read_secret(format!("routes.{route}.api_key"), self.api_key_env.as_ref(), self.api_key_file.as_ref())
+    }
+}
+
+impl KafkaConfig {
+    /// The SASL password, read from its file or environment variable.
+    pub fn sasl_password(&self) -> Result<Option<Secret>, ConfigError> {
+        read_secret("sink.kafka.sasl_password".into(), self.sasl_password_env.as_ref(), self.sasl_password_file.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_ROUTES: &str = r#"
+        [sampling]
+        default_rate = 0.1
+        [[sampling.rules]]
+        slice = "multi_step"
+        rate = 0.5
+        [routes.fast]
+        url = "http://127.0.0.1:8001/v1/chat/completions"
+        model = "small"
+        counterfactual = "reasoning"
+        [routes.reasoning]
+        url = "http://127.0.0.1:8002/v1/chat/completions"
+        model = "big"
+        counterfactual = "fast"
+        timeout = "90s"
+    "#;
+
+    #[test]
+    fn two_route_config_loads_with_defaults() {
+        let c = from_toml(TWO_ROUTES).unwrap();
+        assert_eq!(c.routes["reasoning"].timeout, Duration::from_secs(90));
+        assert_eq!(c.routes["fast"].timeout, default_route_timeout());
+        assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert_eq!(c.sink.effective_kind(), SinkType::File);
+        assert_eq!(c.sampling.rules[0].rate, 0.5);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&format!("{TWO_ROUTES}\n[pairing]\ntimout = \"1s\"\n"));
+        assert_eq!(e.key, "pairing.timout", "{e}");
+    }
+
+    #[test]
+    fn bad_rate_is_named() {
+        let e = err(&TWO_ROUTES.replace("default_rate = 0.1", "default_rate = 1.5"));
+        assert_eq!(e.key, "sampling.default_rate");
+        let e = err(&TWO_ROUTES.replace("rate = 0.5", "rate = -0.5"));
+        assert_eq!(e.key, "sampling.rules[0].rate");
+    }
+
+    #[test]
+    fn unknown_counterfactual_is_named() {
+        let e = err(&TWO_ROUTES.replace("counterfactual = \"fast\"", "counterfactual = \"fastest\""));
+        assert_eq!(e.key, "routes.reasoning.counterfactual");
+        assert!(e.message.contains("fastest"));
+    }
+
+    #[test]
+    fn bad_url_is_named() {
+        let e = err(&TWO_ROUTES.replace("http://127.0.0.1:8002/v1/chat/completions", "not a url"));
+        assert_eq!(e.key, "routes.reasoning.url");
+        let e = err(&TWO_ROUTES.replace("http://127.0.0.1:8002", "ftp://127.0.0.1:8002"));
+        assert_eq!(e.key, "routes.reasoning.url");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err(&TWO_ROUTES.replace("timeout = \"90s\"", "timeout = \"ninety\""));
+        assert_eq!(e.key, "routes.reasoning.timeout", "{e}");
+    }
+
+    #[test]
+    fn kafka_sink_requires_brokers() {
+        let e = err(&format!("{TWO_ROUTES}\n[sink]\ntype = \"kafka\"\n"));
+        assert_eq!(e.key, "sink.kafka.brokers");
+    }
+
+    #[test]
+    fn missing_api_key_env_is_named() {
+        let text = TWO_ROUTES.replace("model = \"big\"", "model = \"big\"\napi_key_env = \"UNTAKEN_TEST_SURELY_UNSET_KEY\"");
+        let e = err(&text);
+        assert_eq!(e.key, "routes.reasoning.api_key_env");
+        assert!(e.message.contains("UNTAKEN_TEST_SURELY_UNSET_KEY"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, TWO_ROUTES).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("UNTAKEN_SAMPLING__DEFAULT_RATE", "0.25");
+            let c = load(Some(&path)).unwrap();
+            assert_eq!(c.sampling.default_rate, 0.25);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("sk-very-secret");
+        assert!(!format!("{s:?} {s}").contains("very-secret"));
+        assert_eq!(s.expose(), "sk-very-secret");
+    }
+}

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Real Apache Kafka broker (KRaft, single node, combined broker+controller)
+# for the integration tests. Driven by tests/common/kafka.rs; usable by hand.
+#
+#   broker.sh fetch
+#       Resolve the broker jars with Maven (tests/kafka/pom.xml) into a cache
+#       dir, once, and print the libs dir. Idempotent: a marker holding the
+#       pom's checksum makes later calls return at once (offline too); a
+#       changed pom re-fetches. Cache dir:
+#       ${UNTAKEN_KAFKA_CACHE:-$HOME/.cache/untaken/kafka-$KAFKA_VERSION}
+#
+#   broker.sh format WORKDIR CLUSTER_ID
+#       Format the KRaft storage named by WORKDIR/server.properties
+#       (kafka.tools.StorageTool format --standalone). No-op if the log dir
+#       already holds meta.properties, so a restart keeps its data.
+#
+#   broker.sh run WORKDIR [WATCH_PID]
+#       exec the broker in the foreground: java -cp "$LIBS/*" kafka.Kafka
+#       WORKDIR/server.properties, logging to WORKDIR/broker.log. Because it
+#       execs, the pid of this script becomes the pid of java, so the caller
+#       can SIGKILL the broker directly. If WATCH_PID is given, a small
+#       watcher started before the exec checks once a second that WATCH_PID
+#       (the test process) is alive; when it is gone, the watcher SIGKILLs
+#       the broker and removes WORKDIR, so no java is left running after the
+#       tests, even if the test process itself was SIGKILLed or never ran its
+#       destructors (a broker held in a `static` is never dropped).
+#
+# Environment: JAVA_HOME (else `java` on PATH), UNTAKEN_KAFKA_CACHE,
+# UNTAKEN_KAFKA_HEAP (default 512m), UNTAKEN_KAFKA_JAVA_OPTS (extra JVM flags).
+set -euo pipefail
+
+KAFKA_VERSION=4.1.1 # keep in step with kafka.version in pom.xml
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+POM="$HERE/pom.xml"
+CACHE="${UNTAKEN_KAFKA_CACHE:-${HOME:-/tmp}/.cache/untaken/kafka-$KAFKA_VERSION}"
+LIBS="$CACHE/libs"
+MARKER="$CACHE/.fetched"
+
+die() {
+  echo "broker.sh: $*" >&2
+  exit 1
+}
+
+java_bin() {
+  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
+    echo "$JAVA_HOME/bin/java"
+  elif command -v java >/dev/null 2>&1; then
+    command -v java
+  else
+    die "java not found (need Java 17+ on PATH or JAVA_HOME) to run the Kafka test broker"
+  fi
+}
+
+pom_sum() {
+  sha256sum "$POM" | cut -d' ' -f1
+}
+
+fetched() {
+  [[ -f "$MARKER" && "$(cat "$MARKER")" == "$(pom_sum)" ]] &&
+    compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null
+}
+
+cmd_fetch() {
+  if fetched; then
+    echo "$LIBS"
+    return 0
+  fi
+  command -v mvn >/dev/null 2>&1 ||
+    die "mvn not found: Maven is needed once to fetch the Kafka $KAFKA_VERSION jars into $CACHE"
+  java_bin >/dev/null
+  mkdir -p "$CACHE"
+  # Several test processes may fetch at once: serialise on a lock file.
+  exec 9>"$CACHE/.lock"
+  if command -v flock >/dev/null 2>&1; then
+    flock -w 900 9 || die "timed out waiting for the fetch lock $CACHE/.lock"
+  fi
+  if fetched; then # another process finished while we waited
+    echo "$LIBS"
+    return 0
+  fi
+  local tmp="$CACHE/libs.tmp.$$" log="$CACHE/fetch.log" attempt ok=""
+  for attempt in 1 2; do
+    rm -rf "$tmp"
+    if mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
+      ok=1
+      break
+    fi
+    echo "broker.sh: mvn fetch attempt $attempt failed (log: $log)" >&2
+    sleep 2
+  done
+  if [[ -z "$ok" ]]; then
+    tail -n 40 "$log" >&2 || true
+    rm -rf "$tmp"
+    die "could not fetch the Kafka $KAFKA_VERSION jars with Maven (see $log)"
+  fi
+  compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null ||
+    die "mvn succeeded but no kafka_2.13 jar in $tmp"
+  rm -rf "$LIBS"
+  mv "$tmp" "$LIBS"
+  pom_sum >"$MARKER"
+  echo "$LIBS"
+}
+
+server_props() {
+  local workdir="$1"
+  [[ -f "$workdir/server.properties" ]] || die "no $workdir/server.properties"
+  echo "$workdir/server.properties"
+}
+
+jvm_opts() {
+  local workdir="$1"
+  local heap="${UNTAKEN_KAFKA_HEAP:-512m}"
+  # Small heap and the serial collector: the machine is small and shared.
+  # shellcheck disable=SC2206
+  JVM_OPTS=(-Xmx"$heap" -Xms64m -XX:+UseSerialGC -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$HERE/log4j2.xml"
+    -Duntaken.kafka.log="$workdir/broker.log"
+    ${UNTAKEN_KAFKA_JAVA_OPTS:-})
+}
+
+cmd_format() {
+  local workdir="${1:?usage: broker.sh format WORKDIR CLUSTER_ID}"
+  local cluster_id="${2:?usage: broker.sh format WORKDIR CLUSTER_ID}"
+  local props logdir java
+  props="$(server_props "$workdir")"
+  logdir="$(sed -n 's/^log\.dirs=//p' "$props" | head -n1)"
+  if [[ -n "$logdir" && -f "$logdir/meta.properties" ]]; then
+    return 0 # already formatted: keep the data
+  fi
+  java="$(java_bin)"
+  cmd_fetch >/dev/null
+  jvm_opts "$workdir"
+  "$java" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool \
+    format --standalone -t "$cluster_id" -c "$props"
+}
+
+cmd_run() {
+  local workdir="${1:?usage: broker.sh run WORKDIR [WATCH_PID]}"
+  local watch="${2:-}"
+  local props java
+  props="$(server_props "$workdir")"
+  java="$(java_bin)"
+  fetched || die "Kafka jars not fetched yet: run '$0 fetch' first"
+  jvm_opts "$workdir"
+  if [[ -n "$watch" ]]; then
+    local self=$$ # stays the broker's pid after the exec below
+    (
+      trap '' INT TERM HUP
+      while kill -0 "$self" 2>/dev/null; do
+        if ! kill -0 "$watch" 2>/dev/null; then
+          kill -9 "$self" 2>/dev/null || true
+          sleep 0.5
+          rm -rf "$workdir"
+          exit 0
+        fi
+        sleep 1
+      done
+    ) </dev/null >/dev/null 2>&1 &
+  fi
+  exec "$java" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$props"
+}
+
+case "${1:-}" in
+  fetch) cmd_fetch ;;
+  format) shift && cmd_format "$@" ;;
+  run) shift && cmd_run "$@" ;;
+  *)
+    echo "usage: $0 fetch | format WORKDIR CLUSTER_ID | run WORKDIR [WATCH_PID]" >&2
+    exit 2
+    ;;
+esac
