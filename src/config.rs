@@ -51,6 +51,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// Local disk spool used while Kafka is unreachable.
     pub spool: SpoolConfig,
+    /// Regular expressions applied to bodies before they leave the process.
+    pub redaction: crate::redact::RedactionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +71,24 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight shadow calls before spooling the rest.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// File holding a bearer token `Mirror` and `Complete` callers must present.
+    pub auth_token_file: Option<PathBuf>,
+    /// Environment variable holding that bearer token.
+    pub auth_token_env: Option<String>,
+    /// TLS on the gRPC port; with `client_ca_file`, mutual TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -87,6 +107,9 @@ impl Default for ServerConfig {
             max_labels: 32,
             max_label_bytes: 1024,
             shutdown_grace: Duration::from_secs(30),
+            auth_token_file: None,
+            auth_token_env: None,
+            tls: None,
         }
     }
 }
@@ -299,7 +322,7 @@ impl Default for FileSinkConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
-    /// Directory for the spool; none disables spooling (records wait in memory only).
+    /// Directory for the spool. Without one, a record Kafka cannot take is dropped and counted.
     pub dir: Option<PathBuf>,
     /// The spool never grows past this many bytes; past it records are refused and counted.
     pub max_bytes: u64,
@@ -310,7 +333,7 @@ pub struct SpoolConfig {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        Self { dir: None, max_bytes: 256 * 1024 * 1024, fsync_interval: Duration::from_secs(1) }
+        Self { dir: Some(PathBuf::from("untaken-spool")), max_bytes: 256 * 1024 * 1024, fsync_interval: Duration::from_secs(1) }
     }
 }
 
@@ -385,6 +408,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_addr("server.listen", &self.server.listen)?;
         check_addr("server.admin_listen", &self.server.admin_listen)?;
+        self.server.auth_token()?;
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("cert_file", Some(&tls.cert_file)), ("key_file", Some(&tls.key_file)), ("client_ca_file", tls.client_ca_file.as_ref())] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        return Err(ConfigError::new(format!("server.tls.{key}"), format!("{} is not a readable file", path.display())));
+                    }
+                }
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
         }
@@ -477,6 +510,7 @@ impl Config {
             }
             self.sink.kafka.sasl_password()?;
         }
+        crate::redact::Redactor::new(&self.redaction)?;
         if self.spool.max_bytes < 4096 && self.spool.dir.is_some() {
             return Err(ConfigError::new("spool.max_bytes", "must be at least 4096"));
         }
@@ -513,6 +547,13 @@ impl RouteConfig {
     /// The route's API key, read from its environment variable or file.
     pub fn api_key(&self, route: &str) -> Result<Option<Secret>, ConfigError> {
         read_secret(format!("routes.{route}.api_key"), self.api_key_env.as_ref(), self.api_key_file.as_ref())
+    }
+}
+
+impl ServerConfig {
+    /// The bearer token callers must present, if one is configured.
+    pub fn auth_token(&self) -> Result<Option<Secret>, ConfigError> {
+        read_secret("server.auth_token".into(), self.auth_token_env.as_ref(), self.auth_token_file.as_ref())
     }
 }
 

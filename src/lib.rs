@@ -11,9 +11,23 @@
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admission;
+pub mod app;
 pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod metrics;
+pub mod pairing;
+pub mod publisher;
 pub mod record;
+pub mod redact;
+pub mod routes;
 pub mod sampling;
+pub mod server;
+pub mod simulate;
+pub mod sink;
+pub mod upstream;
 pub mod usage;
 
 /// Generated code for `proto/untaken/v1`.

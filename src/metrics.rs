@@ -1,0 +1,191 @@
+//! Prometheus metrics: what was sampled, shed, shadowed, published, spooled and lost.
+//!
+//! Names follow Prometheus conventions (`_total`, `_seconds`, base units). The
+//! `slice` label comes from the router; to keep cardinality bounded only the first
+//! [`MAX_SLICES`] distinct slices get their own series, the rest are `_other`.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub const MAX_SLICES: usize = 100;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// sampled, not_sampled, shed or rejected.
+    pub decision: &'static str,
+    /// Why (the MirrorResponse.reason, or the invalid field); empty when sampled.
+    pub reason: &'static str,
+    pub slice: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOutcome {
+    pub route: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    pub status: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    slices: RwLock<HashSet<String>>,
+    pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub complete_requests: Family<Reason, Counter>,
+    pub shadow_calls: Family<RouteOutcome, Counter>,
+    pub shadow_latency: Family<RouteLabel, Histogram>,
+    pub shadow_cost: Family<RouteLabel, Histogram>,
+    pub shadow_cost_total: Family<RouteLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub shadow_inflight: Gauge,
+    pub pairs_built: Family<Status, Counter>,
+    pub pairs_published: Counter,
+    pub pairs_spooled: Counter,
+    pub pairs_replayed: Counter,
+    pub pairs_dropped: Family<Reason, Counter>,
+    pub late_counterfactuals: Counter,
+    pub queue_depth: Gauge,
+    pub pending_pairs: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_records: Gauge,
+    pub kafka_delivery_seconds: Histogram,
+    pub kafka_delivery_errors: Family<Reason, Counter>,
+    pub config_reloads: Family<Reason, Counter>,
+    pub lost_in_crash: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("untaken");
+        let m = Metrics {
+            slices: RwLock::new(HashSet::new()),
+            mirror_requests: Family::default(),
+            complete_requests: Family::default(),
+            shadow_calls: Family::default(),
+            shadow_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 14))),
+            shadow_cost: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 4.0, 12))),
+            shadow_cost_total: Family::default(),
+            shadow_inflight: Gauge::default(),
+            pairs_built: Family::default(),
+            pairs_published: Counter::default(),
+            pairs_spooled: Counter::default(),
+            pairs_replayed: Counter::default(),
+            pairs_dropped: Family::default(),
+            late_counterfactuals: Counter::default(),
+            queue_depth: Gauge::default(),
+            pending_pairs: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_records: Gauge::default(),
+            kafka_delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            kafka_delivery_errors: Family::default(),
+            config_reloads: Family::default(),
+            lost_in_crash: Counter::default(),
+            registry: Registry::default(),
+        };
+        r.register("mirror_requests", "Mirror calls by decision, reason and slice", m.mirror_requests.clone());
+        r.register("complete_requests", "Complete calls by outcome", m.complete_requests.clone());
+        r.register("shadow_calls", "Shadow calls by route and outcome", m.shadow_calls.clone());
+        r.register("shadow_latency_seconds", "Shadow call latency by route", m.shadow_latency.clone());
+        r.register("shadow_cost_usd", "Cost of one shadow call by route, in USD", m.shadow_cost.clone());
+        r.register("shadow_spend_usd", "Shadow spend by route, in USD", m.shadow_cost_total.clone());
+        r.register("shadow_inflight", "Shadow calls in flight", m.shadow_inflight.clone());
+        r.register("pairs_built", "Pair records built, by status", m.pairs_built.clone());
+        r.register("pairs_published", "Pair records acknowledged by the sink", m.pairs_published.clone());
+        r.register("pairs_spooled", "Pair records written to the disk spool", m.pairs_spooled.clone());
+        r.register("pairs_replayed", "Spooled pair records replayed to the sink", m.pairs_replayed.clone());
+        r.register("pairs_dropped", "Pair records lost, by reason", m.pairs_dropped.clone());
+        r.register(
+            "late_counterfactuals",
+            "Shadow answers that arrived after their pair was published",
+            m.late_counterfactuals.clone(),
+        );
+        r.register("queue_depth", "Shadow jobs waiting for a worker", m.queue_depth.clone());
+        r.register("pending_pairs", "Pairs waiting for a half", m.pending_pairs.clone());
+        r.register("spool_bytes", "Bytes in the disk spool", m.spool_bytes.clone());
+        r.register("spool_records", "Records in the disk spool", m.spool_records.clone());
+        r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
+        r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
+        r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
+        r.register(
+            "pairs_lost_in_crash",
+            "Pairs pending at the last crash (counted from the spool's journal on start)",
+            m.lost_in_crash.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The slice as a label value, bounded in cardinality.
+    pub fn slice(&self, slice: &str) -> String {
+        if self.slices.read().expect("metrics lock").contains(slice) {
+            return slice.to_string();
+        }
+        let mut set = self.slices.write().expect("metrics lock");
+        if set.contains(slice) || set.len() < MAX_SLICES {
+            set.insert(slice.to_string());
+            slice.to_string()
+        } else {
+            "_other".to_string()
+        }
+    }
+
+    pub fn mirror(&self, decision: &'static str, reason: &'static str, slice: &str) {
+        self.mirror_requests.get_or_create(&MirrorLabels { decision, reason, slice: self.slice(slice) }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_conventional_names() {
+        let m = Metrics::new();
+        m.mirror("shed", "queue_full", "multi_step");
+        m.pairs_published.inc();
+        let text = m.render();
+        assert!(text.contains(r#"untaken_mirror_requests_total{decision="shed",reason="queue_full",slice="multi_step"} 1"#), "{text}");
+        assert!(text.contains("untaken_pairs_published_total 1"));
+        assert!(text.contains("# TYPE untaken_shadow_latency_seconds histogram"));
+    }
+
+    #[test]
+    fn slice_cardinality_is_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_SLICES {
+            assert_eq!(m.slice(&format!("s{i}")), format!("s{i}"));
+        }
+        assert_eq!(m.slice("one-too-many"), "_other");
+        assert_eq!(m.slice("s3"), "s3");
+    }
+}

@@ -1,0 +1,211 @@
+//! Delivers accepted pair records: to the sink while it is healthy, to the disk
+//! spool while it is not, and from the spool back to the sink, oldest first,
+//! once it recovers.
+//!
+//! From the moment a record reaches this module it is never dropped silently:
+//! each one ends acknowledged by the sink, written to the spool, or counted in
+//! `untaken_pairs_dropped_total` with a reason (spool full, permanent rejection).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{Metrics, Reason};
+use crate::record::Encoded;
+use crate::sink::spool::{Spool, SpoolError};
+use crate::sink::{Sink, SinkError};
+
+/// Records sent to the sink at once; bounds the memory held by deliveries in flight.
+const MAX_IN_FLIGHT: usize = 512;
+
+pub struct Publisher {
+    sink: Arc<Sink>,
+    spool: Option<Arc<Spool>>,
+    metrics: Arc<Metrics>,
+    /// False after a failed delivery, until a replay succeeds: new records go
+    /// straight to the spool instead of waiting out a delivery timeout each.
+    healthy: AtomicBool,
+    in_flight: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+impl Publisher {
+    pub fn new(sink: Arc<Sink>, spool: Option<Arc<Spool>>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            sink,
+            spool,
+            metrics,
+            healthy: AtomicBool::new(true),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn sink(&self) -> &Arc<Sink> {
+        &self.sink
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Receives records until `stop` fires, then takes what is left in the channel.
+    /// Returns once every received record is delivered, spooled or counted.
+    pub async fn run(self: Arc<Self>, mut records: mpsc::Receiver<Encoded>, stop: CancellationToken) {
+        loop {
+            let rec = tokio::select! {
+                biased;
+                r = records.recv() => match r { Some(r) => r, None => break },
+                _ = stop.cancelled() => break,
+            };
+            self.dispatch(rec).await;
+        }
+        records.close();
+        while let Ok(rec) = records.try_recv() {
+            self.dispatch(rec).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn dispatch(self: &Arc<Self>, rec: Encoded) {
+        if !self.is_healthy() && self.spool.is_some() {
+            self.to_spool(rec).await;
+            return;
+        }
+        let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            match me.sink.send(&rec).await {
+                Ok(()) => {
+                    me.metrics.pairs_published.inc();
+                }
+                Err(e) => me.failed(rec, e).await,
+            }
+        });
+    }
+
+    async fn failed(&self, rec: Encoded, e: SinkError) {
+        if let SinkError::Permanent(_) = e {
+            self.drop_counted("rejected_permanently");
+            return;
+        }
+        if self.spool.is_some() {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+        self.to_spool(rec).await;
+    }
+
+    async fn to_spool(&self, rec: Encoded) {
+        let Some(spool) = self.spool.clone() else {
+            self.drop_counted("no_spool");
+            return;
+        };
+        let pair_id = rec.pair_id.clone();
+        let result = tokio::task::spawn_blocking(move || spool.append(&rec)).await.expect("spool task panicked");
+        match result {
+            Ok(()) => {
+                self.metrics.pairs_spooled.inc();
+            }
+            Err(SpoolError::Full { used, max }) => {
+                tracing::error!(pair_id, used, max, "spool full, pair dropped");
+                self.drop_counted("spool_full");
+            }
+            Err(SpoolError::Io(e)) => {
+                tracing::error!(pair_id, error = %e, "spool write failed, pair dropped");
+                self.drop_counted("spool_io");
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn drop_counted(&self, reason: &'static str) {
+        self.metrics.pairs_dropped.get_or_create(&Reason { reason }).inc();
+    }
+
+    fn update_gauges(&self) {
+        if let Some(s) = &self.spool {
+            self.metrics.spool_bytes.set(s.used_bytes() as i64);
+            self.metrics.spool_records.set(s.records() as i64);
+        }
+    }
+
+    /// Replays the spool, oldest segment first, whenever it has records; fsyncs
+    /// on `fsync_interval`. Runs until `stop` fires.
+    pub async fn run_spool(self: Arc<Self>, fsync_interval: Duration, stop: CancellationToken) {
+        let Some(spool) = self.spool.clone() else { return };
+        let mut tick = tokio::time::interval(fsync_interval.min(Duration::from_millis(500)));
+        let mut since_sync = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            since_sync += tick.period();
+            if since_sync >= fsync_interval {
+                since_sync = Duration::ZERO;
+                let s = spool.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.sync()).await.expect("sync task") {
+                    tracing::error!(error = %e, "spool fsync failed");
+                }
+            }
+            if spool.records() > 0 {
+                self.replay_once(&spool, &stop).await;
+            }
+        }
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+    }
+
+    /// Sends the oldest segment; deletes it only when every record was acknowledged.
+    async fn replay_once(&self, spool: &Arc<Spool>, stop: &CancellationToken) {
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let s = spool.clone();
+            let batch = match tokio::task::spawn_blocking(move || s.oldest()).await.expect("spool task") {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    self.healthy.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool read failed");
+                    return;
+                }
+            };
+            let sends = batch.records.iter().map(|r| self.sink.send(r));
+            let results = futures::future::join_all(sends).await;
+            let mut all_ok = true;
+            for r in &results {
+                match r {
+                    Ok(()) => {
+                        self.metrics.pairs_replayed.inc();
+                    }
+                    Err(SinkError::Permanent(_)) => self.drop_counted("rejected_permanently"),
+                    Err(_) => all_ok = false,
+                }
+            }
+            if !all_ok {
+                // Kafka is still unhealthy: keep the segment (acknowledged records in it
+                // will be sent again: at least once) and try later.
+                self.healthy.store(false, Ordering::Relaxed);
+                return;
+            }
+            let count = batch.records.len();
+            let s = spool.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || s.ack(batch)).await.expect("spool task") {
+                tracing::error!(error = %e, "could not delete a replayed spool segment; it will be replayed again");
+                return;
+            }
+            tracing::info!(records = count, "replayed a spool segment");
+            self.update_gauges();
+        }
+    }
+}

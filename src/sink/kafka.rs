@@ -1,0 +1,132 @@
+//! Kafka sink: an idempotent rdkafka producer (acks=all) writing one message per pair.
+//!
+//! Key: request_id. Headers: content type, schema, slice, route taken. Delivery
+//! reports are read for every record; failures are counted and logged with the
+//! pair id and error only, never the payload. This module never retries forever:
+//! a record Kafka did not take within `delivery_timeout` comes back as an error
+//! for the publisher to spool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::SinkError;
+use crate::config::KafkaConfig;
+use crate::metrics::{Metrics, Reason};
+use crate::record::Encoded;
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    brokers: String,
+    delivery_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The librdkafka settings untaken relies on, before the user's passthrough map.
+pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
+        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("client.id", "untaken");
+    for (k, v) in &config.librdkafka {
+        c.set(k, v);
+    }
+    if let Some(password) = config.sasl_password().map_err(|e| SinkError::Config(e.to_string()))? {
+        c.set("sasl.password", password.expose());
+    }
+    Ok(c)
+}
+
+impl KafkaSink {
+    pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+        let producer: FutureProducer = client_config(config)?.create().map_err(SinkError::Kafka)?;
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+            brokers: config.brokers.clone(),
+            delivery_timeout: config.delivery_timeout,
+            metrics,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Sends and waits for the delivery report (network).
+    pub async fn send(&self, record: &Encoded) -> Result<(), SinkError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        headers = headers.insert(Header { key: "untaken-pair-id", value: Some(record.pair_id.as_bytes()) });
+        let start = Instant::now();
+        let mut fr = FutureRecord::to(&self.topic).key(&record.key).payload(&record.payload).headers(headers);
+        // Enqueue without blocking a runtime thread; wait out a full local queue, but
+        // not for longer than a delivery may take.
+        let delivery = loop {
+            match self.producer.send_result(fr) {
+                Ok(d) => break d,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if start.elapsed() < self.delivery_timeout =>
+                {
+                    fr = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(self.fail(record, e)),
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => {
+                self.metrics.kafka_delivery_seconds.observe(start.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(self.fail(record, e)),
+            Err(_cancelled) => Err(self.fail(record, KafkaError::Canceled)),
+        }
+    }
+
+    fn fail(&self, record: &Encoded, e: KafkaError) -> SinkError {
+        let permanent = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidRecord
+            )
+        );
+        let label = if permanent { "permanent" } else { "transient" };
+        self.metrics.kafka_delivery_errors.get_or_create(&Reason { reason: label }).inc();
+        tracing::warn!(pair_id = %record.pair_id, error = %e, permanent, "kafka delivery failed");
+        if permanent {
+            SinkError::Permanent(e)
+        } else {
+            SinkError::Kafka(e)
+        }
+    }
+
+    /// Fails every queued and in-flight record back to its sender (which spools it).
+    pub fn purge(&self) {
+        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    /// Blocks until librdkafka's queue is delivered or `timeout` passes.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer.flush(timeout).map_err(SinkError::Kafka)
+    }
+}
