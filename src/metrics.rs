@@ -173,10 +173,12 @@ mod tests {
         let m = Metrics::new();
         m.mirror("shed", "queue_full", "multi_step");
         m.pairs_published.inc();
+        m.shadow_latency.get_or_create(&RouteLabel { route: "reasoning".into() }).observe(0.2);
         let text = m.render();
         assert!(text.contains(r#"untaken_mirror_requests_total{decision="shed",reason="queue_full",slice="multi_step"} 1"#), "{text}");
         assert!(text.contains("untaken_pairs_published_total 1"));
-        assert!(text.contains("# TYPE untaken_shadow_latency_seconds histogram"));
+        assert!(text.contains("# TYPE untaken_shadow_latency_seconds histogram"), "{text}");
+        assert!(text.contains(r#"untaken_shadow_latency_seconds_count{route="reasoning"} 1"#), "{text}");
     }
 
     #[test]

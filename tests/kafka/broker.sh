@@ -78,15 +78,19 @@ cmd_fetch() {
     echo "$LIBS"
     return 0
   fi
-  local tmp="$CACHE/libs.tmp.$$" log="$CACHE/fetch.log" attempt ok=""
+  rm -rf "$CACHE"/libs.tmp.* # left by an interrupted fetch (we hold the lock)
+  local tmp="$CACHE/libs.tmp.$$" log="$CACHE/fetch.log" attempt ok="" force=""
   for attempt in 1 2; do
     rm -rf "$tmp"
-    if mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+    # The retry passes -U: Maven caches a failed download and would not
+    # otherwise try the registry again.
+    if mvn -B -q $force -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
       ok=1
       break
     fi
     echo "broker.sh: mvn fetch attempt $attempt failed (log: $log)" >&2
+    force=-U
     sleep 2
   done
   if [[ -z "$ok" ]]; then
