@@ -37,7 +37,9 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         .set("linger.ms", "5")
         .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "262144")
+        .set("queue.buffering.max.kbytes", "32768")
+        // A pair carries up to three bodies; the topic should allow 4 MiB too (see deploy/).
+        .set("message.max.bytes", "4194304")
         .set("client.id", "untaken");
     for (k, v) in &config.librdkafka {
         c.set(k, v);

@@ -71,14 +71,18 @@ cmd_fetch() {
   mkdir -p "$CACHE"
   # Several test processes may fetch at once: serialise on a lock file.
   exec 9>"$CACHE/.lock"
+  local locked=""
   if command -v flock >/dev/null 2>&1; then
     flock -w 900 9 || die "timed out waiting for the fetch lock $CACHE/.lock"
+    locked=1
   fi
   if fetched; then # another process finished while we waited
     echo "$LIBS"
     return 0
   fi
-  rm -rf "$CACHE"/libs.tmp.* # left by an interrupted fetch (we hold the lock)
+  if [[ -n "$locked" ]]; then
+    rm -rf "$CACHE"/libs.tmp.* # left by an interrupted fetch; none is running
+  fi
   local tmp="$CACHE/libs.tmp.$$" log="$CACHE/fetch.log" attempt ok="" force=""
   for attempt in 1 2; do
     rm -rf "$tmp"
