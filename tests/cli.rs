@@ -1,0 +1,142 @@
+//! The binary as an operator runs it: `check-config` exit codes, and `serve`
+//! logging nothing of the prompts and answers it handles, then exiting 0 on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use untaken::proto::v1::mirror_client::MirrorClient;
+use untaken::proto::v1::{Answer, MirrorRequest};
+use untaken::simulate::{Behaviour, FakeUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_untaken");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(dir: &std::path::Path, url: &str, grpc: u16, admin: u16) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{grpc}"
+admin_listen = "127.0.0.1:{admin}"
+shutdown_grace = "3s"
+[log]
+level = "debug"
+[sampling]
+default_rate = 1.0
+[routes.fast]
+url = "{url}"
+model = "fast-model"
+counterfactual = "reasoning"
+[routes.reasoning]
+url = "{url}"
+model = "reasoning-model"
+counterfactual = "fast"
+[sink.file]
+path = "{out}"
+[spool]
+dir = "{spool}"
+"#,
+        out = dir.join("pairs.jsonl").display(),
+        spool = dir.join("spool").display(),
+    )
+}
+
+#[test]
+fn check_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, config(dir.path(), "http://127.0.0.1:9/v1/chat/completions", 1, 2)).unwrap();
+    let out = Command::new(BIN).args(["check-config", good.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let base = config(dir.path(), "http://127.0.0.1:9/x", 1, 2);
+    let cases = [
+        ("default_rate = 1.0", "default_rate = 2.0", "sampling.default_rate"),
+        ("counterfactual = \"fast\"", "counterfactual = \"fastest\"", "routes.reasoning.counterfactual"),
+        ("[log]", "[log]\nverbosity = 3", "log.verbosity"),
+    ];
+    for (from, to, key) in cases {
+        let bad_text = base.replace(from, to);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, bad_text).unwrap();
+        let out = Command::new(BIN).args(["check-config", bad.to_str().unwrap()]).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "stderr names `{key}`: {err}");
+    }
+    // serve refuses a bad config the same way, before binding anything.
+    let out = Command::new(BIN).args(["serve", "--config", dir.path().join("bad.toml").to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/untaken.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_no_prompt_or_answer_text_and_exits_zero_on_sigterm() {
+    let up = FakeUpstream::start("up", Behaviour::Answer { delay: Duration::from_millis(1) }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let path = dir.path().join("untaken.toml");
+    std::fs::write(&path, config(dir.path(), &up.url(), grpc, admin)).unwrap();
+    // Logs go to a file: a pipe nobody reads would fill and stall the process.
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = MirrorClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client.expect("untaken serve listens");
+    const PROMPT: &str = "SECRET-PROMPT-MARKER-7f3a";
+    const ANSWER: &str = "SECRET-ANSWER-MARKER-91bc";
+    for i in 0..5 {
+        let body = serde_json::json!({"model": "fast-model", "messages": [{"role": "user", "content": PROMPT}]});
+        let answer = serde_json::json!({"choices": [{"message": {"content": ANSWER}}]});
+        let resp = client
+            .mirror(MirrorRequest {
+                request_id: format!("log-{i}"),
+                route_taken: "fast".into(),
+                request_body: serde_json::to_vec(&body).unwrap(),
+                primary: Some(Answer { body: serde_json::to_vec(&answer).unwrap(), status_code: 200, ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(resp.sampled);
+    }
+    // A bad request too, whose body would be the easiest thing to echo in an error.
+    let _ = client
+        .mirror(MirrorRequest { request_id: "bad".into(), route_taken: "fast".into(), request_body: PROMPT.as_bytes().to_vec(), ..Default::default() })
+        .await
+        .unwrap_err();
+    let out = dir.path().join("pairs.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&out).map(|t| t.lines().count()).unwrap_or(0) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        (s, std::fs::read_to_string(&log_path).unwrap())
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(15), status).await.expect("exits within the grace period").unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("drained"), "the drain is logged: {stderr}");
+    assert!(!stderr.contains(PROMPT), "prompt text leaked into logs");
+    assert!(!stderr.contains(ANSWER), "answer text leaked into logs");
+    let pairs = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(pairs.lines().count(), 5, "every sampled pair was written before exit");
+    assert!(pairs.contains(ANSWER), "the record itself carries the answer");
+}
