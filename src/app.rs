@@ -105,6 +105,13 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         }
         None => None,
     };
+    if let Some(dir) = &config.spool.dir {
+        let lost = read_pending_marker(dir);
+        if lost > 0 {
+            tracing::warn!(pairs = lost, "the previous run stopped without draining; pairs waiting for a half were lost");
+            metrics.lost_in_crash.inc_by(lost);
+        }
+    }
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
@@ -119,6 +126,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let expiry = tokio::spawn(engine.clone().run_expiry(stop_background.clone()));
     let publishing = tokio::spawn(publisher.clone().run(channels.records, stop_publisher.clone()));
     let spooling = tokio::spawn(publisher.clone().run_spool(fsync, stop_background.clone()));
+    let marker = config.spool.dir.clone().map(|dir| {
+        tokio::spawn(pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
+        dir
+    });
     if let Some(path) = config_path {
         tokio::spawn(reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }
@@ -175,6 +186,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
                 let _ = publishing.await;
             }
             let _ = spooling.await;
+            if let Some(dir) = &marker {
+                // Everything was published or spooled: nothing is lost if we die from here on.
+                write_pending_marker(dir, 0);
+            }
             let s = publisher.sink().clone();
             let _ = tokio::task::spawn_blocking(move || s.flush_blocking(Duration::from_secs(5))).await;
             admin_stop.cancel();
@@ -183,6 +198,39 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         })
     };
     Ok(Running { grpc_addr, admin_addr, engine, sink_description, shutdown, done })
+}
+
+const PENDING_MARKER: &str = "pending-pairs";
+
+/// Pairs pending at the last check of a run that did not drain; 0 when none.
+fn read_pending_marker(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join(PENDING_MARKER)).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+}
+
+fn write_pending_marker(dir: &std::path::Path, pending: u64) {
+    let tmp = dir.join(format!("{PENDING_MARKER}.tmp"));
+    if std::fs::write(&tmp, pending.to_string()).and_then(|_| std::fs::rename(&tmp, dir.join(PENDING_MARKER))).is_err() {
+        tracing::debug!("could not write the pending-pairs marker");
+    }
+}
+
+/// Records, once a second, how many pairs wait in memory, so that the next start
+/// after a crash can say how many were lost (to within a second of traffic).
+async fn pending_marker_loop(dir: PathBuf, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut last = u64::MAX;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = metrics.pending_pairs.get().max(0) as u64;
+        if now != last {
+            let d = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || write_pending_marker(&d, now)).await;
+            last = now;
+        }
+    }
 }
 
 /// Logs whether the topic exists; never blocks start-up (runs on a blocking thread).

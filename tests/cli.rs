@@ -140,3 +140,60 @@ async fn serve_logs_no_prompt_or_answer_text_and_exits_zero_on_sigterm() {
     assert_eq!(pairs.lines().count(), 5, "every sampled pair was written before exit");
     assert!(pairs.contains(ANSWER), "the record itself carries the answer");
 }
+
+async fn wait_for_grpc(port: u16) -> MirrorClient<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Ok(c) = MirrorClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("untaken serve did not listen on {port}");
+}
+
+async fn metric_value(admin: u16, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Pairs waiting for a half live in memory: a SIGKILL loses them by design, and
+/// the next start says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_pending_at_a_crash_are_counted_on_the_next_start() {
+    let up = FakeUpstream::start("hang", Behaviour::Hang).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let path = dir.path().join("untaken.toml");
+    std::fs::write(&path, config(dir.path(), &up.url(), grpc, admin)).unwrap();
+    let spawn = || {
+        Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let mut client = wait_for_grpc(grpc).await;
+    for i in 0..3 {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#.to_vec();
+        let r = client
+            .mirror(MirrorRequest { request_id: format!("crash-{i}"), route_taken: "fast".into(), request_body: body, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.sampled);
+    }
+    // The marker is written once a second; give it two.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = spawn();
+    let _ = wait_for_grpc(grpc).await;
+    let lost = metric_value(admin, "untaken_pairs_lost_in_crash_total").await;
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(lost, 3.0, "three pairs were pending at the SIGKILL");
+    assert_eq!(status.code(), Some(0));
+}
