@@ -174,18 +174,28 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             stop_background.cancel();
             let _ = expiry.await;
             stop_publisher.cancel();
-            // Deliveries still in flight wait for Kafka up to the delivery timeout; past
-            // the grace, purge them so they come back as errors and go to the spool.
+            // Deliveries still in flight (and a replay under way) wait for Kafka up to the
+            // delivery timeout; past the grace, purge them so they come back as errors
+            // and go to the spool.
             let budget = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1)).min(delivery_timeout);
-            let mut publishing = publishing;
-            if tokio::time::timeout(budget, &mut publishing).await.is_err() {
+            let mut finishing = tokio::spawn(async move {
+                let _ = publishing.await;
+                let _ = spooling.await;
+            });
+            if tokio::time::timeout(budget, &mut finishing).await.is_err() {
                 tracing::warn!("kafka slow at shutdown; spooling what is still in flight");
+                publisher.divert_to_spool();
                 if let Sink::Kafka(k) = publisher.sink().as_ref() {
                     k.purge();
                 }
-                let _ = publishing.await;
+                let _ = finishing.await;
             }
-            let _ = spooling.await;
+            // Only now is every record either acknowledged or in the spool: fsync it.
+            if let Some(spool) = publisher.spool().cloned() {
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
+                    tracing::error!(error = %e, "final spool fsync failed");
+                }
+            }
             if let Some(dir) = &marker {
                 // Everything was published or spooled: nothing is lost if we die from here on.
                 write_pending_marker(dir, 0);

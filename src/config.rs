@@ -365,7 +365,9 @@ impl fmt::Display for Secret {
 
 /// Reads a config file (if any) and the `UNTAKEN_` environment, then validates.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    load_with_env(path, Env::prefixed("UNTAKEN_").split("__"))
+    // Every top-level key is a section, so a variable without `__` (UNTAKEN_TEST_BROKERS,
+    // UNTAKEN_TOOLS...) cannot be a setting: leave it to whoever set it.
+    load_with_env(path, Env::prefixed("UNTAKEN_").filter(|k| k.as_str().contains("__")).split("__"))
 }
 
 fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
@@ -655,8 +657,11 @@ mod tests {
         std::fs::write(&path, TWO_ROUTES).unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("UNTAKEN_SAMPLING__DEFAULT_RATE", "0.25");
+            jail.set_env("UNTAKEN_TEST_BROKERS", "127.0.0.1:1"); // not a setting: ignored
             let c = load(Some(&path)).unwrap();
             assert_eq!(c.sampling.default_rate, 0.25);
+            jail.set_env("UNTAKEN_SAMPLING__DEFUALT_RATE", "0.5");
+            assert_eq!(load(Some(&path)).unwrap_err().key, "sampling.defualt_rate", "a misspelt setting is an error");
             Ok(())
         });
     }

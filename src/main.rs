@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             init_logging(&cfg.log.level, cfg.log.format);
-            runtime.block_on(async move {
+            let code = runtime.block_on(async move {
                 let app = match untaken::app::start(cfg, config).await {
                     Ok(a) => a,
                     Err(untaken::app::StartError::Config(e)) => return config_error(&e),
@@ -90,7 +90,11 @@ fn main() -> ExitCode {
                 app.shutdown();
                 app.wait().await;
                 ExitCode::SUCCESS
-            })
+            });
+            // Everything is delivered or spooled; don't wait on a blocking probe (e.g. the
+            // start-up Kafka metadata check) that is still running.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
         Command::Demo { requests, out, brokers, topic } => {
             init_logging("warn", LogFormat::Text);

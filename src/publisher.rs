@@ -49,6 +49,17 @@ impl Publisher {
         &self.sink
     }
 
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
+    }
+
+    /// Sends every new record straight to the spool (shutdown, when Kafka is too slow).
+    pub fn divert_to_spool(&self) {
+        if self.spool.is_some() {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -154,12 +165,12 @@ impl Publisher {
                     tracing::error!(error = %e, "spool fsync failed");
                 }
             }
-            if spool.records() > 0 {
+            // Also when unhealthy with an empty spool (a refused spool write): the replay
+            // finds nothing and marks the sink healthy again, so delivery resumes.
+            if spool.records() > 0 || !self.is_healthy() {
                 self.replay_once(&spool, &stop).await;
             }
         }
-        let s = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || s.sync()).await;
     }
 
     /// Sends the oldest segment; deletes it only when every record was acknowledged.
@@ -180,6 +191,10 @@ impl Publisher {
                     return;
                 }
             };
+            if batch.undecodable > 0 {
+                tracing::error!(records = batch.undecodable, "spooled records could not be decoded and are dropped");
+                self.metrics.pairs_dropped.get_or_create(&Reason { reason: "spool_corrupt" }).inc_by(batch.undecodable);
+            }
             let sends = batch.records.iter().map(|r| self.sink.send(r));
             let results = futures::future::join_all(sends).await;
             let mut all_ok = true;

@@ -157,8 +157,9 @@ impl Spool {
         }
         drop(st);
         let (frames, _, len) = scan(&path)?;
-        let records = frames.iter().filter_map(|f| decode_frame(f)).collect();
-        Ok(Some(Batch { path, bytes: len, frames: frames.len() as u64, records }))
+        let records: Vec<Encoded> = frames.iter().filter_map(|f| decode_frame(f)).collect();
+        let undecodable = (frames.len() - records.len()) as u64;
+        Ok(Some(Batch { path, bytes: len, frames: frames.len() as u64, records, undecodable }))
     }
 
     /// Deletes a batch's segment after every record in it was acknowledged.
@@ -177,6 +178,8 @@ pub struct Batch {
     bytes: u64,
     frames: u64,
     pub records: Vec<Encoded>,
+    /// Frames whose checksum held but whose content did not decode (counted, not replayed).
+    pub undecodable: u64,
 }
 
 fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {

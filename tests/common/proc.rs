@@ -1,0 +1,157 @@
+//! The real `untaken` binary as a child process, for tests that SIGKILL or
+//! SIGTERM it: free loopback ports, spawn with a config file, wait until it is
+//! ready, read its /metrics, signal it, wait for its exit with a bound.
+//!
+//! No sidecar outlives the tests: the child is started through a tiny bash
+//! wrapper that forks a watcher and then `exec`s the binary (so the child pid
+//! *is* the sidecar's pid and `Child::kill` hits it directly). The watcher
+//! checks the test process once a second and SIGKILLs the sidecar when the test
+//! process is gone, however it died. `Drop` SIGKILLs it too.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago (bound to port 0 and released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// `127.0.0.1:<port>` where nothing listens: connecting is refused at once.
+pub fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A running `untaken serve --config FILE`.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts the binary on `config` (which must listen on `grpc` and `admin`);
+    /// stdout and stderr are appended to `log`. Does not wait for readiness.
+    pub fn spawn(config: &Path, grpc: SocketAddr, admin: SocketAddr, log: &Path) -> Sidecar {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open sidecar log");
+        let err = out.try_clone().expect("dup sidecar log");
+        // $$ is the wrapper's pid, which becomes the sidecar's on exec. The watcher
+        // also stops by itself once the sidecar is gone.
+        let script = r#"tp=$1; shift
+( while kill -0 "$tp" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done
+  kill -0 "$tp" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+exec "$@""#;
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("untaken-wrapper")
+            .arg(std::process::id().to_string())
+            .arg(env!("CARGO_BIN_EXE_untaken"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env_remove("RUST_LOG");
+        // `UNTAKEN_*` variables override the config file (and unknown ones, like the
+        // harness's UNTAKEN_TEST_BROKERS, would be rejected as unknown keys).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("UNTAKEN_") {
+                cmd.env_remove(&k);
+            }
+        }
+        let child = cmd.spawn().expect("spawn the untaken binary");
+        Sidecar { child: Some(child), grpc, admin, log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sidecar was reaped").id()
+    }
+
+    /// Polls `GET /ready` until it answers 200; panics with the log tail if the
+    /// process exits or `timeout` passes first.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!("sidecar exited before it was ready ({status}):\n{}", self.log_tail(60));
+            }
+            if let Ok(r) = http.get(format!("http://{}/ready", self.admin)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("sidecar not ready after {timeout:?}:\n{}", self.log_tail(60));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The admin port's /metrics text; empty if it does not answer.
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://{}/metrics", self.admin)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn sigkill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Sends SIGTERM (returns at once).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last `lines` lines the sidecar wrote to stdout/stderr.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
