@@ -175,3 +175,30 @@ rules = [
     t.app.shutdown();
     t.app.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_reach_the_upstream_and_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("reasoning-key");
+    std::fs::write(&key_file, "sk-live-DO-NOT-LEAK-42\n").unwrap();
+    // The base config's reasoning route gains an api_key_file; a second [routes.reasoning]
+    // table is not allowed, so patch the generated text.
+    let bootstrap = shared_bootstrap_async().await;
+    let up = FakeUpstream::start("any", Behaviour::Answer { delay: Duration::from_millis(1) }).await.unwrap();
+    let topic = common::app::topic("secrets");
+    let text = config_toml(&up.url(), &up.url(), &up.url(), &bootstrap, &topic, dir.path().join("spool").to_str().unwrap(), "")
+        .replace("model = \"reasoning-model\"", &format!("model = \"reasoning-model\"\napi_key_file = {:?}", key_file.display().to_string()));
+    let config = untaken::config::from_toml(&text).unwrap();
+    assert!(!format!("{config:?}").contains("DO-NOT-LEAK"), "config debug output holds only the path");
+    let app = untaken::app::start(config, None).await.unwrap();
+    let mut client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+    assert!(client.mirror(mirror_req("k-1", "fast", Some(primary_answer("p")))).await.unwrap().into_inner().sampled);
+    let got = consume_async(&bootstrap, &topic, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(up.seen()[0].headers["authorization"], "Bearer sk-live-DO-NOT-LEAK-42");
+    assert!(!String::from_utf8_lossy(&got[0].payload).contains("DO-NOT-LEAK"));
+    assert!(got[0].headers.iter().all(|(_, v)| !String::from_utf8_lossy(v).contains("DO-NOT-LEAK")));
+    assert!(!metrics(&app).await.contains("DO-NOT-LEAK"));
+    app.shutdown();
+    app.wait().await;
+}
