@@ -167,9 +167,16 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
             engine.start_drain();
             health_reporter.set_not_serving::<MirrorServer<MirrorService>>().await;
-            grpc_stop.cancel();
-            let _ = grpc_task.await;
+            // The gRPC server keeps running through the drain: `Mirror` answers
+            // UNAVAILABLE, health says NOT_SERVING, and `Complete` still joins pairs
+            // whose shadow call is finishing.
             engine.drain(grace).await;
+            grpc_stop.cancel();
+            let mut grpc_task = grpc_task;
+            if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
+                // A client holding a stream open (health watch, reflection) must not hold the exit.
+                grpc_task.abort();
+            }
             dispatcher.abort();
             stop_background.cancel();
             let _ = expiry.await;

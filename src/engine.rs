@@ -5,7 +5,7 @@
 //! the network, a lock held across I/O, or a full queue. Everything slow happens
 //! in tasks this module spawns and tracks, so shutdown can drain them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -96,6 +96,9 @@ pub struct Engine {
     shadow_cancel: CancellationToken,
     /// Record building and hand-off to the publisher; never cancelled.
     finish_tasks: TaskTracker,
+    /// Pairs out of the table but not yet taken by the publisher. They count against
+    /// `pairing.max_pending`, so memory stays bounded while Kafka is slow.
+    finishing: AtomicUsize,
 }
 
 /// The receiving ends the engine feeds: shadow jobs (for [`Engine::run_dispatcher`])
@@ -123,6 +126,7 @@ impl Engine {
             shadow_tasks: TaskTracker::new(),
             shadow_cancel: CancellationToken::new(),
             finish_tasks: TaskTracker::new(),
+            finishing: AtomicUsize::new(0),
         });
         Ok((engine, Channels { jobs: jobs_rx, records: rec_rx }))
     }
@@ -227,6 +231,10 @@ impl Engine {
         let body = meta.request_body.clone();
         {
             let mut table = self.table.lock().expect("pairing lock");
+            if table.len() + self.finishing.load(Ordering::Relaxed) >= live.config.pairing.max_pending {
+                self.metrics.mirror("shed", "pairing_full", &req.slice);
+                return Ok(not("pairing_full", decision.rate));
+            }
             match table.insert(meta, primary, Instant::now()) {
                 Ok(()) => {}
                 Err(InsertError::Duplicate) => return Err(RequestError::AlreadyExists(req.request_id)),
@@ -272,6 +280,9 @@ impl Engine {
         if req.request_id.is_empty() {
             return Err(RequestError::invalid("request_id", "must not be empty"));
         }
+        if req.request_id.len() > MAX_ID_BYTES {
+            return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
+        }
         let Some(primary) = req.primary else {
             return Err(RequestError::invalid("primary", "is required"));
         };
@@ -294,6 +305,7 @@ impl Engine {
 
     /// Builds, encodes and hands a finished pair to the publisher, in a tracked task.
     fn finish(self: &Arc<Self>, ready: Ready) {
+        self.finishing.fetch_add(1, Ordering::Relaxed);
         let engine = self.clone();
         self.finish_tasks.spawn(async move {
             let redactor = &engine.live.load().redactor;
@@ -320,6 +332,7 @@ impl Engine {
             if engine.records.send(encoded).await.is_err() {
                 engine.metrics.pairs_dropped.get_or_create(&crate::metrics::Reason { reason: "publisher_closed" }).inc();
             }
+            engine.finishing.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
@@ -428,6 +441,11 @@ fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
     half
 }
 
+/// Longest request_id or sampling_key accepted.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest route name or slice accepted (slices become Kafka headers and metric labels).
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// Checks a `Mirror` request; the error names the field.
 pub fn validate_request(
     req: &MirrorRequest,
@@ -438,8 +456,18 @@ pub fn validate_request(
     if req.request_id.is_empty() {
         return Err(RequestError::invalid("request_id", "must not be empty"));
     }
-    if req.request_id.len() > 512 {
-        return Err(RequestError::invalid("request_id", "longer than 512 bytes"));
+    if req.request_id.len() > MAX_ID_BYTES {
+        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
+    }
+    for (field, value, max) in [
+        ("sampling_key", &req.sampling_key, MAX_ID_BYTES),
+        ("route_taken", &req.route_taken, MAX_NAME_BYTES),
+        ("shadow_route", &req.shadow_route, MAX_NAME_BYTES),
+        ("slice", &req.slice, MAX_NAME_BYTES),
+    ] {
+        if value.len() > max {
+            return Err(RequestError::invalid(field, format!("longer than {max} bytes")));
+        }
     }
     if req.request_body.len() > max_body_bytes {
         return Err(RequestError::invalid(
@@ -455,7 +483,8 @@ pub fn validate_request(
         return Err(RequestError::invalid("labels", format!("{} labels is over the limit of {max_labels}", req.labels.len())));
     }
     if let Some((k, _)) = req.labels.iter().find(|(k, v)| k.len() > max_label_bytes || v.len() > max_label_bytes) {
-        return Err(RequestError::invalid("labels", format!("label `{k}` is longer than {max_label_bytes} bytes")));
+        let shown: String = k.chars().take(64).collect();
+        return Err(RequestError::invalid("labels", format!("label `{shown}` is longer than {max_label_bytes} bytes")));
     }
     if let Some(p) = &req.primary {
         if p.body.len() > max_body_bytes {
@@ -501,5 +530,16 @@ mod tests {
         assert_eq!(field(MirrorRequest { labels: many, ..req() }), "labels");
         let long = HashMap::from([("tenant".to_string(), "x".repeat(9))]);
         assert_eq!(field(MirrorRequest { labels: long, ..req() }), "labels");
+        let long_key = HashMap::from([("k".repeat(1 << 20), "v".to_string())]);
+        match validate_request(&MirrorRequest { labels: long_key, ..req() }, 100, 2, 8) {
+            Err(e @ RequestError::InvalidArgument { field: "labels", .. }) => {
+                assert!(e.to_string().len() < 200, "a huge key is not echoed back whole")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(field(MirrorRequest { slice: "s".repeat(129), ..req() }), "slice");
+        assert_eq!(field(MirrorRequest { route_taken: "r".repeat(129), ..req() }), "route_taken");
+        assert_eq!(field(MirrorRequest { sampling_key: "k".repeat(513), ..req() }), "sampling_key");
+        assert_eq!(field(MirrorRequest { request_id: "i".repeat(513), ..req() }), "request_id");
     }
 }

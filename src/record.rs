@@ -119,10 +119,28 @@ fn route_ref(r: &RouteInfo) -> RouteRef {
 /// A body as a JSON value when it parses (returned parsed too), else as a string.
 fn body(raw: &[u8]) -> (pbjson_types::Value, Option<serde_json::Value>) {
     match serde_json::from_slice::<serde_json::Value>(raw) {
-        // serde_json::Value → google.protobuf.Value cannot fail: every JSON value maps.
-        Ok(value) => (serde::Deserialize::deserialize(value.clone()).expect("JSON maps to Value"), Some(value)),
+        Ok(value) => (to_proto_value(&value), Some(value)),
         Err(_) => (String::from_utf8_lossy(raw).into_owned().into(), None),
     }
+}
+
+/// JSON → google.protobuf.Value, total: numbers become doubles (as the Value type
+/// defines them), so an integer beyond 2^53 such as a 64-bit `seed` loses precision
+/// instead of failing. (pbjson's own conversion refuses such integers.)
+fn to_proto_value(v: &serde_json::Value) -> pbjson_types::Value {
+    use pbjson_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(pbjson_types::ListValue { values: a.iter().map(to_proto_value).collect() }),
+        J::Object(o) => Kind::StructValue(pbjson_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_proto_value(v))).collect(),
+        }),
+    };
+    pbjson_types::Value { kind: Some(kind) }
 }
 
 fn answer(half: Option<&Half>, route: &RouteInfo) -> AnswerRecord {
@@ -271,6 +289,18 @@ mod tests {
         assert_eq!(rec.status(), PairStatus::CounterfactualMissing);
         let rec = build(&meta(), Some(&half(SHADOW, Source::Router)), Some(&half(SHADOW, Source::Untaken)), "ignored", SystemTime::now());
         assert_eq!(rec.status_reason, "");
+    }
+
+    #[test]
+    fn integers_beyond_double_precision_do_not_lose_the_pair() {
+        let mut m = meta();
+        m.request_body = Bytes::from_static(br#"{"seed":12345678901234567890,"n":-9223372036854775808,"messages":[]}"#);
+        let rec = build(&m, Some(&half(SHADOW, Source::Router)), None, "r", SystemTime::now());
+        let j = json_of(&rec);
+        assert!((j["request"]["seed"].as_f64().unwrap() - 1.2345678901234567e19).abs() < 1e4);
+        assert_eq!(j["request"]["n"].as_f64().unwrap(), -9.223372036854776e18);
+        assert!(!rec.request_is_text);
+        PairRecord::decode(encode(&rec, Encoding::Protobuf).payload.as_slice()).unwrap();
     }
 
     #[test]

@@ -35,7 +35,13 @@ pub struct MirrorService {
 }
 
 fn traceparent<T>(req: &Request<T>) -> String {
-    req.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    // A W3C traceparent is 55 characters; anything much longer is not one.
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tonic::async_trait]

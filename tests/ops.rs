@@ -49,25 +49,44 @@ async fn probes_metrics_health_and_reflection() {
     assert!(names.contains(&"untaken.v1.Mirror".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
-    // Draining: /ready turns 503 and health stops serving.
+    t.app.shutdown();
+    t.app.wait().await;
+}
+
+/// While draining: /ready is 503, health is NOT_SERVING, Mirror is UNAVAILABLE, and
+/// Complete still joins a pair whose shadow call is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_work_and_still_completes_pending_pairs() {
+    let mut t = spawn_app("drain", "[server]\nshutdown_grace = \"3s\"\n").await;
+    t.reasoning.set(Behaviour::Answer { delay: Duration::from_millis(1500) });
+    assert!(t.client.mirror(mirror_req("d-1", "fast", None)).await.unwrap().into_inner().sampled);
+    let admin = format!("http://{}", t.app.admin_addr);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.app.grpc_addr)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let token = t.app.shutdown_token();
     token.cancel();
-    let mut drained = false;
-    for _ in 0..50 {
-        match reqwest::get(format!("{admin}/ready")).await {
-            Ok(r) if r.status() == 503 => {
-                drained = true;
-                break;
-            }
-            Err(_) => {
-                drained = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    assert!(drained, "/ready reports draining");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(reqwest::get(format!("{admin}/ready")).await.unwrap().status(), 503);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "untaken.v1.Mirror".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    let refused = t.client.mirror(mirror_req("d-2", "fast", None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    t.client
+        .complete(untaken::proto::v1::CompleteRequest { request_id: "d-1".into(), primary: Some(primary_answer("in time")) })
+        .await
+        .expect("Complete is served during the drain");
     t.app.wait().await;
+    let got = consume_async(&t.bootstrap, &t.topic, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let r: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(r["status"], "PAIR_STATUS_COMPLETE", "{r}");
+    assert_eq!(r["primary"]["body"]["choices"][0]["message"]["content"], "in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

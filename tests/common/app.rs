@@ -39,12 +39,13 @@ pub fn config_toml(fast: &str, reasoning: &str, cheap: &str, bootstrap: &str, to
         }
         None => ("", extra),
     };
+    let grace = if server_extra.contains("shutdown_grace") { "" } else { "shutdown_grace = \"5s\"" };
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
+{grace}
 {server_extra}
 [log]
 format = "text"
