@@ -73,7 +73,7 @@ impl SpendWindow {
 /// Limits of one shadow route. Kept across config reloads when unchanged, so a
 /// reload does not reset the spend window or in-flight counts.
 pub struct RouteLimits {
-    rate: Option<(u32, DefaultDirectRateLimiter)>,
+    rate: Option<(u32, Arc<DefaultDirectRateLimiter>)>,
     concurrency: Option<(u32, Arc<Semaphore>)>,
     budget_usd_per_hour: Option<f64>,
     spend: Mutex<SpendWindow>,
@@ -87,7 +87,7 @@ pub struct Ticket {
 impl RouteLimits {
     fn new(max_rps: Option<u32>, max_concurrency: Option<u32>, budget: Option<f64>) -> Self {
         Self {
-            rate: max_rps.and_then(NonZeroU32::new).map(|n| (n.get(), RateLimiter::direct(Quota::per_second(n)))),
+            rate: max_rps.and_then(NonZeroU32::new).map(|n| (n.get(), Arc::new(RateLimiter::direct(Quota::per_second(n))))),
             concurrency: max_concurrency.map(|n| (n, Arc::new(Semaphore::new(n as usize)))),
             budget_usd_per_hour: budget,
             spend: Mutex::new(SpendWindow::default()),
@@ -132,19 +132,29 @@ impl Admission {
     pub fn new(config: &Config, previous: Option<&Admission>) -> Self {
         let mut routes = HashMap::new();
         for (name, r) in &config.routes {
-            let reuse = previous.and_then(|p| p.routes.get(name)).filter(|old| {
-                old.rate.as_ref().map(|(n, _)| *n) == r.max_rps
-                    && old.concurrency.as_ref().map(|(n, _)| *n) == r.max_concurrency
+            let old = previous.and_then(|p| p.routes.get(name));
+            let unchanged = old.is_some_and(|o| {
+                o.rate.as_ref().map(|(n, _)| *n) == r.max_rps
+                    && o.concurrency.as_ref().map(|(n, _)| *n) == r.max_concurrency
+                    && o.budget_usd_per_hour == r.budget_usd_per_hour
             });
-            let limits = match reuse {
-                Some(old) if old.budget_usd_per_hour == r.budget_usd_per_hour => old.clone(),
-                Some(old) => {
-                    // Same limiters, new budget: keep the spend so far.
-                    let fresh = RouteLimits::new(r.max_rps, r.max_concurrency, r.budget_usd_per_hour);
-                    *fresh.spend.lock().expect("spend lock") = old.spend.lock().expect("spend lock").clone();
+            let limits = match old {
+                Some(o) if unchanged => o.clone(),
+                _ => {
+                    let mut fresh = RouteLimits::new(r.max_rps, r.max_concurrency, r.budget_usd_per_hour);
+                    if let Some(o) = old {
+                        // The spend so far always carries over: a reload never resets a budget.
+                        *fresh.spend.get_mut().expect("spend lock") = o.spend.lock().expect("spend lock").clone();
+                        // An unchanged cap keeps its semaphore, so calls in flight still count.
+                        if o.concurrency.as_ref().map(|(n, _)| *n) == r.max_concurrency {
+                            fresh.concurrency = o.concurrency.clone();
+                        }
+                        if o.rate.as_ref().map(|(n, _)| *n) == r.max_rps {
+                            fresh.rate = o.rate.clone();
+                        }
+                    }
                     Arc::new(fresh)
                 }
-                None => Arc::new(RouteLimits::new(r.max_rps, r.max_concurrency, r.budget_usd_per_hour)),
             };
             routes.insert(name.clone(), limits);
         }
@@ -197,6 +207,28 @@ mod tests {
         assert_eq!(l.admit(0).err(), Some(Shed::ConcurrencyLimited));
         drop(a);
         assert!(l.admit(0).is_ok());
+    }
+
+    #[test]
+    fn reload_keeps_spend_and_in_flight_calls() {
+        let cfg = |budget: f64, conc: u32| {
+            crate::config::from_toml(&format!(
+                "[routes.r]\nurl = \"http://127.0.0.1:1/\"\nmodel = \"m\"\nbudget_usd_per_hour = {budget}\nmax_concurrency = {conc}\nmax_rps = 100\n"
+            ))
+            .unwrap()
+        };
+        let a = Admission::new(&cfg(1.0, 1), None);
+        let ticket = a.route("r").unwrap().admit(0).unwrap();
+        a.route("r").unwrap().charge(0.9, 0);
+        // New budget, same cap: the spend and the held slot carry over.
+        let b = Admission::new(&cfg(0.95, 1), Some(&a));
+        assert_eq!(b.route("r").unwrap().admit(0).err(), Some(Shed::ConcurrencyLimited));
+        drop(ticket);
+        assert!(b.route("r").unwrap().admit(0).is_ok());
+        b.route("r").unwrap().charge(0.1, 0);
+        // New cap: the spend still carries over.
+        let c = Admission::new(&cfg(0.95, 5), Some(&b));
+        assert_eq!(c.route("r").unwrap().admit(0).err(), Some(Shed::BudgetExhausted));
     }
 
     #[test]

@@ -265,29 +265,27 @@ fn check_topic(cfg: &crate::config::KafkaConfig, brokers: &str, topic: &str) {
     }
 }
 
-/// Settings that only take effect after a restart.
+/// Settings that only take effect after a restart: everything but sampling, routes,
+/// pairing and redaction.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
     let mut v = Vec::new();
-    if old.server.listen != new.server.listen {
-        v.push("server.listen");
+    if differs(&old.server, &new.server) {
+        v.push("server (listen addresses, TLS, auth token, limits, shutdown_grace)");
     }
-    if old.server.admin_listen != new.server.admin_listen {
-        v.push("server.admin_listen");
-    }
-    if old.server.tls.is_some() != new.server.tls.is_some() {
-        v.push("server.tls");
-    }
-    if old.sink.kafka.brokers != new.sink.kafka.brokers || old.sink.kafka.topic != new.sink.kafka.topic {
-        v.push("sink.kafka");
-    }
-    if old.sink.kind != new.sink.kind || old.sink.encoding != new.sink.encoding {
+    if differs(&old.sink, &new.sink) {
         v.push("sink");
     }
-    if old.spool.dir != new.spool.dir {
-        v.push("spool.dir");
+    if differs(&old.spool, &new.spool) {
+        v.push("spool");
     }
-    if old.queue.capacity != new.queue.capacity {
-        v.push("queue.capacity");
+    if differs(&old.queue, &new.queue) {
+        v.push("queue");
+    }
+    if differs(&old.log, &new.log) {
+        v.push("log");
     }
     v
 }

@@ -289,8 +289,11 @@ pub struct KafkaConfig {
     /// How long a record may wait for Kafka before it goes to the spool instead.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// Extra librdkafka settings, passed through as given.
+    /// Extra librdkafka settings, passed through as given. Put no secret here.
     pub librdkafka: BTreeMap<String, String>,
+    /// librdkafka settings whose values are read from files, for secrets such as
+    /// `"ssl.key.password"` or `"sasl.oauthbearer.client.secret"`.
+    pub librdkafka_files: BTreeMap<String, PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -302,6 +305,7 @@ impl Default for KafkaConfig {
             sasl_password_env: None,
             delivery_timeout: Duration::from_secs(30),
             librdkafka: BTreeMap::new(),
+            librdkafka_files: BTreeMap::new(),
         }
     }
 }
@@ -511,6 +515,7 @@ impl Config {
                 }
             }
             self.sink.kafka.sasl_password()?;
+            self.sink.kafka.file_settings()?;
         }
         crate::redact::Redactor::new(&self.redaction)?;
         if self.spool.max_bytes < 4096 && self.spool.dir.is_some() {
@@ -560,6 +565,18 @@ impl ServerConfig {
 }
 
 impl KafkaConfig {
+    /// The `librdkafka_files` settings with their values read, as secrets.
+    pub fn file_settings(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        self.librdkafka_files
+            .iter()
+            .map(|(k, path)| {
+                std::fs::read_to_string(path).map(|v| (k.clone(), Secret::new(v.trim()))).map_err(|e| {
+                    ConfigError::new(format!("sink.kafka.librdkafka_files.\"{k}\""), format!("cannot read {}: {e}", path.display()))
+                })
+            })
+            .collect()
+    }
+
     /// The SASL password, read from its file or environment variable.
     pub fn sasl_password(&self) -> Result<Option<Secret>, ConfigError> {
         read_secret("sink.kafka.sasl_password".into(), self.sasl_password_env.as_ref(), self.sasl_password_file.as_ref())

@@ -79,7 +79,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let metrics = app.engine.metrics().clone();
     app.shutdown();
     app.wait().await;
-    let _ = std::fs::remove_dir_all(&spool);
+    if opts.brokers.is_none() || std::fs::read_dir(&spool).map(|d| d.filter_map(Result::ok).all(|e| !e.path().extension().is_some_and(|x| x == "seg"))).unwrap_or(true) {
+        let _ = std::fs::remove_dir_all(&spool);
+    } else {
+        println!("kafka did not take every pair: they wait in {}; `untaken serve` with this spool.dir replays them", spool.display());
+    }
 
     println!();
     println!("{:<22} {:>8} {:>8}", "slice", "requests", "sampled");

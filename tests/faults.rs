@@ -881,10 +881,10 @@ async fn spool_full_drops_are_counted_and_the_spool_stays_bounded() {
     println!("[spool-full] took {:?}", t0.elapsed());
 }
 
-// ----- known src bugs -------------------------------------------------------------
+// ----- regressions ------------------------------------------------------------------
 //
-// These fail against the current src/ and are ignored until it is fixed; run them
-// with `cargo test --test faults -- --ignored`.
+// Each of these failed against an earlier src/ (a refused spool write stalled delivery;
+// the shutdown replay was unbounded; the runtime waited on the start-up metadata probe).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {

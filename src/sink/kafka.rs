@@ -50,7 +50,33 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
     if let Some(password) = config.sasl_password().map_err(|e| SinkError::Config(e.to_string()))? {
         c.set("sasl.password", password.expose());
     }
+    for (k, v) in config.file_settings().map_err(|e| SinkError::Config(e.to_string()))? {
+        c.set(k, v.expose());
+    }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_files_and_the_user_can_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
+        std::fs::write(dir.path().join("keypw"), "k3y\n").unwrap();
+        let mut cfg = KafkaConfig { brokers: "127.0.0.1:9".into(), ..Default::default() };
+        cfg.sasl_password_file = Some(dir.path().join("pw"));
+        cfg.librdkafka_files.insert("ssl.key.password".into(), dir.path().join("keypw"));
+        cfg.librdkafka.insert("compression.type".into(), "zstd".into());
+        let c = client_config(&cfg).unwrap();
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        assert_eq!(c.get("ssl.key.password"), Some("k3y"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
 }
 
 impl KafkaSink {

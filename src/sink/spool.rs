@@ -13,6 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::record::Encoded;
@@ -39,14 +40,15 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Bytes in all segment files. Written under the lock, read without it (the async
+    /// runtime reads it and must never wait behind an fsync).
+    used: AtomicU64,
+    /// Records in all segment files (recounted on open).
+    records: AtomicU64,
 }
 
 struct State {
     writer: Option<Writer>,
-    /// Bytes in all segment files.
-    used: u64,
-    /// Records in all segment files (approximate across crashes: recounted on open).
-    records: u64,
     next_seq: u64,
 }
 
@@ -79,17 +81,19 @@ impl Spool {
         let spool = Self {
             dir: dir.to_path_buf(),
             max_bytes,
-            state: Mutex::new(State { writer: None, used: rec.bytes, records: rec.records, next_seq }),
+            state: Mutex::new(State { writer: None, next_seq }),
+            used: AtomicU64::new(rec.bytes),
+            records: AtomicU64::new(rec.records),
         };
         Ok((spool, rec))
     }
 
     pub fn used_bytes(&self) -> u64 {
-        self.state.lock().expect("spool lock").used
+        self.used.load(Ordering::Relaxed)
     }
 
     pub fn records(&self) -> u64 {
-        self.state.lock().expect("spool lock").records
+        self.records.load(Ordering::Relaxed)
     }
 
     /// Appends one record (disk; blocking). Refused when it would pass `max_bytes`.
@@ -97,8 +101,9 @@ impl Spool {
         let frame = encode_frame(record);
         let size = (frame.len() + FRAME_HEADER) as u64;
         let mut st = self.state.lock().expect("spool lock");
-        if st.used + size > self.max_bytes {
-            return Err(SpoolError::Full { used: st.used, max: self.max_bytes });
+        let used = self.used.load(Ordering::Relaxed);
+        if used + size > self.max_bytes {
+            return Err(SpoolError::Full { used, max: self.max_bytes });
         }
         if st.writer.as_ref().is_none_or(|w| w.len >= SEGMENT_BYTES) {
             self.roll(&mut st)?;
@@ -111,8 +116,8 @@ impl Spool {
         w.file.write_all(&buf)?;
         w.len += size;
         w.dirty = true;
-        st.used += size;
-        st.records += 1;
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.records.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -130,12 +135,18 @@ impl Spool {
 
     /// fsyncs the segment being written, if anything was appended since the last sync.
     pub fn sync(&self) -> io::Result<()> {
-        let mut st = self.state.lock().expect("spool lock");
-        if let Some(w) = st.writer.as_mut().filter(|w| w.dirty) {
-            w.file.sync_data()?;
-            w.dirty = false;
-        }
-        Ok(())
+        // fsync a second handle outside the lock, so appends do not wait behind it.
+        let file = {
+            let mut st = self.state.lock().expect("spool lock");
+            match st.writer.as_mut().filter(|w| w.dirty) {
+                Some(w) => {
+                    w.dirty = false;
+                    w.file.try_clone()?
+                }
+                None => return Ok(()),
+            }
+        };
+        file.sync_data()
     }
 
     /// The oldest segment's records, sealing the active segment if it is the only
@@ -165,9 +176,9 @@ impl Spool {
     /// Deletes a batch's segment after every record in it was acknowledged.
     pub fn ack(&self, batch: Batch) -> io::Result<()> {
         fs::remove_file(&batch.path)?;
-        let mut st = self.state.lock().expect("spool lock");
-        st.used = st.used.saturating_sub(batch.bytes);
-        st.records = st.records.saturating_sub(batch.frames);
+        let _st = self.state.lock().expect("spool lock");
+        self.used.fetch_sub(batch.bytes.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.records.fetch_sub(batch.frames.min(self.records.load(Ordering::Relaxed)), Ordering::Relaxed);
         Ok(())
     }
 }
