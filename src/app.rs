@@ -117,7 +117,11 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let fsync = config.spool.fsync_interval;
     let delivery_timeout = config.sink.kafka.delivery_timeout;
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
-    let publisher = Publisher::new(sink.clone(), spool, metrics.clone());
+    let stall = match sink.as_ref() {
+        Sink::Kafka(_) => config.sink.kafka.stall_timeout,
+        Sink::File(_) => Duration::from_secs(3600),
+    };
+    let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
 
     let shutdown = CancellationToken::new();
     let stop_background = CancellationToken::new();

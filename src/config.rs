@@ -195,11 +195,17 @@ pub struct RouteConfig {
     #[serde(default)]
     pub max_rps: Option<u32>,
     /// Concurrent shadow calls to this route; excess is shed (`concurrency_limited`).
-    #[serde(default)]
+    /// Each call holds a connection and its buffers, so this also bounds memory while
+    /// the upstream hangs.
+    #[serde(default = "default_max_concurrency")]
     pub max_concurrency: Option<u32>,
     /// Shadow spend on this route per rolling hour; past it, shed (`budget_exhausted`).
     #[serde(default)]
     pub budget_usd_per_hour: Option<f64>,
+}
+
+fn default_max_concurrency() -> Option<u32> {
+    Some(256)
 }
 
 fn default_route_timeout() -> Duration {
@@ -289,6 +295,11 @@ pub struct KafkaConfig {
     /// How long a record may wait for Kafka before it goes to the spool instead.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// When deliveries are outstanding and none has been acknowledged for this long,
+    /// Kafka is taken to be down: new records go straight to the spool (so memory does
+    /// not fill while the delivery timeout runs out) until a replay succeeds.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// Extra librdkafka settings, passed through as given. Put no secret here.
     pub librdkafka: BTreeMap<String, String>,
     /// librdkafka settings whose values are read from files, for secrets such as
@@ -304,6 +315,7 @@ impl Default for KafkaConfig {
             sasl_password_file: None,
             sasl_password_env: None,
             delivery_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(2),
             librdkafka: BTreeMap::new(),
             librdkafka_files: BTreeMap::new(),
         }
@@ -513,6 +525,9 @@ impl Config {
                         "set through sink.kafka.brokers / sasl_password_file / sasl_password_env instead",
                     ));
                 }
+            }
+            if self.sink.kafka.stall_timeout.is_zero() {
+                return Err(ConfigError::new("sink.kafka.stall_timeout", "must be greater than 0"));
             }
             self.sink.kafka.sasl_password()?;
             self.sink.kafka.file_settings()?;

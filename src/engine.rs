@@ -308,25 +308,9 @@ impl Engine {
         self.finishing.fetch_add(1, Ordering::Relaxed);
         let engine = self.clone();
         self.finish_tasks.spawn(async move {
-            let redactor = &engine.live.load().redactor;
-            let mut meta = ready.meta;
-            meta.request_body = redactor.apply(&meta.request_body);
-            let redact = |h: Option<Half>| {
-                h.map(|mut h| {
-                    h.body = redactor.apply(&h.body);
-                    h
-                })
-            };
-            let (primary, counterfactual) = (redact(ready.primary), redact(ready.counterfactual));
-            let rec = record::build(&meta, primary.as_ref(), counterfactual.as_ref(), &ready.reason, SystemTime::now());
-            let status = match rec.status() {
-                PairStatus::Complete => "complete",
-                PairStatus::PrimaryMissing => "primary_missing",
-                PairStatus::CounterfactualMissing => "counterfactual_missing",
-                PairStatus::Unspecified => "unspecified",
-            };
-            engine.metrics.pairs_built.get_or_create(&Status { status }).inc();
-            let encoded = record::encode(&rec, engine.encoding);
+            // Build and encode first, then wait for the publisher holding only the encoded
+            // record: the halves, the metadata and the config snapshot are freed before the wait.
+            let encoded = engine.encode(ready);
             // The publisher only stops after every finish task is done, so this cannot fail
             // while a record is in hand; if it ever did, count it rather than lose it silently.
             if engine.records.send(encoded).await.is_err() {
@@ -334,6 +318,30 @@ impl Engine {
             }
             engine.finishing.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Redacts, builds and encodes a finished pair (CPU only).
+    fn encode(&self, ready: Ready) -> Encoded {
+        let live = self.live.load();
+        let redactor = &live.redactor;
+        let mut meta = ready.meta;
+        meta.request_body = redactor.apply(&meta.request_body);
+        let redact = |h: Option<Half>| {
+            h.map(|mut h| {
+                h.body = redactor.apply(&h.body);
+                h
+            })
+        };
+        let (primary, counterfactual) = (redact(ready.primary), redact(ready.counterfactual));
+        let rec = record::build(&meta, primary.as_ref(), counterfactual.as_ref(), &ready.reason, SystemTime::now());
+        let status = match rec.status() {
+            PairStatus::Complete => "complete",
+            PairStatus::PrimaryMissing => "primary_missing",
+            PairStatus::CounterfactualMissing => "counterfactual_missing",
+            PairStatus::Unspecified => "unspecified",
+        };
+        self.metrics.pairs_built.get_or_create(&Status { status }).inc();
+        record::encode(&rec, self.encoding)
     }
 
     /// Runs queued shadow jobs until the queue closes. One task per call; the

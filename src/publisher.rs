@@ -6,9 +6,9 @@
 //! each one ends acknowledged by the sink, written to the spool, or counted in
 //! `untaken_pairs_dropped_total` with a reason (spool full, permanent rejection).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,8 @@ use crate::sink::spool::{Spool, SpoolError};
 use crate::sink::{Sink, SinkError};
 
 /// Records sent to the sink at once; bounds the memory held by deliveries in flight.
-const MAX_IN_FLIGHT: usize = 512;
+/// (512 held a single Kafka producer to 0.4× of kcat's rate; see BENCHMARKS.md.)
+const MAX_IN_FLIGHT: usize = 4096;
 
 pub struct Publisher {
     sink: Arc<Sink>,
@@ -31,10 +32,16 @@ pub struct Publisher {
     healthy: AtomicBool,
     in_flight: Arc<Semaphore>,
     tasks: TaskTracker,
+    /// Stall detection: deliveries outstanding, and when one last made progress.
+    outstanding: AtomicUsize,
+    last_progress_ms: AtomicU64,
+    stall_timeout: Duration,
+    epoch: Instant,
+    last_drop_log_ms: AtomicU64,
 }
 
 impl Publisher {
-    pub fn new(sink: Arc<Sink>, spool: Option<Arc<Spool>>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(sink: Arc<Sink>, spool: Option<Arc<Spool>>, metrics: Arc<Metrics>, stall_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             sink,
             spool,
@@ -42,7 +49,22 @@ impl Publisher {
             healthy: AtomicBool::new(true),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: TaskTracker::new(),
+            outstanding: AtomicUsize::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            stall_timeout,
+            epoch: Instant::now(),
+            last_drop_log_ms: AtomicU64::new(0),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Deliveries are outstanding and none made progress within the stall timeout.
+    fn stalled(&self) -> bool {
+        self.outstanding.load(Ordering::Relaxed) > 0
+            && self.now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) > self.stall_timeout.as_millis() as u64
     }
 
     pub fn sink(&self) -> &Arc<Sink> {
@@ -84,15 +106,28 @@ impl Publisher {
     }
 
     async fn dispatch(self: &Arc<Self>, rec: Encoded) {
-        if !self.is_healthy() && self.spool.is_some() {
+        if self.spool.is_some() && (!self.is_healthy() || self.stalled()) {
+            if self.is_healthy() {
+                tracing::warn!(stall_ms = self.stall_timeout.as_millis() as u64, "kafka stalled; spooling new records");
+                self.healthy.store(false, Ordering::Relaxed);
+            }
             self.to_spool(rec).await;
             return;
         }
         let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        if self.outstanding.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Idle until now: the stall clock starts with this delivery.
+            self.last_progress_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
         let me = self.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
-            match me.sink.send(&rec).await {
+            let result = me.sink.send(&rec).await;
+            if result.is_ok() {
+                me.last_progress_ms.store(me.now_ms(), Ordering::Relaxed);
+            }
+            me.outstanding.fetch_sub(1, Ordering::Relaxed);
+            match result {
                 Ok(()) => {
                     me.metrics.pairs_published.inc();
                 }
@@ -124,15 +159,27 @@ impl Publisher {
                 self.metrics.pairs_spooled.inc();
             }
             Err(SpoolError::Full { used, max }) => {
-                tracing::error!(pair_id, used, max, "spool full, pair dropped");
+                if self.log_allowed() {
+                    tracing::error!(pair_id, used, max, "spool full, pairs dropped (logged at most once a second; see untaken_pairs_dropped_total)");
+                }
                 self.drop_counted("spool_full");
             }
             Err(SpoolError::Io(e)) => {
-                tracing::error!(pair_id, error = %e, "spool write failed, pair dropped");
+                if self.log_allowed() {
+                    tracing::error!(pair_id, error = %e, "spool write failed, pairs dropped (logged at most once a second)");
+                }
                 self.drop_counted("spool_io");
             }
         }
         self.update_gauges();
+    }
+
+    /// At most one drop log line a second: a full spool must not flood the logs.
+    fn log_allowed(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_drop_log_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1000)
+            && self.last_drop_log_ms.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     fn drop_counted(&self, reason: &'static str) {

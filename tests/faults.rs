@@ -895,7 +895,7 @@ async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
     tokio::task::block_in_place(|| broker.kill());
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
-    let mut setup = Setup { delivery_timeout: "1s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
+    let mut setup = Setup { delivery_timeout: "3s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
     setup.spool_max_bytes = 4096;
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;

@@ -43,7 +43,10 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         .set("queue.buffering.max.kbytes", "32768")
         // A pair carries up to three bodies; the topic should allow 4 MiB too (see deploy/).
         .set("message.max.bytes", "4194304")
-        .set("client.id", "untaken");
+        .set("client.id", "untaken")
+        // Reconnect within a second of a broker coming back (librdkafka's default backs off
+        // to 10 s), so records after an outage go to Kafka rather than the spool.
+        .set("reconnect.backoff.max.ms", "1000");
     for (k, v) in &config.librdkafka {
         c.set(k, v);
     }

@@ -1,0 +1,768 @@
+#!/usr/bin/env bash
+# untaken benchmark: one command, `bash benches/run.sh`. See BENCHMARKS.md.
+#
+# Measures, in one run, on loopback only:
+#   (a)    baseline: a no-op tonic Mirror server (examples/noop_mirror.rs), with
+#          TCP_NODELAY on accepted sockets as tonic's Server::serve(addr) sets it
+#   (b)    untaken serve, sampling 0 % (nothing sampled), Kafka sink on a real broker
+#   (c)    untaken serve, sampling 10 %, fast fake upstream, real Kafka
+#   (c100) untaken serve, sampling 100 %, fast fake upstream, real Kafka, at (a)'s
+#          rate: the healthy twin of (d), same load shape (reference only)
+#   (d)    untaken serve, sampling 100 %, shadow upstream hanging, Kafka down
+#          (brokers point at a dead port, spool in a temp dir), at (a)'s rate for
+#          a sustained soak: latency and memory
+#   (e)    extra: untaken serve, sampling 10 %, fast upstream, Kafka down, at (a)'s
+#          rate for BENCH_KAFKA_DOWN_SOAK s (a Kafka outage; longer than the 30 s
+#          delivery timeout, so the switch to the spool is inside the run)
+#   (k)    Kafka sink alone (examples/sink_bench.rs) vs kcat, same records
+# (a)-(c) use the same payload, concurrency and duration, closed loop (ghz -c),
+# repeated BENCH_ROUNDS times in a rotated order (a b c, b c a, c a b, ...): the
+# two cores are shared, so each target is judged on the median of the per-round
+# ratios, each ratio taken between runs of the same round.
+#
+# Knobs (environment; BENCH_* on purpose: untaken reads UNTAKEN_* variables as
+# config, and builds before 97a9d09 refused unknown ones; it is started without any):
+#   BENCH_DURATION=20      seconds measured per scenario (a), (b), (c), (c100)
+#   BENCH_ROUNDS=3         rounds of (a), (b), (c)
+#   BENCH_WARMUP=3         seconds of unmeasured load before each measurement
+#   BENCH_SOAK=60          seconds of (d)
+#   BENCH_KAFKA_DOWN_SOAK=45  seconds of (e); 0 skips it
+#   BENCH_CONCURRENCY=16   ghz workers (-c)
+#   BENCH_CONNECTIONS=1    gRPC connections ghz opens (a router keeps one channel)
+#   BENCH_KAFKA_RECORDS=50000  records for the sink-vs-kcat comparison
+#   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, publisher.rs MAX_IN_FLIGHT)
+#   BENCH_KAFKA_REPEATS=3  repeats of each Kafka producer run (median reported)
+#   BENCH_UPSTREAM_DELAY_MS=0  answer delay of the fast fake upstream
+#   BENCH_PARTITIONS=3     partitions of the auto-created topics
+#   BENCH_SHADOW_MAX_CONCURRENCY, BENCH_SHADOW_TIMEOUT  what-if: set max_concurrency
+#                          / timeout (e.g. 5s) on the shadow route in every untaken
+#                          config (unset: untaken's defaults, none / 60 s)
+#   BENCH_SKIP_BUILD=1     use the binaries already in target/release
+#   BENCH_KEEP=1           keep the temp dir (logs, configs, ghz JSON)
+#   UNTAKEN_TOOLS          cache dir for ghz (default ~/.cache/untaken/tools)
+#
+# Writes: target/release (cargo), target/bench/ (results), the tools cache dir,
+# the Kafka jar cache of tests/kafka/broker.sh, and one temp dir it removes.
+# Installs kcat with apt-get if missing (needs root). Every process it starts is
+# killed on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${BENCH_DURATION:-20}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+WARMUP="${BENCH_WARMUP:-3}"
+SOAK="${BENCH_SOAK:-60}"
+KDOWN_SOAK="${BENCH_KAFKA_DOWN_SOAK:-45}"
+KREPEATS="${BENCH_KAFKA_REPEATS:-3}"
+CONC="${BENCH_CONCURRENCY:-16}"
+CONNS="${BENCH_CONNECTIONS:-1}"
+KRECORDS="${BENCH_KAFKA_RECORDS:-50000}"
+SINK_CONC="${BENCH_SINK_CONCURRENCY:-4096}"
+UP_DELAY="${BENCH_UPSTREAM_DELAY_MS:-0}"
+PARTITIONS="${BENCH_PARTITIONS:-3}"
+TOOLS="${UNTAKEN_TOOLS:-${HOME:-/tmp}/.cache/untaken/tools}"
+GHZ_VERSION="v0.121.0" # builds with Go 1.26
+GHZ="$TOOLS/bin/ghz"
+BROKER_SH="$ROOT/tests/kafka/broker.sh"
+TCK="$(getconf CLK_TCK)"
+OUT_DIR="$ROOT/target/bench"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-bench.XXXXXX")"
+PIDS=()
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  sleep 0.5
+  for pid in "${PIDS[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ "${BENCH_KEEP:-}" == 1 ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() { # remove a pid we stopped ourselves from the cleanup list
+  local p out=()
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || out+=("$p"); done
+  PIDS=("${out[@]}")
+}
+
+# Stops one process we started: SIGTERM, up to $2 seconds, then SIGKILL.
+stop_pid() {
+  local pid="$1" wait_s="${2:-10}" i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < wait_s * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+# A loopback port nobody listens on (below the ephemeral range).
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 12000))
+    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . && ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free port"
+}
+
+# Waits until FILE has a line matching REGEX; prints that line.
+wait_line() {
+  local file="$1" re="$2" pid="$3" secs="${4:-30}" i
+  for ((i = 0; i < secs * 10; i++)); do
+    if grep -Eq "$re" "$file" 2>/dev/null; then
+      grep -E "$re" "$file" | head -n1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || {
+      tail -n 30 "$file" >&2
+      die "process $pid exited before printing /$re/ (log $file)"
+    }
+    sleep 0.1
+  done
+  tail -n 30 "$file" >&2
+  die "timed out waiting for /$re/ in $file"
+}
+
+cpu_ticks() { # utime+stime of a process, in clock ticks
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+aux_ticks() { # the same, summed over the broker and the fake upstream, when running
+  local p t=0 x
+  for p in ${BROKER_PID:-} ${UPSTREAM_PID:-}; do
+    x="$(cpu_ticks "$p" 2>/dev/null || echo 0)"
+    t=$((t + x))
+  done
+  echo "$t"
+}
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+host_cpu() { # busy (steal excluded), total and steal jiffies of the whole machine
+  # /proc/stat cpu: user nice system idle iowait irq softirq steal guest guest_nice;
+  # guest time is already inside user, so only the first eight columns count.
+  awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6 - $9, t, $9 }' /proc/stat
+}
+
+# ---------------------------------------------------------------- tools, build
+
+install_tools() {
+  if [[ ! -x "$GHZ" ]]; then
+    command -v go >/dev/null || die "go not found (needed once to install ghz)"
+    log "installing ghz $GHZ_VERSION into $TOOLS/bin (Go module proxy)"
+    mkdir -p "$TOOLS/bin"
+    GOBIN="$TOOLS/bin" GOMODCACHE="$TOOLS/go/mod" GOCACHE="$TOOLS/go/build" GOPATH="$TOOLS/go" GOFLAGS=-modcacherw \
+      go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION" >"$WORK/ghz-install.log" 2>&1 ||
+      {
+        tail -n 30 "$WORK/ghz-install.log" >&2
+        die "go install ghz failed"
+      }
+  fi
+  if ! command -v kcat >/dev/null; then
+    log "installing kcat (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >"$WORK/kcat-install.log" 2>&1; then
+      apt-get update -qq >>"$WORK/kcat-install.log" 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >>"$WORK/kcat-install.log" 2>&1 ||
+        {
+          tail -n 20 "$WORK/kcat-install.log" >&2
+          die "apt-get install kcat failed"
+        }
+    fi
+  fi
+  for t in jq ss curl awk; do command -v "$t" >/dev/null || die "$t not found"; done
+}
+
+build() {
+  if [[ "${BENCH_SKIP_BUILD:-}" == 1 ]]; then
+    log "BENCH_SKIP_BUILD=1: using target/release as it is"
+  else
+    log "cargo build --release (untaken, noop_mirror, fake_upstream, sink_bench)"
+    cargo build --release --quiet --bin untaken --example noop_mirror --example fake_upstream --example sink_bench
+  fi
+  # What was measured: the commit and the uncommitted changes the build saw.
+  SRC_STATE="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  local dirty
+  dirty="$(git -C "$ROOT" status --short -- src proto build.rs Cargo.toml Cargo.lock 2>/dev/null | wc -l)"
+  if [[ "$dirty" != 0 ]]; then
+    SRC_STATE+=" + $dirty uncommitted files (diff sha256 $(git -C "$ROOT" diff HEAD -- src proto build.rs Cargo.toml Cargo.lock | sha256sum | cut -c1-12))"
+  else
+    SRC_STATE+=" (clean)"
+  fi
+  log "source: $SRC_STATE"
+  BIN="$ROOT/target/release/untaken"
+  NOOP="$ROOT/target/release/examples/noop_mirror"
+  FAKE="$ROOT/target/release/examples/fake_upstream"
+  SINKB="$ROOT/target/release/examples/sink_bench"
+  for b in "$BIN" "$NOOP" "$FAKE" "$SINKB"; do [[ -x "$b" ]] || die "missing $b"; done
+}
+
+# --------------------------------------------------------------------- payload
+
+# A chat-completions request of about 2 KB, as a router would send upstream, and
+# the primary route's answer (one-phase pairing: the router already has it, so a
+# sampled pair completes as soon as the shadow call does and is published).
+write_payload() {
+  cat >"$WORK/request.json" <<'EOF'
+{"model":"fast-model","stream":true,"temperature":0.2,"max_tokens":512,"user":"u-5f2c9a",
+"messages":[
+{"role":"system","content":"You are the support assistant of an online retailer of outdoor equipment. Answer in the customer's language, concisely and politely. Always cite the policy section you rely on, in square brackets, e.g. [Returns 2.1]. Never invent order numbers, tracking codes, prices or delivery dates: when you need one, call the matching tool or ask the customer. If a request is ambiguous, ask exactly one clarifying question before acting. Do not give legal or medical advice. Escalate to a human agent when the customer asks for one, when a refund exceeds 500 EUR, or when the customer reports an injury. Policies: [Returns 2.1] Unused items can be returned within 30 days of delivery for a full refund; [Returns 2.2] used items within 14 days for store credit; [Shipping 3.4] orders over 50 EUR ship free within the EU; [Warranty 5.1] two years on all equipment, five years on tents and backpacks."},
+{"role":"user","content":"Hi, I ordered a two-person tent and a sleeping bag three weeks ago. The tent arrived with a torn rain fly, and the sleeping bag never came at all."},
+{"role":"assistant","content":"I'm sorry about both problems. Could you give me the order number so I can look at the shipment and the tent's warranty [Warranty 5.1]?"},
+{"role":"user","content":"It's on the confirmation email, order 4471-2290. Can I get the tent replaced and a refund for the sleeping bag, and how long will it take?"}],
+"tools":[{"type":"function","function":{"name":"lookup_order","description":"Fetch an order's items, shipments and tracking","parameters":{"type":"object","properties":{"order_id":{"type":"string"}},"required":["order_id"]}}}]}
+EOF
+  cat >"$WORK/primary.json" <<'EOF'
+{"id":"chatcmpl-9b1e7f0c","object":"chat.completion","created":1731000000,"model":"fast-model","choices":[{"index":0,"message":{"role":"assistant","content":"Thank you. For order 4471-2290 I can replace the tent under warranty [Warranty 5.1]: we send a new one as soon as the carrier collects the damaged one. For the missing sleeping bag I am opening a carrier investigation; if it is not found within 5 working days you get a full refund [Returns 2.1]."},"finish_reason":"stop"}],"usage":{"prompt_tokens":497,"completion_tokens":88,"total_tokens":585}}
+EOF
+  jq -e . "$WORK/request.json" >/dev/null || die "request.json is not JSON"
+  jq -e . "$WORK/primary.json" >/dev/null || die "primary.json is not JSON"
+  jq -c . "$WORK/request.json" >"$WORK/request.min.json"
+  jq -c . "$WORK/primary.json" >"$WORK/primary.min.json"
+  REQ_BYTES=$(wc -c <"$WORK/request.min.json")
+  PRIM_BYTES=$(wc -c <"$WORK/primary.min.json")
+  REQ_B64=$(base64 -w0 <"$WORK/request.min.json")
+  PRIM_B64=$(base64 -w0 <"$WORK/primary.min.json")
+  log "payload: request_body $REQ_BYTES bytes, primary.body $PRIM_BYTES bytes"
+}
+
+# ghz call data for one run: request ids unique to the run, so hash sampling
+# varies per call and no id repeats across runs (a repeat would be ALREADY_EXISTS
+# while its pair is pending).
+ghz_data() {
+  local tag="$1"
+  jq -cn --arg rid "bench-$tag-{{.RequestNumber}}" --arg body "$REQ_B64" --arg prim "$PRIM_B64" '{
+    request_id: $rid, route_taken: "fast", request_body: $body, slice: "simple_qa",
+    labels: {tenant: "tenant-7", router_version: "bench-1", latency_budget_ms: "2500"},
+    primary: {body: $prim, status_code: 200, latency_ms: 812.5}
+  }' >"$WORK/data-$tag.json"
+  echo "$WORK/data-$tag.json"
+}
+
+# ghz TAG ADDR SECONDS [RPS] -> $WORK/ghz-TAG.json
+run_ghz() {
+  local tag="$1" addr="$2" secs="$3" rps="${4:-0}" data
+  data="$(ghz_data "$tag")"
+  "$GHZ" --insecure --proto "$ROOT/proto/untaken/v1/mirror.proto" --import-paths "$ROOT/proto" \
+    --call untaken.v1.Mirror.Mirror -D "$data" -c "$CONC" --connections "$CONNS" -r "$rps" \
+    -z "${secs}s" --duration-stop ignore -t 10s -O json -o "$WORK/ghz-$tag.json" "$addr" \
+    >"$WORK/ghz-$tag.log" 2>&1 || {
+    cat "$WORK/ghz-$tag.log" >&2
+    die "ghz $tag failed"
+  }
+}
+
+# -------------------------------------------------------------------- services
+
+start_noop() { # [--nagle] (diagnostic only; the baseline sets TCP_NODELAY)
+  "$NOOP" "$@" 127.0.0.1:0 >"$WORK/noop.out" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER_ADDR="$(wait_line "$WORK/noop.out" '^listening ' "$SERVER_PID" | awk '{print $2}')"
+}
+
+# start_upstream NAME ARGS... -> UPSTREAM_URL, UPSTREAM_PID
+start_upstream() {
+  local name="$1"
+  shift
+  "$FAKE" --name "$name" "$@" >"$WORK/upstream-$name.out" 2>&1 &
+  UPSTREAM_PID=$!
+  PIDS+=("$UPSTREAM_PID")
+  UPSTREAM_URL="$(wait_line "$WORK/upstream-$name.out" '^url ' "$UPSTREAM_PID" | awk '{print $2}')"
+}
+
+# write_config TAG RATE SHADOW_URL BROKERS TOPIC -> $WORK/untaken-TAG.toml
+write_config() {
+  local tag="$1" rate="$2" shadow="$3" brokers="$4" topic="$5"
+  cat >"$WORK/untaken-$tag.toml" <<EOF
+# Everything not set here is untaken's default (log level info, JSON logs,
+# pairing 120 s / 10000 pending, queue 1024, route timeout 60 s, delivery
+# timeout 30 s, spool 256 MiB).
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[sampling]
+default_rate = $rate
+
+[routes.fast]
+url = "$FAST_URL"
+model = "fast-model"
+counterfactual = "reasoning"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.60
+
+[routes.reasoning]
+url = "$shadow"
+model = "reasoning-model"
+counterfactual = "fast"
+input_usd_per_mtok = 1.10
+output_usd_per_mtok = 4.40
+${BENCH_SHADOW_MAX_CONCURRENCY:+max_concurrency = $BENCH_SHADOW_MAX_CONCURRENCY}
+${BENCH_SHADOW_TIMEOUT:+timeout = \"$BENCH_SHADOW_TIMEOUT\"}
+
+[sink]
+type = "kafka"
+
+[sink.kafka]
+brokers = "$brokers"
+topic = "$topic"
+
+[spool]
+dir = "$WORK/spool-$tag"
+EOF
+  # (inside this unquoted heredoc, \" is what yields a literal quote in ${VAR:+...})
+  "$BIN" check-config "$WORK/untaken-$tag.toml" >/dev/null 2>"$WORK/check-$tag.err" ||
+    {
+      cat "$WORK/check-$tag.err" >&2
+      die "config for $tag rejected"
+    }
+}
+
+# Runs untaken with no UNTAKEN_* variable from our environment (they would be
+# read as config keys). -> SERVER_PID, SERVER_ADDR, ADMIN_ADDR
+start_untaken() {
+  local tag="$1" unset=() v
+  for v in $(compgen -e | grep '^UNTAKEN_' || true); do unset+=(-u "$v"); done
+  env "${unset[@]}" "$BIN" serve --config "$WORK/untaken-$tag.toml" >"$WORK/untaken-$tag.out" 2>"$WORK/untaken-$tag.log" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  local line
+  line="$(wait_line "$WORK/untaken-$tag.log" '"untaken started"' "$SERVER_PID")"
+  SERVER_ADDR="$(jq -r '.grpc' <<<"$line")"
+  ADMIN_ADDR="$(jq -r '.admin' <<<"$line")"
+}
+
+metrics_snapshot() { # TAG: keeps the counters that tell what untaken did
+  curl -fsS "http://$ADMIN_ADDR/metrics" >"$WORK/metrics-$1.txt" 2>/dev/null || echo "# scrape failed" >"$WORK/metrics-$1.txt"
+}
+
+# sum of a metric family in a snapshot, optionally filtered by a label regex
+msum() {
+  awk -v name="$2" -v re="${3:-}" '
+    $1 ~ ("^" name "(\\{|$)") && (re == "" || $1 ~ re) { s += $NF }
+    END { printf "%d", s }' "$WORK/metrics-$1.txt"
+}
+
+start_broker() {
+  log "Kafka: fetching jars (tests/kafka/broker.sh fetch)"
+  bash "$BROKER_SH" fetch >/dev/null
+  local dir="$WORK/kafka" cp
+  mkdir -p "$dir"
+  KPORT="$(free_port)"
+  cp="$(free_port)"
+  [[ "$cp" != "$KPORT" ]] || cp=$((KPORT + 1))
+  # The integration-test harness's single-node KRaft settings (tests/common/kafka.rs).
+  cat >"$dir/server.properties" <<EOF
+node.id=1
+process.roles=broker,controller
+listeners=PLAINTEXT://127.0.0.1:$KPORT,CONTROLLER://127.0.0.1:$cp
+advertised.listeners=PLAINTEXT://127.0.0.1:$KPORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:$cp
+log.dirs=$dir/data
+num.partitions=$PARTITIONS
+default.replication.factor=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+min.insync.replicas=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+EOF
+  local cid
+  cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  bash "$BROKER_SH" format "$dir" "$cid" >"$dir/format.out" 2>&1 || {
+    cat "$dir/format.out" >&2
+    die "kafka format failed"
+  }
+  # WATCH_PID = this script: if it dies without its trap, the broker goes too.
+  bash "$BROKER_SH" run "$dir" $$ >"$dir/broker.out" 2>&1 &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+  BROKERS="127.0.0.1:$KPORT"
+  local i
+  for ((i = 0; i < 900; i++)); do
+    if kcat -L -b "$BROKERS" -m 2 2>/dev/null | grep -q '1 brokers'; then
+      log "Kafka ready at $BROKERS (pid $BROKER_PID)"
+      return 0
+    fi
+    kill -0 "$BROKER_PID" 2>/dev/null || {
+      tail -n 40 "$dir/broker.out" "$dir/broker.log" >&2 || true
+      die "broker exited"
+    }
+    sleep 0.1
+  done
+  tail -n 40 "$dir/broker.log" >&2 || true
+  die "broker not ready after 90 s"
+}
+
+# ------------------------------------------------------------------- scenarios
+
+declare -A RPS P50 P99 AVG COUNT ERRS CPU CPUUS HWM BUSY GHZCPU AUX OTHER STEAL
+
+children_cpu() { # user+sys seconds of this shell's waited-for children so far
+  # `times` must run in this shell, not in a $( ) subshell that has no children.
+  times >"$WORK/times.txt"
+  awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } printf "%.2f", s }' "$WORK/times.txt"
+}
+
+# measure TAG [RPS]: warm-up, then the measured ghz run against $SERVER_ADDR with
+# CPU (utime+stime of $SERVER_PID), peak RSS and host CPU around it.
+measure() {
+  local tag="$1" secs="$2" rate="${3:-0}"
+  log "$tag: warm-up ${WARMUP}s"
+  run_ghz "$tag-warm" "$SERVER_ADDR" "$WARMUP" "$rate"
+  local c0 c1 hb0 ht0 hs0 hb1 ht1 hs1 g0 g1 x0 x1
+  c0="$(cpu_ticks "$SERVER_PID")"
+  x0="$(aux_ticks)"
+  read -r hb0 ht0 hs0 < <(host_cpu)
+  children_cpu >"$WORK/g0"
+  log "$tag: measuring ${secs}s (c=$CONC, rate limit ${rate}/s, 0 = none)"
+  run_ghz "$tag" "$SERVER_ADDR" "$secs" "$rate"
+  children_cpu >"$WORK/g1"
+  g0="$(cat "$WORK/g0")"
+  g1="$(cat "$WORK/g1")"
+  c1="$(cpu_ticks "$SERVER_PID")"
+  x1="$(aux_ticks)"
+  read -r hb1 ht1 hs1 < <(host_cpu)
+  local j="$WORK/ghz-$tag.json"
+  RPS[$tag]="$(jq -r '.rps' "$j")"
+  COUNT[$tag]="$(jq -r '.count' "$j")"
+  P50[$tag]="$(jq -r '[.latencyDistribution[] | select(.percentage == 50)][0].latency / 1e6' "$j")"
+  P99[$tag]="$(jq -r '[.latencyDistribution[] | select(.percentage == 99)][0].latency / 1e6' "$j")"
+  AVG[$tag]="$(jq -r '.average / 1e6' "$j")"
+  ERRS[$tag]="$(jq -r '[(.errorDistribution // {}) | to_entries[] | .value] | add // 0' "$j")"
+  CPU[$tag]="$(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN { printf "%.2f", (b - a) / t }')"
+  CPUUS[$tag]="$(awk -v c="${CPU[$tag]}" -v n="${COUNT[$tag]}" 'BEGIN { printf "%.1f", (n > 0 ? c * 1e6 / n : 0) }')"
+  HWM[$tag]="$(hwm_kib "$SERVER_PID")"
+  BUSY[$tag]="$(awk -v a="$hb0" -v b="$hb1" -v x="$ht0" -v y="$ht1" 'BEGIN { printf "%.0f", 100 * (b - a) / (y - x) }')"
+  # Steal: time our vCPUs were runnable but the hypervisor ran someone else's work.
+  STEAL[$tag]="$(awk -v a="$hs0" -v b="$hs1" -v t="$TCK" 'BEGIN { printf "%.2f", (b - a) / t }')"
+  GHZCPU[$tag]="$(awk -v a="$g0" -v b="$g1" 'BEGIN { printf "%.2f", b - a }')"
+  AUX[$tag]="$(awk -v a="$x0" -v b="$x1" -v t="$TCK" 'BEGIN { printf "%.2f", (b - a) / t }')"
+  # Everything else that kept this machine busy meanwhile (steal excluded): kernel
+  # softirq time not charged to a process, any other process (host jiffies are
+  # CLK_TCK units too).
+  OTHER[$tag]="$(awk -v a="$hb0" -v b="$hb1" -v t="$TCK" -v s="${CPU[$tag]}" -v g="${GHZCPU[$tag]}" -v x="${AUX[$tag]}" 'BEGIN { o = (b - a) / t - s - g - x; printf "%.2f", (o < 0) ? 0 : o }')"
+  if [[ "${ERRS[$tag]}" != 0 ]]; then
+    log "$tag: ghz errors: $(jq -c '.errorDistribution' "$j")"
+  fi
+  log "$tag: $(printf '%.0f' "${RPS[$tag]}") rps, p50 ${P50[$tag]} ms, p99 ${P99[$tag]} ms, server cpu ${CPU[$tag]} s, ghz cpu ${GHZCPU[$tag]} s, broker+upstream cpu ${AUX[$tag]} s, other cpu ${OTHER[$tag]} s, steal ${STEAL[$tag]} s, VmHWM ${HWM[$tag]} KiB, errors ${ERRS[$tag]}"
+}
+
+scenario_untaken() { # TAG RATE SHADOW_URL BROKERS TOPIC SECS [RPS]
+  local tag="$1"
+  write_config "$tag" "$2" "$3" "$4" "$5"
+  start_untaken "$tag"
+  measure "$tag" "$6" "${7:-0}"
+  metrics_snapshot "$tag"
+  stop_pid "$SERVER_PID" 15
+}
+
+declare -A THREADS FDS
+# soak TAG RATE SHADOW_URL SECS: untaken with Kafka down (brokers at a dead port,
+# spool in the temp dir), rate-limited at (a)'s median rps, RSS and pairs sampled
+# every 2 s.
+soak() {
+  local tag="$1" rate="$2" shadow="$3" secs="$4"
+  write_config "$tag" "$rate" "$shadow" "127.0.0.1:$(free_port)" "bench.pairs.$tag"
+  start_untaken "$tag"
+  (
+    while kill -0 "$SERVER_PID" 2>/dev/null; do
+      printf '%s %s %s\n' "$(date +%s)" "$(rss_kib "$SERVER_PID" 2>/dev/null || echo 0)" \
+        "$(curl -fsS "http://$ADMIN_ADDR/metrics" 2>/dev/null | awk '/^untaken_pending_pairs / { p = $2 } /^untaken_pairs_spooled_total / { s = $2 } END { print p + 0, s + 0 }')"
+      sleep 2
+    done
+  ) >"$WORK/rss-$tag.txt" 2>/dev/null &
+  local sampler=$!
+  PIDS+=("$sampler")
+  measure "$tag" "$secs" "$BASE_RPS"
+  metrics_snapshot "$tag"
+  THREADS[$tag]="$(awk '/^Threads:/ {print $2}' "/proc/$SERVER_PID/status")"
+  FDS[$tag]="$(ls "/proc/$SERVER_PID/fd" | wc -l)"
+  stop_pid "$SERVER_PID" 10
+  stop_pid "$sampler" 1
+}
+
+kafka_bench() {
+  log "Kafka sink vs kcat: $KRECORDS records"
+  # key:payload lines; each payload a ~2 KB pair-record-like JSON document.
+  jq -cn --rawfile req "$WORK/request.min.json" --rawfile prim "$WORK/primary.min.json" '
+    {schema_version: 1, pair_id: "PAIR", request_id: "REQ", slice: "simple_qa", rate: 0.1,
+     route_taken: {name: "fast", model: "fast-model"},
+     route_not_taken: {name: "reasoning", model: "reasoning-model"},
+     request_body: ($req | fromjson | .messages[0:2]),
+     primary: {status_code: 200, latency_ms: 812.5, body: ($prim | fromjson | .choices)}}' >"$WORK/record-template.json"
+  awk -v n="$((KRECORDS + 1))" 'NR == 1 { t = $0 } END {
+      for (i = 0; i < n; i++) { r = t; gsub(/REQ/, "bench-k-" i, r); gsub(/PAIR/, "pair-" i, r); print "bench-k-" i ":" r } }' \
+    "$WORK/record-template.json" >"$WORK/records.txt"
+  REC_BYTES="$(head -n1 "$WORK/records.txt" | wc -c)"
+  head -n1 "$WORK/records.txt" >"$WORK/records-warm.txt"
+  tail -n +2 "$WORK/records.txt" >"$WORK/records-timed.txt"
+  local hdrs=(-H content-type=application/json -H untaken-schema=untaken.v1.PairRecord -H untaken-schema-version=1
+    -H untaken-slice=simple_qa -H untaken-route-taken=fast)
+  local t0 t1 variant topic k vals extra
+  for variant in plain lz4; do
+    extra=()
+    [[ "$variant" == lz4 ]] && extra=(-X compression.type=lz4)
+    vals=""
+    for ((k = 1; k <= KREPEATS; k++)); do
+      topic="bench.kcat.$variant.$k.$STAMP"
+      # First record: creates the topic and warms up, untimed (as in sink_bench).
+      kcat -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-warm.txt"
+      t0="$(date +%s.%N)"
+      kcat -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-timed.txt" ||
+        die "kcat produce failed"
+      t1="$(date +%s.%N)"
+      vals+=" $(awk -v a="$t0" -v b="$t1" -v n="$KRECORDS" 'BEGIN { printf "%.0f", n / (b - a) }')"
+    done
+    KCAT[$variant]="$(median <<<"$vals" | awk '{ printf "%.0f", $1 }')"
+    KCAT_ALL[$variant]="${vals# }"
+    log "kcat ($variant): $KRECORDS records, rec/s per repeat:$vals"
+  done
+  for variant in capped unbounded; do
+    local conc="$SINK_CONC"
+    [[ "$variant" == unbounded ]] && conc="$KRECORDS"
+    vals=""
+    for ((k = 1; k <= KREPEATS; k++)); do
+      topic="bench.sink.$variant.$k.$STAMP"
+      "$SINKB" --brokers "$BROKERS" --topic "$topic" --file "$WORK/records.txt" --warmup 1 --concurrency "$conc" \
+        >"$WORK/sink.json" 2>"$WORK/sink.err" || {
+        cat "$WORK/sink.err" "$WORK/sink.json" >&2
+        die "sink_bench failed"
+      }
+      vals+=" $(jq -r '.records_per_s' "$WORK/sink.json")"
+    done
+    SINK[$variant]="$(median <<<"$vals" | awk '{ printf "%.0f", $1 }')"
+    SINK_ALL[$variant]="${vals# }"
+    log "untaken KafkaSink ($variant, $conc in flight): rec/s per repeat:$vals"
+  done
+}
+declare -A KCAT KCAT_ALL SINK SINK_ALL
+
+# ----------------------------------------------------------------------- main
+
+mkdir -p "$OUT_DIR"
+install_tools
+build
+write_payload
+FAST_URL="http://127.0.0.1:9/unused" # overwritten below
+start_broker
+
+start_upstream fast --delay-ms "$UP_DELAY"
+FAST_URL="$UPSTREAM_URL"
+FAST_PID="$UPSTREAM_PID"
+log "fast fake upstream at $FAST_URL"
+
+run_scenario() { # a|b|c ROUND
+  local s="$1" r="$2"
+  case "$s" in
+    a)
+      log "(a) round $r: baseline no-op server"
+      start_noop
+      measure "a$r" "$DURATION"
+      stop_pid "$SERVER_PID" 5
+      ;;
+    b)
+      log "(b) round $r: untaken, sampling 0 %"
+      scenario_untaken "b$r" 0.0 "$FAST_URL" "$BROKERS" "bench.pairs.b$r.$STAMP" "$DURATION"
+      ;;
+    c)
+      log "(c) round $r: untaken, sampling 10 %, fast upstream, real Kafka"
+      scenario_untaken "c$r" 0.1 "$FAST_URL" "$BROKERS" "bench.pairs.c$r.$STAMP" "$DURATION"
+      ;;
+  esac
+}
+ORDER=(a b c)
+for ((r = 1; r <= ROUNDS; r++)); do
+  k=$(((r - 1) % 3))
+  for ((i = 0; i < 3; i++)); do run_scenario "${ORDER[$(((i + k) % 3))]}" "$r"; done
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# Median over rounds of a per-round quantity (RPS or P99) or of a per-round ratio.
+med_of() { # ARRAY SCENARIO
+  local -n arr="$1"
+  local r vals=""
+  for ((r = 1; r <= ROUNDS; r++)); do vals+=" ${arr[$2$r]}"; done
+  median <<<"$vals"
+}
+med_ratio() { # ARRAY NUM DEN
+  local -n arr="$1"
+  local r vals=""
+  for ((r = 1; r <= ROUNDS; r++)); do vals+=" $(ratio "${arr[$2$r]}" "${arr[$3$r]}")"; done
+  median <<<"$vals"
+}
+all_ratios() { # ARRAY NUM DEN -> "x / y / z"
+  local -n arr="$1"
+  local r out=()
+  for ((r = 1; r <= ROUNDS; r++)); do out+=("$(ratio "${arr[$2$r]}" "${arr[$3$r]}")"); done
+  local IFS=/
+  echo "${out[*]}" | sed 's|/| / |g'
+}
+BASE_RPS="$(printf '%.0f' "$(med_of RPS a)")"
+# (d)'s own healthy comparison for the p99 target is (c): its median p99.
+C_P99_MED="$(med_of P99 c)"
+log "(c100) untaken, sampling 100 %, fast upstream, real Kafka, at $BASE_RPS rps (median of (a))"
+scenario_untaken c100 1.0 "$FAST_URL" "$BROKERS" "bench.pairs.c100.$STAMP" "$DURATION" "$BASE_RPS"
+
+kafka_bench
+
+log "stopping the Kafka broker"
+stop_pid "$BROKER_PID" 20
+BROKER_PID=
+
+if [[ "$KDOWN_SOAK" != 0 ]]; then
+  log "(e) untaken, sampling 10 %, fast upstream, Kafka down, ${KDOWN_SOAK}s at $BASE_RPS rps"
+  soak e 0.1 "$FAST_URL" "$KDOWN_SOAK"
+fi
+stop_pid "$FAST_PID" 5
+
+log "(d) untaken, sampling 100 %, shadow hanging, Kafka down, ${SOAK}s at $BASE_RPS rps"
+start_upstream hang --hang
+HANG_PID="$UPSTREAM_PID"
+soak d 1.0 "$UPSTREAM_URL" "$SOAK"
+stop_pid "$HANG_PID" 5
+
+# --------------------------------------------------------------------- report
+
+verdict() { # VALUE OP LIMIT
+  awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN {
+    ok = (op == ">=") ? (v >= l) : (op == "<=") ? (v <= l) : (v < l); print ok ? "PASS" : "MISS" }'
+}
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+name_of() {
+  case "$1" in
+    a*) echo "(a) no-op tonic server, round ${1#a}" ;;
+    b*) echo "(b) untaken 0 %, round ${1#b}" ;;
+    c100) echo "(c100) untaken 100 %, Kafka up, -r $BASE_RPS [reference]" ;;
+    c*) echo "(c) untaken 10 %, Kafka up, round ${1#c}" ;;
+    d) echo "(d) untaken 100 %, upstream hangs, Kafka down, -r $BASE_RPS" ;;
+    e) echo "(e) [extra] untaken 10 %, fast upstream, Kafka down, -r $BASE_RPS" ;;
+  esac
+}
+
+REPORT="$OUT_DIR/results-$STAMP.md"
+TAGS=()
+for ((r = 1; r <= ROUNDS; r++)); do TAGS+=("a$r" "b$r" "c$r"); done
+TAGS+=(c100 d)
+[[ "$KDOWN_SOAK" != 0 ]] && TAGS+=(e)
+{
+  echo "# untaken benchmark $STAMP"
+  echo
+  echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+  echo "- source measured: $SRC_STATE, built at the start of the run"
+  [[ -n "${BENCH_SHADOW_MAX_CONCURRENCY:-}${BENCH_SHADOW_TIMEOUT:-}" ]] &&
+    echo "- WHAT-IF run, not the defaults: shadow route max_concurrency=${BENCH_SHADOW_MAX_CONCURRENCY:-unset}, timeout=${BENCH_SHADOW_TIMEOUT:-default}"
+  echo "- settings: ${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
+  echo
+  echo "| run | rps | p50 ms | p99 ms | avg ms | calls | errors | server CPU s | server µs/call | ghz CPU s | broker+upstream CPU s | other CPU s | steal s | peak RSS MiB | host busy |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for t in "${TAGS[@]}"; do
+    printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s%% |\n' "$(name_of "$t")" "${RPS[$t]}" \
+      "${P50[$t]}" "${P99[$t]}" "${AVG[$t]}" "${COUNT[$t]}" "${ERRS[$t]}" "${CPU[$t]}" "${CPUUS[$t]}" \
+      "${GHZCPU[$t]}" "${AUX[$t]}" "${OTHER[$t]}" "${STEAL[$t]}" "$(mib "${HWM[$t]}")" "${BUSY[$t]}"
+  done
+  echo
+  echo "Medians over the rounds: (a) $(printf '%.0f' "$(med_of RPS a)") rps, p99 $(med_of P99 a) ms;" \
+    "(b) $(printf '%.0f' "$(med_of RPS b)") rps, p99 $(med_of P99 b) ms; (c) $(printf '%.0f' "$(med_of RPS c)") rps, p99 $(med_of P99 c) ms;" \
+    "server CPU per call (a) $(med_of CPUUS a) µs, (b) $(med_of CPUUS b) µs, (c) $(med_of CPUUS c) µs."
+  echo
+  echo "| target | per round | median | limit | verdict |"
+  echo "|---|---|---|---|---|"
+  m="$(med_ratio RPS b a)"
+  echo "| (b) 0 % throughput vs (a) | $(all_ratios RPS b a) | ${m}x | >= 0.80x | $(verdict "$m" '>=' 0.8) |"
+  m="$(med_ratio P99 b a)"
+  echo "| (b) 0 % p99 vs (a) | $(all_ratios P99 b a) | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
+  m="$(med_ratio RPS c a)"
+  echo "| (c) 10 % throughput vs (a) | $(all_ratios RPS c a) | ${m}x | >= 0.80x | $(verdict "$m" '>=' 0.8) |"
+  m="$(med_ratio P99 c a)"
+  echo "| (c) 10 % p99 vs (a) | $(all_ratios P99 c a) | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
+  m="$(ratio "${P99[d]}" "$C_P99_MED")"
+  echo "| (d) hanging + Kafka down: p99 vs (c) median | - | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
+  m="$(mib "${HWM[d]}")"
+  echo "| (d) peak RSS (VmHWM) | - | ${m} MiB | < 128 MiB | $(verdict "$m" '<' 128) |"
+  best="${KCAT[plain]}"
+  [[ "${KCAT[lz4]}" -gt "$best" ]] && best="${KCAT[lz4]}"
+  m="$(ratio "${SINK[capped]}" "$best")"
+  echo "| Kafka sink ($SINK_CONC in flight, as the publisher) vs kcat (the faster setting) | - | ${m}x | >= 0.50x | $(verdict "$m" '>=' 0.5) |"
+  if [[ "$KDOWN_SOAK" != 0 ]]; then
+    m="$(mib "${HWM[e]}")"
+    echo "| (e) [extra] Kafka outage at 10 %: peak RSS, same budget | - | ${m} MiB | < 128 MiB | $(verdict "$m" '<' 128) |"
+    m="$(ratio "${P99[e]}" "$C_P99_MED")"
+    echo "| (e) [extra] Kafka outage at 10 %: p99 vs (c) median | - | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
+  fi
+  echo
+  echo "(d) also vs (c100), its healthy twin at the same offered rate: p99 $(ratio "${P99[d]}" "${P99[c100]}")x;" \
+    "(d) sustained $(printf '%.0f' "${RPS[d]}") of $BASE_RPS rps offered, (c100) $(printf '%.0f' "${RPS[c100]}")."
+  echo
+  echo "Kafka: $KRECORDS records of $REC_BYTES B (key:payload line), acks=all, enable.idempotence=true, topic of $PARTITIONS partitions, $KREPEATS repeats each, fresh topic each:"
+  echo
+  echo "| producer | records/s, median | each repeat |"
+  echo "|---|---|---|"
+  echo "| kcat $(kcat -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $(kcat -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}')), no compression | ${KCAT[plain]} | ${KCAT_ALL[plain]} |"
+  echo "| kcat, -X compression.type=lz4 (untaken's setting) | ${KCAT[lz4]} | ${KCAT_ALL[lz4]} |"
+  echo "| untaken KafkaSink::send (rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")), $SINK_CONC in flight (publisher.rs MAX_IN_FLIGHT) | ${SINK[capped]} | ${SINK_ALL[capped]} |"
+  echo "| untaken KafkaSink::send, all $KRECORDS in flight [diagnostic] | ${SINK[unbounded]} | ${SINK_ALL[unbounded]} |"
+  echo
+  echo "What untaken did (its /metrics at the end of each run, warm-up included):"
+  echo
+  echo "| run | sampled | not sampled | shed | published | spooled | dropped | pending at end |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for t in "${TAGS[@]}"; do
+    [[ "$t" == a* ]] && continue
+    echo "| $t | $(msum "$t" untaken_mirror_requests_total 'decision="sampled"') | $(msum "$t" untaken_mirror_requests_total 'decision="not_sampled"') | $(msum "$t" untaken_mirror_requests_total 'decision="shed"') | $(msum "$t" untaken_pairs_published_total) | $(msum "$t" untaken_pairs_spooled_total) | $(msum "$t" untaken_pairs_dropped_total) | $(msum "$t" untaken_pending_pairs) |"
+  done
+  echo
+  echo "Shed reasons: $(for t in "${TAGS[@]}"; do [[ "$t" == a* ]] && continue; x="$(grep '^untaken_mirror_requests_total{decision="shed"' "$WORK/metrics-$t.txt" | sed -E 's/.*reason="([^"]*)".* ([0-9.e+]+)$/\1=\2/' | tr '\n' ' ')"; [[ -n "$x" ]] && printf '%s: %s; ' "$t" "$x"; done; true)"
+  echo
+  for t in d e; do
+    [[ -f "$WORK/rss-$t.txt" ]] || continue
+    echo "($t) at the end: ${THREADS[$t]} threads, ${FDS[$t]} open fds, $(msum "$t" untaken_shadow_inflight) shadow calls in flight, $(msum "$t" untaken_pending_pairs) pairs pending, $(msum "$t" untaken_pairs_spooled_total) spooled, $(msum "$t" untaken_pairs_dropped_total) dropped."
+    echo
+    echo "($t) every 2 s from start, s:RSS MiB/pending/spooled: $(awk 'NR == 1 { t0 = $1 } $2 > 0 { printf "%d:%.0f/%s/%s ", $1 - t0, $2 / 1024, $3, $4 }' "$WORK/rss-$t.txt")"
+    echo
+  done
+} >"$REPORT"
+for t in "${TAGS[@]}"; do cp "$WORK/ghz-$t.json" "$OUT_DIR/ghz-$t-$STAMP.json"; done
+for t in "${TAGS[@]}"; do [[ -f "$WORK/metrics-$t.txt" ]] && cp "$WORK/metrics-$t.txt" "$OUT_DIR/metrics-$t-$STAMP.txt"; done
+for t in d e; do cp "$WORK/untaken-$t.log" "$OUT_DIR/untaken-$t-$STAMP.log" 2>/dev/null || true; done
+echo
+cat "$REPORT"
+echo
+log "report: $REPORT (ghz JSON, /metrics snapshots and (d)'s log beside it)"

@@ -1,0 +1,43 @@
+//! Benchmark helper: one OpenAI-compatible fake upstream
+//! ([`untaken::simulate::FakeUpstream`]) in its own process, so its CPU is not
+//! counted as the sidecar's.
+//!
+//!     cargo run --release --example fake_upstream -- [--name NAME] [--hang | --delay-ms N]
+//!
+//! Prints `url <http://127.0.0.1:PORT/v1/chat/completions>` on stdout once bound,
+//! then serves until killed. `--hang` accepts every request and never answers;
+//! otherwise each request gets a chat completion after `--delay-ms` (default 0).
+//!
+//! Note: `FakeUpstream` keeps every request it saw (for tests to assert on), so
+//! this process grows with the number of requests; that is the helper's memory,
+//! not the sidecar's.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use untaken::simulate::{Behaviour, FakeUpstream};
+
+#[derive(Parser)]
+struct Args {
+    /// Name put into the answers' content.
+    #[arg(long, default_value = "bench")]
+    name: String,
+    /// Never answer (the client times out).
+    #[arg(long, conflicts_with = "delay_ms")]
+    hang: bool,
+    /// Answer after this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let behaviour = if args.hang { Behaviour::Hang } else { Behaviour::Answer { delay: Duration::from_millis(args.delay_ms) } };
+    let upstream = FakeUpstream::start(&args.name, behaviour).await?;
+    println!("url {}", upstream.url());
+    std::io::stdout().flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
