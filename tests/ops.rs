@@ -8,8 +8,16 @@ use std::time::Duration;
 use common::app::{config_toml, metric, metrics, mirror_req, primary_answer, spawn_app, TestApp};
 use common::kafka::{consume_async, shared_bootstrap_async};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use untaken::proto::v1::mirror_client::MirrorClient;
 use untaken::simulate::{Behaviour, FakeUpstream};
+
+/// The standard gRPC health status of the Mirror service.
+async fn mirror_health(channel: tonic::transport::Channel) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest { service: "untaken.v1.Mirror".into() };
+    health.check(req).await.unwrap().into_inner().status
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_metrics_health_and_reflection() {
@@ -29,14 +37,7 @@ async fn probes_metrics_health_and_reflection() {
 
     // Standard gRPC health: the Mirror service is SERVING.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.app.grpc_addr)).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "untaken.v1.Mirror".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(mirror_health(channel.clone()).await, ServingStatus::Serving as i32);
 
     // Reflection lists the services, as `grpcurl list` does.
     use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
@@ -62,19 +63,12 @@ async fn draining_refuses_new_work_and_still_completes_pending_pairs() {
     assert!(t.client.mirror(mirror_req("d-1", "fast", None)).await.unwrap().into_inner().sampled);
     let admin = format!("http://{}", t.app.admin_addr);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.app.grpc_addr)).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let token = t.app.shutdown_token();
     token.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     assert_eq!(reqwest::get(format!("{admin}/ready")).await.unwrap().status(), 503);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "untaken.v1.Mirror".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    assert_eq!(mirror_health(channel).await, ServingStatus::NotServing as i32);
     let refused = t.client.mirror(mirror_req("d-2", "fast", None)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
     t.client
