@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("PROTOC").is_none() {
         env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
-    let protos = ["proto/untaken/v1/mirror.proto", "proto/untaken/v1/pair.proto"];
+    let protos = ["proto/untaken/v1/mirror.proto", "proto/untaken/v1/pair.proto", "proto/untaken/v1/grade.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
         .compile_well_known_types(true)

@@ -143,13 +143,17 @@ pub struct SamplingConfig {
     pub salt: String,
     /// Probability that a request matching no rule is shadowed.
     pub default_rate: f64,
+    /// Fraction of sampled requests sent again to the route that was taken instead of
+    /// the counterfactual, published as `CONTROL` pairs: the noise floor of the
+    /// judge and of the sidecar's path. 0 (the default) sends none.
+    pub control_rate: f64,
     /// First matching rule wins; a rule matches when every field it sets matches.
     pub rules: Vec<SamplingRule>,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { salt: "untaken".into(), default_rate: 0.05, rules: Vec::new() }
+        Self { salt: "untaken".into(), default_rate: 0.05, control_rate: 0.0, rules: Vec::new() }
     }
 }
 
@@ -440,6 +444,7 @@ impl Config {
             return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
         }
         check_rate("sampling.default_rate", self.sampling.default_rate)?;
+        check_rate("sampling.control_rate", self.sampling.control_rate)?;
         for (i, rule) in self.sampling.rules.iter().enumerate() {
             let key = format!("sampling.rules[{i}]");
             check_rate(&format!("{key}.rate"), rule.rate)?;

@@ -20,7 +20,7 @@ use crate::admission::{Admission, RouteLimits, Ticket};
 use crate::config::{Config, ConfigError, Encoding};
 use crate::metrics::{Metrics, RouteLabel, RouteOutcome, Status};
 use crate::pairing::{self, InsertError, Ready, Table};
-use crate::proto::v1::{Answer, CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse, PairStatus};
+use crate::proto::v1::{Answer, CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse, PairKind, PairStatus};
 use crate::record::{self, Encoded, Half, PairMeta, Source};
 use crate::redact::Redactor;
 use crate::routes::{Catalog, Route, RouteError};
@@ -190,6 +190,7 @@ impl Engine {
             reason: reason.to_string(),
             rate,
             shadow_route: shadow_name.clone(),
+            control: false,
         };
         if req.labels.get(OPT_OUT_LABEL).is_some_and(|v| v == "true") {
             self.metrics.mirror("not_sampled", "opted_out", &req.slice);
@@ -201,10 +202,15 @@ impl Engine {
             self.metrics.mirror("not_sampled", "not_sampled", &req.slice);
             return Ok(not("not_sampled", decision.rate));
         }
+        // A control pair asks the route taken again: judged like any pair, it shows
+        // what the comparison reports when there is no difference to find.
+        let control = live.sampler.is_control(&req.request_id);
+        let shadow = if control { Some(taken.clone()) } else { shadow };
         let Some(shadow) = shadow else {
             self.metrics.mirror("not_sampled", "no_counterfactual", &req.slice);
             return Ok(not("no_counterfactual", decision.rate));
         };
+        let shadow_name = shadow.info.name.clone();
         let route_limits = live.admission.route(&shadow.info.name).expect("catalog and admission agree").clone();
         let ticket = match route_limits.admit(live.admission.minute()) {
             Ok(t) => t,
@@ -227,6 +233,7 @@ impl Engine {
             route_not_taken: shadow.info.clone(),
             request_body: Bytes::from(req.request_body),
             traceparent: traceparent.to_string(),
+            kind: if control { PairKind::Control } else { PairKind::Pair },
         };
         let body = meta.request_body.clone();
         {
@@ -259,8 +266,8 @@ impl Engine {
             return Ok(not("queue_full", decision.rate));
         }
         self.metrics.queue_depth.inc();
-        self.metrics.mirror("sampled", "", &req.slice);
-        Ok(MirrorResponse { sampled: true, pair_id, reason: String::new(), rate: decision.rate, shadow_route: shadow_name })
+        self.metrics.mirror("sampled", if control { "control" } else { "" }, &req.slice);
+        Ok(MirrorResponse { sampled: true, pair_id, reason: String::new(), rate: decision.rate, shadow_route: shadow_name, control })
     }
 
     /// The `Complete` RPC. Never waits: the record is built in a spawned task.

@@ -186,6 +186,7 @@ mod tests {
             route_not_taken: route,
             request_body: Bytes::new(),
             traceparent: String::new(),
+            kind: crate::proto::v1::PairKind::Pair,
         }
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::config::Encoding;
-use crate::proto::v1::{AnswerRecord, PairRecord, PairStatus, RouteRef};
+use crate::proto::v1::{AnswerRecord, PairKind, PairRecord, PairStatus, RouteRef};
 use crate::usage::Usage;
 
 /// Bumped on incompatible changes to `PairRecord`; also sent as a Kafka header.
@@ -68,6 +68,8 @@ pub struct PairMeta {
     pub route_not_taken: RouteInfo,
     pub request_body: Bytes,
     pub traceparent: String,
+    /// `Control` when the request was shadowed to the route taken itself.
+    pub kind: PairKind,
 }
 
 /// Builds the record for a pair; a `None` half is marked missing with `status_reason`.
@@ -104,6 +106,7 @@ pub fn build(
         status: status as i32,
         status_reason: if status == PairStatus::Complete { String::new() } else { status_reason.to_string() },
         traceparent: meta.traceparent.clone(),
+        kind: meta.kind as i32,
     }
 }
 
@@ -237,6 +240,7 @@ mod tests {
             },
             request_body: Bytes::from_static(br#"{"model":"small","messages":[{"role":"user","content":"hi"}]}"#),
             traceparent: String::new(),
+            kind: PairKind::Pair,
         }
     }
 

@@ -5,6 +5,11 @@
 //! the same salt decides the same way, a higher rate keeps every key a lower rate
 //! sampled (nested samples), and a new salt draws an independent sample.
 //!
+//! Control pairs: of the sampled requests, those with
+//! `sha256(salt || "/control" || 0x00 || request_id) < floor(control_rate × 2^64)`
+//! are sent again to the route that was taken (kind `CONTROL`), an independent draw
+//! per request, so a judge comparing the two answers measures its own noise.
+//!
 //! Pure: no I/O, no clock, no randomness.
 
 use sha2::{Digest, Sha256};
@@ -22,13 +27,26 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Sampler {
     salt: Vec<u8>,
+    control_salt: Vec<u8>,
     default_rate: f64,
+    control_rate: f64,
     rules: Vec<SamplingRule>,
 }
 
 impl Sampler {
     pub fn new(config: &SamplingConfig) -> Self {
-        Self { salt: config.salt.as_bytes().to_vec(), default_rate: config.default_rate, rules: config.rules.clone() }
+        Self {
+            salt: config.salt.as_bytes().to_vec(),
+            control_salt: format!("{}/control", config.salt).into_bytes(),
+            default_rate: config.default_rate,
+            control_rate: config.control_rate,
+            rules: config.rules.clone(),
+        }
+    }
+
+    /// Whether a sampled request becomes a control pair (shadowed to the route taken).
+    pub fn is_control(&self, request_id: &str) -> bool {
+        below(hash(&self.control_salt, request_id), self.control_rate)
     }
 
     /// The rate for a slice and route: the first matching rule, else the default.
@@ -78,7 +96,25 @@ mod tests {
     use super::*;
 
     fn sampler(rate: f64, salt: &str) -> Sampler {
-        Sampler::new(&SamplingConfig { salt: salt.into(), default_rate: rate, rules: vec![] })
+        Sampler::new(&SamplingConfig { salt: salt.into(), default_rate: rate, control_rate: 0.0, rules: vec![] })
+    }
+
+    #[test]
+    fn control_is_an_independent_fraction_of_requests() {
+        let s = Sampler::new(&SamplingConfig { salt: "s".into(), default_rate: 0.5, control_rate: 0.2, rules: vec![] });
+        let n = 20_000;
+        let (mut control, mut both) = (0, 0);
+        for i in 0..n {
+            let key = format!("req-{i}");
+            let c = s.is_control(&key);
+            control += usize::from(c);
+            both += usize::from(c && s.decide(&key, "", "fast").sampled);
+        }
+        // Binomial(20000, 0.2): sd ≈ 57; independence: P(control and sampled) = 0.1, sd ≈ 42.
+        assert!((control as i64 - 4000).abs() < 5 * 57, "control fraction {control}/{n}");
+        assert!((both as i64 - 2000).abs() < 5 * 42, "control is not independent of sampling: {both}/{n}");
+        let off = Sampler::new(&SamplingConfig { salt: "s".into(), default_rate: 0.5, control_rate: 0.0, rules: vec![] });
+        assert!((0..1000).all(|i| !off.is_control(&format!("req-{i}"))), "control_rate 0 never controls");
     }
 
     #[test]
@@ -160,6 +196,7 @@ mod tests {
         let s = Sampler::new(&SamplingConfig {
             salt: "r".into(),
             default_rate: 0.01,
+            control_rate: 0.0,
             rules: vec![
                 SamplingRule { slice: Some("ood".into()), route_taken: Some("fast".into()), rate: 0.9 },
                 SamplingRule { slice: Some("ood".into()), route_taken: None, rate: 0.5 },
