@@ -221,3 +221,43 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_published
     t.app.shutdown();
     t.app.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_pairs_ask_the_route_taken_again() {
+    let mut t = spawn_app("control", "[sampling]\ndefault_rate = 1.0\ncontrol_rate = 0.5\n").await;
+    let n = 60;
+    let mut control_ids = Vec::new();
+    for i in 0..n {
+        let id = format!("ctl-{i}");
+        let resp = t.client.mirror(mirror_req(&id, "fast", Some(primary_answer("fast says 41")))).await.unwrap().into_inner();
+        assert!(resp.sampled, "{resp:?}");
+        // The documented rule, recomputed here: an independent draw on the request id.
+        let expected = (untaken::sampling::hash(b"untaken/control", &id) as u128) < untaken::sampling::threshold(0.5);
+        assert_eq!(resp.control, expected, "{id}");
+        assert_eq!(resp.shadow_route, if expected { "fast" } else { "reasoning" });
+        if expected {
+            control_ids.push(id);
+        }
+    }
+    assert!(!control_ids.is_empty() && control_ids.len() < n, "some but not all are controls: {}", control_ids.len());
+    let got = consume_async(&t.bootstrap, &t.topic, n, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), n);
+    for c in &got {
+        let r = json(c);
+        let id = r["request_id"].as_str().unwrap();
+        let is_control = control_ids.iter().any(|c| c == id);
+        if is_control {
+            assert_eq!(r["kind"], "PAIR_KIND_CONTROL", "{r}");
+            assert_eq!(r["route_not_taken"]["name"], "fast");
+            let shadow = r["counterfactual"]["body"]["choices"][0]["message"]["content"].as_str().unwrap();
+            assert!(shadow.starts_with("[fast/fast-model]"), "{shadow}");
+        } else {
+            assert!(r.get("kind").is_none(), "PAIR is the default and omitted: {r}");
+            assert_eq!(r["route_not_taken"]["name"], "reasoning");
+        }
+    }
+    assert_eq!(t.fast.seen().len(), control_ids.len(), "the route taken is called once per control pair, and only then");
+    assert_eq!(metric(&metrics(&t.app).await, "untaken_mirror_requests_total{decision=\"sampled\",reason=\"control\",slice=\"multi_step\"}"), control_ids.len() as f64);
+    t.app.shutdown();
+    t.app.wait().await;
+}
