@@ -28,15 +28,21 @@ enum Command {
     },
     /// Validate a config file and exit (0 when valid, 64 when not).
     CheckConfig { file: PathBuf },
-    /// Run the whole loop locally: fake upstreams, the sidecar, a synthetic router.
+    /// The whole story locally: a router, the sidecar, the judge and the report, on simulated models.
     Demo {
         /// Number of router requests to send.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 20_000)]
         requests: usize,
         /// JSON-lines file for the pairs (when no --brokers).
         #[arg(long, default_value = "untaken-demo-pairs.jsonl")]
         out: PathBuf,
-        /// Kafka bootstrap servers; pairs go to Kafka instead of the file.
+        /// JSON-lines file for the grades.
+        #[arg(long, default_value = "untaken-demo-grades.jsonl")]
+        grades: PathBuf,
+        /// The report as one self-contained HTML page.
+        #[arg(long, default_value = "untaken-demo-report.html")]
+        html: PathBuf,
+        /// Kafka bootstrap servers; pairs go to Kafka instead of the file (and the demo stops there).
         #[arg(long)]
         brokers: Option<String>,
         #[arg(long, default_value = "untaken.pairs")]
@@ -96,9 +102,9 @@ fn main() -> ExitCode {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
-        Command::Demo { requests, out, brokers, topic } => {
+        Command::Demo { requests, out, grades, html, brokers, topic } => {
             init_logging("warn", LogFormat::Text);
-            match runtime.block_on(untaken::demo::run(untaken::demo::DemoOptions { requests, out, brokers, topic })) {
+            match runtime.block_on(untaken::demo::run(untaken::demo::DemoOptions { requests, out, grades, html, brokers, topic })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("untaken demo: {e:#}");
