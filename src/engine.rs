@@ -26,7 +26,6 @@ use crate::redact::Redactor;
 use crate::routes::{Catalog, Route, RouteError};
 use crate::sampling::Sampler;
 use crate::upstream;
-use crate::usage::Usage;
 
 /// A request label that opts the request out: never shadowed, never published.
 pub const OPT_OUT_LABEL: &str = "untaken.no_shadow";
@@ -317,7 +316,18 @@ impl Engine {
         self.finish_tasks.spawn(async move {
             // Build and encode first, then wait for the publisher holding only the encoded
             // record: the halves, the metadata and the config snapshot are freed before the wait.
-            let encoded = engine.encode(ready);
+            // Redaction, building and encoding are CPU work: off the runtime's workers,
+            // so a megabyte pair never stalls a `Mirror` queued behind it.
+            let builder = engine.clone();
+            let encoded = match tokio::task::spawn_blocking(move || builder.encode(ready)).await {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    tracing::error!(error = %e, "building a record panicked; the pair is lost");
+                    engine.metrics.pairs_dropped.get_or_create(&crate::metrics::Reason { reason: "build_failed" }).inc();
+                    engine.finishing.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            };
             // The publisher only stops after every finish task is done, so this cannot fail
             // while a record is in hand; if it ever did, count it rather than lose it silently.
             if engine.records.send(encoded).await.is_err() {
@@ -348,7 +358,7 @@ impl Engine {
             PairStatus::Unspecified => "unspecified",
         };
         self.metrics.pairs_built.get_or_create(&Status { status }).inc();
-        record::encode(&rec, self.encoding)
+        record::encode(rec, self.encoding)
     }
 
     /// Runs queued shadow jobs until the queue closes. One task per call; the
@@ -376,8 +386,8 @@ impl Engine {
         let outcome = upstream::outcome(&half);
         self.metrics.shadow_calls.get_or_create(&RouteOutcome { route: route.clone(), outcome }).inc();
         self.metrics.shadow_latency.get_or_create(&RouteLabel { route: route.clone() }).observe(half.latency_ms / 1000.0);
-        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&half.body) {
-            let cost = Usage::from_json(&body).cost_usd(job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
+        if let crate::usage::BodyKind::Object(usage) = crate::usage::read(&half.body) {
+            let cost = usage.cost_usd(job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
             job.limits.charge(cost, self.live.load().admission.minute());
             self.metrics.shadow_cost.get_or_create(&RouteLabel { route: route.clone() }).observe(cost);
             self.metrics.shadow_cost_total.get_or_create(&RouteLabel { route: route.clone() }).inc_by(cost);

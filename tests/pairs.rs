@@ -34,13 +34,15 @@ async fn one_phase_pair_reaches_kafka_with_both_answers() {
     assert_eq!(got[0].header("content-type"), Some(&b"application/json"[..]));
     assert_eq!(got[0].header("untaken-slice"), Some(&b"multi_step"[..]));
     assert_eq!(got[0].header("untaken-route-taken"), Some(&b"fast"[..]));
-    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"1"[..]));
+    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"2"[..]));
     assert_eq!(r["pair_id"], resp.pair_id);
     assert_eq!(r["status"], "PAIR_STATUS_COMPLETE");
     assert_eq!(r["primary"]["body"]["choices"][0]["message"]["content"], "fast says 41");
     let shadow = r["counterfactual"]["body"]["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(shadow.starts_with("[reasoning/reasoning-model]"), "{shadow}");
     assert_eq!(r["route_not_taken"]["model"], "reasoning-model");
+    assert!(r["counterfactual"]["body"]["usage"]["prompt_tokens"].is_u64(), "bodies verbatim: integers stay integers");
+    assert!(r["counterfactual"]["body"]["created"].is_u64());
     assert_eq!(r["request"]["model"], "fast-model", "the record keeps the router's request as sent");
     assert_eq!(r["labels"]["tenant"], "acme");
     assert_eq!(r["sampling_weight"], 1.0);
@@ -186,8 +188,13 @@ async fn protobuf_records_decode_with_the_published_schema() {
     let rec = PairRecord::decode(got[0].payload.as_slice()).expect("valid protobuf PairRecord");
     assert_eq!(rec.request_id, "pb-1");
     assert_eq!(rec.route_not_taken.unwrap().model, "reasoning-model");
-    let body = serde_json::to_value(rec.counterfactual.unwrap().body.unwrap()).unwrap();
+    // Schema version 2: JSON bodies travel as their original text.
+    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"2"[..]));
+    let request: Value = serde_json::from_str(&rec.request_json).expect("request_json is the request's JSON");
+    assert_eq!(request["model"], "fast-model");
+    let body: Value = serde_json::from_str(&rec.counterfactual.unwrap().body_json).expect("body_json is the answer's JSON");
     assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("reasoning-model"));
+    assert!(body["usage"]["prompt_tokens"].is_u64(), "integers stay integers: {body}");
     t.app.shutdown();
     t.app.wait().await;
 }
