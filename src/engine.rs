@@ -316,10 +316,18 @@ impl Engine {
         self.finish_tasks.spawn(async move {
             // Build and encode first, then wait for the publisher holding only the encoded
             // record: the halves, the metadata and the config snapshot are freed before the wait.
-            // Redaction, building and encoding are CPU work: off the runtime's workers,
-            // so a megabyte pair never stalls a `Mirror` queued behind it.
+            // Redaction, building and encoding are CPU work. A big pair goes off the
+            // runtime's workers, so it never stalls a `Mirror` queued behind it; a small
+            // one is cheaper to build here than to hand to another thread.
+            let bytes = ready.meta.request_body.len()
+                + [&ready.primary, &ready.counterfactual].iter().filter_map(|h| h.as_ref()).map(|h| h.body.len()).sum::<usize>();
             let builder = engine.clone();
-            let encoded = match tokio::task::spawn_blocking(move || builder.encode(ready)).await {
+            let built = if bytes <= crate::INLINE_CPU_BYTES {
+                Ok(builder.encode(ready))
+            } else {
+                tokio::task::spawn_blocking(move || builder.encode(ready)).await
+            };
+            let encoded = match built {
                 Ok(encoded) => encoded,
                 Err(e) => {
                     tracing::error!(error = %e, "building a record panicked; the pair is lost");
