@@ -35,6 +35,7 @@ pub struct JudgeMetrics {
     pub in_flight: Gauge,
     pub paused: Gauge,
     pub offsets_committed: Counter,
+    pub assigned_partitions: Gauge,
     pub rebalances: Family<Reason, Counter>,
 }
 
@@ -70,6 +71,7 @@ impl JudgeMetrics {
             in_flight: Gauge::default(),
             paused: Gauge::default(),
             offsets_committed: Counter::default(),
+            assigned_partitions: Gauge::default(),
             rebalances: Family::default(),
         };
         r.register("pairs_consumed", "Pair records read (from Kafka or the pairs file)", m.pairs_consumed.clone());
@@ -81,9 +83,10 @@ impl JudgeMetrics {
         r.register("call_seconds", "Judge HTTP call latency", m.judge_call_seconds.clone());
         r.register("spend_usd", "Judge spend, in USD", m.judge_spend_usd.clone());
         r.register("consumer_lag", "Pairs in the assigned partitions not yet read (from librdkafka statistics)", m.consumer_lag.clone());
-        r.register("in_flight", "Pairs read and not yet acknowledged", m.in_flight.clone());
+        r.register("in_flight", "Pairs read whose offsets are not committed yet (at most kafka.in_flight)", m.in_flight.clone());
         r.register("paused", "1 while consumption is paused because the judge budget is spent", m.paused.clone());
         r.register("offsets_committed", "Offset commits made", m.offsets_committed.clone());
+        r.register("assigned_partitions", "Partitions of the pairs topic assigned to this worker", m.assigned_partitions.clone());
         r.register("rebalances", "Consumer group rebalances by kind", m.rebalances.clone());
         r.register("grade_delivery_seconds", "Time from send to Kafka acknowledgement of a grade", sink.kafka_delivery_seconds.clone());
         r.register("grade_delivery_errors", "Grade deliveries Kafka failed, by error", sink.kafka_delivery_errors.clone());

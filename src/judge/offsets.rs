@@ -15,11 +15,13 @@ struct Partition {
     epoch: u64,
     /// Read and not yet acknowledged.
     pending: BTreeSet<i64>,
+    /// Acknowledged and not yet committed.
+    done: BTreeSet<i64>,
     /// Highest offset read.
     highest: Option<i64>,
     /// First offset read in this assignment: committing it would say nothing new.
     first: Option<i64>,
-    /// The last offset handed out by `to_commit` (the next offset to read).
+    /// The last offset Kafka stored for this partition (the next offset to read).
     committed: Option<i64>,
 }
 
@@ -78,7 +80,7 @@ impl OffsetTracker {
     /// none). False when the ticket is from an older assignment and was ignored.
     pub fn complete(&mut self, ticket: &Ticket) -> bool {
         match self.partitions.get_mut(&(ticket.topic.clone(), ticket.partition)) {
-            Some(p) if p.epoch == ticket.epoch => p.pending.remove(&ticket.offset),
+            Some(p) if p.epoch == ticket.epoch => p.pending.remove(&ticket.offset) && p.done.insert(ticket.offset),
             _ => false,
         }
     }
@@ -89,17 +91,24 @@ impl OffsetTracker {
     }
 
     /// Offsets to commit now (topic, partition, next offset to read): only those
-    /// that advanced since the last call. Marks them as handed out.
-    pub fn to_commit(&mut self) -> Vec<(String, i32, i64)> {
-        let mut out = Vec::new();
-        for ((topic, partition), p) in &mut self.partitions {
-            if let Some(c) = p.committable() {
-                p.committed = Some(c);
-                out.push((topic.clone(), *partition, c));
-            }
-        }
+    /// that advanced since the last [`mark_committed`](Self::mark_committed).
+    pub fn to_commit(&self) -> Vec<(String, i32, i64)> {
+        let mut out: Vec<_> =
+            self.partitions.iter().filter_map(|((t, p), part)| part.committable().map(|c| (t.clone(), *p, c))).collect();
         out.sort();
         out
+    }
+
+    /// Kafka stored these offsets: what is below them no longer counts as uncommitted.
+    pub fn mark_committed(&mut self, offsets: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in offsets {
+            if let Some(p) = self.partitions.get_mut(&(topic.clone(), *partition)) {
+                if p.committed.is_none_or(|c| *offset > c) {
+                    p.committed = Some(*offset);
+                    p.done = p.done.split_off(offset);
+                }
+            }
+        }
     }
 
     /// Offsets to commit for one partition before it is revoked (without marking).
@@ -110,6 +119,22 @@ impl OffsetTracker {
     /// Records read and not yet acknowledged, over all partitions.
     pub fn pending(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+
+    /// Records read whose offsets are not committed yet: what a crash now would make
+    /// this worker's successor read (and grade) again.
+    pub fn uncommitted(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len() + p.done.len()).sum()
+    }
+
+    /// Acknowledged records waiting for a commit.
+    pub fn done(&self) -> usize {
+        self.partitions.values().map(|p| p.done.len()).sum()
+    }
+
+    /// Partitions assigned to this worker.
+    pub fn assigned(&self) -> usize {
+        self.partitions.len()
     }
 }
 
@@ -129,12 +154,19 @@ mod tests {
         t.complete(&tickets[2]);
         assert!(t.to_commit().is_empty(), "10 is still in flight");
         t.complete(&tickets[0]);
-        assert_eq!(t.to_commit(), vec![("p".into(), 0, 13)]);
+        assert_eq!(t.uncommitted(), 5);
+        let c = t.to_commit();
+        assert_eq!(c, vec![("p".into(), 0, 13)]);
+        assert_eq!(t.to_commit(), c, "not stored yet: offered again");
+        t.mark_committed(&c);
         assert!(t.to_commit().is_empty(), "no advance, no commit");
+        assert_eq!(t.uncommitted(), 2, "10..=12 are committed");
         t.complete(&tickets[4]);
         t.complete(&tickets[3]);
-        assert_eq!(t.to_commit(), vec![("p".into(), 0, 15)]);
-        assert_eq!(t.pending(), 0);
+        let c = t.to_commit();
+        assert_eq!(c, vec![("p".into(), 0, 15)]);
+        t.mark_committed(&c);
+        assert_eq!((t.pending(), t.uncommitted()), (0, 0));
     }
 
     #[test]
@@ -171,11 +203,14 @@ mod tests {
                 acked[tk.offset as usize] = true;
                 t.complete(&tk);
                 let model = acked.iter().take_while(|a| **a).count() as i64;
-                for (_, _, c) in t.to_commit() {
-                    assert_eq!(c, model);
-                    assert!(c > last);
-                    last = c;
+                let offsets = t.to_commit();
+                for (_, _, c) in &offsets {
+                    assert_eq!(*c, model);
+                    assert!(*c > last);
+                    last = *c;
                 }
+                t.mark_committed(&offsets);
+                assert_eq!(t.uncommitted() as i64, n - last);
                 assert_eq!(t.committable("p", 0).unwrap_or(last), model.max(last));
             }
             assert_eq!(last, n);

@@ -39,6 +39,9 @@ use crate::config::Encoding;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::SinkError;
 
+/// Commits come at most this often, even when the window fills faster.
+const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
+
 /// Consumer callbacks: offsets of revoked partitions are committed before they go,
 /// assigned partitions start a new epoch, statistics feed the lag gauge.
 struct GroupContext {
@@ -83,6 +86,8 @@ impl ConsumerContext for GroupContext {
             tracker.revoke(e.topic(), e.partition());
         }
         if commit.count() > 0 {
+            // Blocks the consumer's poll for one round trip: the offsets must be stored
+            // before the partitions go to another worker.
             match consumer.commit(&commit, CommitMode::Sync) {
                 Ok(()) => {
                     self.metrics.offsets_committed.inc();
@@ -160,8 +165,8 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
 pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<std::sync::atomic::AtomicBool>) -> Result<WorkerSummary, JudgeError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), topic: config.kafka.pairs_topic.clone() };
-    let consumer: StreamConsumer<GroupContext> =
-        consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?;
+    let consumer: Arc<StreamConsumer<GroupContext>> =
+        Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
     let sink = KafkaSink::new(&config.kafka.client(), sink_metrics)?;
     let grader = Grader::new(config, metrics.clone())?;
@@ -180,14 +185,14 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let mut in_flight = 0usize;
     let mut paused = false;
     let mut summary = WorkerSummary::default();
-    let mut tick = tokio::time::interval(config.kafka.commit_interval.min(Duration::from_millis(500)));
+    let mut tick = tokio::time::interval(config.kafka.commit_interval.min(Duration::from_millis(200)));
     let mut last_commit = tokio::time::Instant::now();
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(topic = %config.kafka.pairs_topic, group = %config.kafka.group_id, grades = %config.kafka.grades_topic, "judge worker started");
 
     loop {
-        // Start what the window and the budget allow.
-        while in_flight < window && !shared.grader.limits().exhausted() {
+        // Start what the budget allows.
+        while !shared.grader.limits().exhausted() {
             let Some(item) = backlog.pop_front() else { break };
             if !tracker.lock().expect("tracker lock").is_current(&item.ticket) {
                 continue; // revoked while waiting: the new owner reads it again
@@ -199,13 +204,27 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                 let _ = done.send(t);
             });
         }
-        metrics.in_flight.set((in_flight + backlog.len()) as i64);
-        let want_pause = in_flight + backlog.len() >= window || shared.grader.limits().exhausted();
+        // The window counts every record read and not yet committed: exactly what a
+        // crash now would have the next owner grade again.
+        let (uncommitted, acknowledged) = {
+            let t = tracker.lock().expect("tracker lock");
+            metrics.assigned_partitions.set(t.assigned() as i64);
+            (t.uncommitted(), t.done())
+        };
+        metrics.in_flight.set(uncommitted as i64);
+        let since = last_commit.elapsed();
+        if acknowledged > 0 && since >= MIN_COMMIT_GAP && (acknowledged >= window / 4 || since >= config.kafka.commit_interval) {
+            commit(&consumer, &tracker, &metrics).await;
+            last_commit = tokio::time::Instant::now();
+            continue;
+        }
+        let exhausted = shared.grader.limits().exhausted();
+        let want_pause = uncommitted >= window || exhausted;
         if want_pause != paused {
             set_paused(&consumer, want_pause);
             paused = want_pause;
-            metrics.paused.set(i64::from(paused && shared.grader.limits().exhausted()));
         }
+        metrics.paused.set(i64::from(exhausted));
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -221,11 +240,6 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                 if paused {
                     // Partitions assigned since the pause must be paused too.
                     set_paused(&consumer, true);
-                    metrics.paused.set(i64::from(shared.grader.limits().exhausted()));
-                }
-                if last_commit.elapsed() >= config.kafka.commit_interval {
-                    commit(&consumer, &tracker, &metrics, CommitMode::Async);
-                    last_commit = tokio::time::Instant::now();
                 }
             }
             m = consumer.recv() => match m {
@@ -269,7 +283,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     tasks.shutdown().await;
     let flush_shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || flush_shared.sink.flush_blocking(Duration::from_secs(5))).await;
-    commit(&consumer, &tracker, &metrics, CommitMode::Sync);
+    commit(&consumer, &tracker, &metrics).await;
     tracing::info!(pairs_read = summary.pairs_read, completed = summary.records_completed, abandoned = in_flight, "judge worker stopped");
     // Closing the consumer leaves the group (revoking: offsets are already committed).
     tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
@@ -294,7 +308,9 @@ fn set_paused(consumer: &StreamConsumer<GroupContext>, pause: bool) {
     }
 }
 
-fn commit(consumer: &StreamConsumer<GroupContext>, tracker: &Mutex<OffsetTracker>, metrics: &JudgeMetrics, mode: CommitMode) {
+/// Commits the acknowledged prefixes and waits for Kafka to store them (network, on
+/// the blocking pool); only stored offsets stop counting against the window.
+async fn commit(consumer: &Arc<StreamConsumer<GroupContext>>, tracker: &Arc<Mutex<OffsetTracker>>, metrics: &JudgeMetrics) {
     let offsets = tracker.lock().expect("tracker lock").to_commit();
     if offsets.is_empty() {
         return;
@@ -303,11 +319,14 @@ fn commit(consumer: &StreamConsumer<GroupContext>, tracker: &Mutex<OffsetTracker
     for (topic, partition, offset) in &offsets {
         let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
     }
-    match consumer.commit(&list, mode) {
-        Ok(()) => {
+    let c = consumer.clone();
+    match tokio::task::spawn_blocking(move || c.commit(&list, CommitMode::Sync)).await {
+        Ok(Ok(())) => {
             metrics.offsets_committed.inc();
+            tracker.lock().expect("tracker lock").mark_committed(&offsets);
         }
-        Err(e) => tracing::warn!(error = %e, "offset commit failed; retried with the next commit"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "offset commit failed; retried with the next commit"),
+        Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
     }
 }
 
