@@ -398,24 +398,32 @@ pub fn env_overrides() -> Env {
 }
 
 fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let config: Config = file_figment::<Config>(path)?.merge(env).extract().map_err(figment_error)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The defaults of `T`, then the TOML file at `path` (which must exist). Shared by
+/// every config file untaken reads (the sidecar's and the judge's).
+pub fn file_figment<T: Serialize + Default>(path: Option<&Path>) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = path {
         if !path.exists() {
             return Err(ConfigError::new("--config", format!("file {} does not exist", path.display())));
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let config: Config = figment.merge(env).extract().map_err(figment_error)?;
-    config.validate()?;
-    Ok(config)
+    Ok(figment)
+}
+
+/// The defaults of `T`, then TOML text (no environment).
+pub fn text_figment<T: Serialize + Default>(text: &str) -> Figment {
+    Figment::from(Serialized::defaults(T::default())).merge(Toml::string(text))
 }
 
 /// Parses TOML text (no environment), then validates. Used by tests and `demo`.
 pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-    let config: Config = Figment::from(Serialized::defaults(Config::default()))
-        .merge(Toml::string(text))
-        .extract()
-        .map_err(figment_error)?;
+    let config: Config = text_figment::<Config>(text).extract().map_err(figment_error)?;
     config.validate()?;
     Ok(config)
 }

@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_addr, env_overrides, figment_error, read_secret, ConfigError, Encoding, KafkaConfig, LogConfig, Secret};
+use crate::config::{check_addr, env_overrides, figment_error, file_figment, read_secret, text_figment, ConfigError, Encoding, KafkaConfig, LogConfig, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -320,24 +320,14 @@ pub fn is_judge_config(path: &Path) -> bool {
 
 /// Reads a judge config file (if any) and the `UNTAKEN_` environment, then validates.
 pub fn load(path: Option<&Path>) -> Result<JudgeConfig, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(JudgeConfig::default()));
-    if let Some(path) = path {
-        if !path.exists() {
-            return Err(ConfigError::new("--config", format!("file {} does not exist", path.display())));
-        }
-        figment = figment.merge(Toml::file_exact(path));
-    }
-    let config: JudgeConfig = figment.merge(env_overrides()).extract().map_err(figment_error)?;
+    let config: JudgeConfig = file_figment::<JudgeConfig>(path)?.merge(env_overrides()).extract().map_err(figment_error)?;
     config.validate()?;
     Ok(config)
 }
 
 /// Parses TOML text (no environment), then validates. Used by tests and the demo.
 pub fn from_toml(text: &str) -> Result<JudgeConfig, ConfigError> {
-    let config: JudgeConfig = Figment::from(Serialized::defaults(JudgeConfig::default()))
-        .merge(Toml::string(text))
-        .extract()
-        .map_err(figment_error)?;
+    let config: JudgeConfig = text_figment::<JudgeConfig>(text).extract().map_err(figment_error)?;
     config.validate()?;
     Ok(config)
 }

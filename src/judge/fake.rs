@@ -66,7 +66,12 @@ pub struct FakeJudge {
 impl FakeJudge {
     /// Starts on 127.0.0.1:0. `structured` answers `{"verdict": ...}` instead of a marker.
     pub async fn start(preference: Preference, delay: Duration, structured: bool) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0", preference, delay, structured).await
+    }
+
+    /// Starts on `addr` (a loopback address; port 0 picks one).
+    pub async fn start_on(addr: &str, preference: Preference, delay: Duration, structured: bool) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = FakeState {
             preference,

@@ -103,9 +103,7 @@ impl JudgeMetrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
+        crate::metrics::render(&self.registry)
     }
 }
 
