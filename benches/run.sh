@@ -73,87 +73,11 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-bench.XXXXXX")"
 PIDS=()
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ "${BENCH_KEEP:-}" == 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
+# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, rss_kib, start_broker
+source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() { # remove a pid we stopped ourselves from the cleanup list
-  local p out=()
-  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || out+=("$p"); done
-  PIDS=("${out[@]}")
-}
-
-# Stops one process we started: SIGTERM, up to $2 seconds, then SIGKILL.
-stop_pid() {
-  local pid="$1" wait_s="${2:-10}" i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < wait_s * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget_pid "$pid"
-}
-
-# A loopback port nobody listens on (below the ephemeral range).
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 12000))
-    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . && ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free port"
-}
-
-# Waits until FILE has a line matching REGEX; prints that line.
-wait_line() {
-  local file="$1" re="$2" pid="$3" secs="${4:-30}" i
-  for ((i = 0; i < secs * 10; i++)); do
-    if grep -Eq "$re" "$file" 2>/dev/null; then
-      grep -E "$re" "$file" | head -n1
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || {
-      tail -n 30 "$file" >&2
-      die "process $pid exited before printing /$re/ (log $file)"
-    }
-    sleep 0.1
-  done
-  tail -n 30 "$file" >&2
-  die "timed out waiting for /$re/ in $file"
-}
-
-cpu_ticks() { # utime+stime of a process, in clock ticks
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-aux_ticks() { # the same, summed over the broker and the fake upstream, when running
+aux_ticks() { # cpu_ticks summed over the broker and the fake upstream, when running
   local p t=0 x
   for p in ${BROKER_PID:-} ${UPSTREAM_PID:-}; do
     x="$(cpu_ticks "$p" 2>/dev/null || echo 0)"
@@ -161,8 +85,6 @@ aux_ticks() { # the same, summed over the broker and the fake upstream, when run
   done
   echo "$t"
 }
-hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 host_cpu() { # busy (steal excluded), total and steal jiffies of the whole machine
   # /proc/stat cpu: user nice system idle iowait irq softirq steal guest guest_nice;
   # guest time is already inside user, so only the first eight columns count.
@@ -368,67 +290,6 @@ msum() {
     END { printf "%d", s }' "$WORK/metrics-$1.txt"
 }
 
-start_broker() {
-  log "Kafka: fetching jars (tests/kafka/broker.sh fetch)"
-  bash "$BROKER_SH" fetch >/dev/null
-  local dir="$WORK/kafka" cp
-  mkdir -p "$dir"
-  KPORT="$(free_port)"
-  cp="$(free_port)"
-  [[ "$cp" != "$KPORT" ]] || cp=$((KPORT + 1))
-  # The integration-test harness's single-node KRaft settings (tests/common/kafka.rs).
-  cat >"$dir/server.properties" <<EOF
-node.id=1
-process.roles=broker,controller
-listeners=PLAINTEXT://127.0.0.1:$KPORT,CONTROLLER://127.0.0.1:$cp
-advertised.listeners=PLAINTEXT://127.0.0.1:$KPORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:$cp
-log.dirs=$dir/data
-num.partitions=$PARTITIONS
-default.replication.factor=1
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-min.insync.replicas=1
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-EOF
-  local cid
-  cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-  bash "$BROKER_SH" format "$dir" "$cid" >"$dir/format.out" 2>&1 || {
-    cat "$dir/format.out" >&2
-    die "kafka format failed"
-  }
-  # WATCH_PID = this script: if it dies without its trap, the broker goes too.
-  bash "$BROKER_SH" run "$dir" $$ >"$dir/broker.out" 2>&1 &
-  BROKER_PID=$!
-  PIDS+=("$BROKER_PID")
-  BROKERS="127.0.0.1:$KPORT"
-  local i
-  for ((i = 0; i < 900; i++)); do
-    if kcat -L -b "$BROKERS" -m 2 2>/dev/null | grep -q '1 brokers'; then
-      log "Kafka ready at $BROKERS (pid $BROKER_PID)"
-      return 0
-    fi
-    kill -0 "$BROKER_PID" 2>/dev/null || {
-      tail -n 40 "$dir/broker.out" "$dir/broker.log" >&2 || true
-      die "broker exited"
-    }
-    sleep 0.1
-  done
-  tail -n 40 "$dir/broker.log" >&2 || true
-  die "broker not ready after 90 s"
-}
 
 # ------------------------------------------------------------------- scenarios
 

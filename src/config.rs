@@ -387,33 +387,49 @@ impl fmt::Display for Secret {
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     // Every top-level key is a section, so a variable without `__` (UNTAKEN_TEST_BROKERS,
     // UNTAKEN_TOOLS...) cannot be a setting: leave it to whoever set it.
-    load_with_env(path, Env::prefixed("UNTAKEN_").filter(|k| k.as_str().contains("__")).split("__"))
+    load_with_env(path, env_overrides())
+}
+
+/// The `UNTAKEN_` environment as a figment provider: `__` between levels, and only
+/// variables containing `__` (every top-level key is a section). Shared by every
+/// config file untaken reads (the sidecar's and the judge's).
+pub fn env_overrides() -> Env {
+    Env::prefixed("UNTAKEN_").filter(|k| k.as_str().contains("__")).split("__")
 }
 
 fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let config: Config = file_figment::<Config>(path)?.merge(env).extract().map_err(figment_error)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The defaults of `T`, then the TOML file at `path` (which must exist). Shared by
+/// every config file untaken reads (the sidecar's and the judge's).
+pub fn file_figment<T: Serialize + Default>(path: Option<&Path>) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = path {
         if !path.exists() {
             return Err(ConfigError::new("--config", format!("file {} does not exist", path.display())));
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let config: Config = figment.merge(env).extract().map_err(figment_error)?;
-    config.validate()?;
-    Ok(config)
+    Ok(figment)
+}
+
+/// The defaults of `T`, then TOML text (no environment).
+pub fn text_figment<T: Serialize + Default>(text: &str) -> Figment {
+    Figment::from(Serialized::defaults(T::default())).merge(Toml::string(text))
 }
 
 /// Parses TOML text (no environment), then validates. Used by tests and `demo`.
 pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-    let config: Config = Figment::from(Serialized::defaults(Config::default()))
-        .merge(Toml::string(text))
-        .extract()
-        .map_err(figment_error)?;
+    let config: Config = text_figment::<Config>(text).extract().map_err(figment_error)?;
     config.validate()?;
     Ok(config)
 }
 
-fn figment_error(err: figment::Error) -> ConfigError {
+/// A figment error as a [`ConfigError`] naming the dotted key.
+pub fn figment_error(err: figment::Error) -> ConfigError {
     let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
     let message = match &err.kind {
         figment::error::Kind::UnknownField(field, _) if err.path.is_empty() => {
@@ -545,7 +561,7 @@ impl Config {
     }
 }
 
-fn check_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub fn check_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| ConfigError::new(key, format!("`{value}` is not an IP:port address")))
 }
 
@@ -556,7 +572,9 @@ fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn read_secret(key: String, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<Secret>, ConfigError> {
+/// A secret from an environment variable or a file (`{key}_env` / `{key}_file` name
+/// the setting in errors); `None` when neither is configured.
+pub fn read_secret(key: String, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<Secret>, ConfigError> {
     if let Some(var) = env {
         return std::env::var(var)
             .map(|v| Some(Secret::new(v.trim())))

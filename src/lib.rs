@@ -9,6 +9,7 @@
 //! - [`sampling`]: the deterministic sha256 sampling decision and its rules.
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
+//! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod judge;
 pub mod metrics;
 pub mod pairing;
 pub mod publisher;

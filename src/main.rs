@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `demo`. Everything else lives in the library.
+//! Command line: `serve`, `judge`, `check-config`, `demo`. Everything else lives in the library.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -26,7 +26,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and exit (0 when valid, 64 when not).
+    /// Run the grading worker: pairs in (Kafka, or --pairs FILE), grades out.
+    Judge {
+        /// Judge TOML config file; `UNTAKEN_*` environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// JSON-lines file of pair records to grade instead of reading Kafka.
+        #[arg(long, requires = "grades")]
+        pairs: Option<PathBuf>,
+        /// JSON-lines file the grades are written to (with --pairs).
+        #[arg(long, requires = "pairs")]
+        grades: Option<PathBuf>,
+    },
+    /// Validate a config file and exit (0 when valid, 64 when not). A file with a
+    /// top-level [judge] table is checked as a judge config.
     CheckConfig { file: PathBuf },
     /// The whole story locally: a router, the sidecar, the judge and the report, on simulated models.
     Demo {
@@ -69,6 +82,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
+        Command::CheckConfig { file } if untaken::judge::config::is_judge_config(&file) => {
+            match untaken::judge::config::load(Some(&file)) {
+                Ok(c) => {
+                    println!("{}: ok (judge {}, pairs {}, grades {})", file.display(), c.judge.kind.as_str(), c.kafka.pairs_topic, c.kafka.grades_topic);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_error(&e),
+            }
+        }
         Command::CheckConfig { file } => match config::load(Some(&file)) {
             Ok(c) => {
                 println!("{}: ok ({} routes, sink {:?})", file.display(), c.routes.len(), c.sink.effective_kind());
@@ -102,6 +124,16 @@ fn main() -> ExitCode {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
+        Command::Judge { config, pairs, grades } => {
+            let cfg = match untaken::judge::config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            init_logging(&cfg.log.level, cfg.log.format);
+            let code = runtime.block_on(judge(cfg, pairs.zip(grades)));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
         Command::Demo { requests, out, grades, html, brokers, topic } => {
             init_logging("warn", LogFormat::Text);
             match runtime.block_on(untaken::demo::run(untaken::demo::DemoOptions { requests, out, grades, html, brokers, topic })) {
@@ -111,6 +143,33 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+async fn judge(cfg: untaken::judge::config::JudgeConfig, files: Option<(PathBuf, PathBuf)>) -> ExitCode {
+    use untaken::judge::JudgeError;
+    let result = match files {
+        Some((pairs, grades)) => untaken::judge::run_file(&cfg, &pairs, &grades).await.map(|s| {
+            tracing::info!(pairs = s.pairs_read, grades = s.grades_written, undecodable = s.undecodable, duplicates = s.duplicates, "file graded");
+        }),
+        None => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signal_stop = stop.clone();
+            tokio::spawn(async move {
+                untaken::app::termination_signal().await;
+                signal_stop.cancel();
+            });
+            untaken::judge::run_kafka(&cfg, stop).await.map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(JudgeError::Config(e)) => config_error(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "judge failed");
+            eprintln!("untaken judge: {e}");
+            ExitCode::FAILURE
         }
     }
 }

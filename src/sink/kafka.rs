@@ -47,6 +47,14 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         // Reconnect within a second of a broker coming back (librdkafka's default backs off
         // to 10 s), so records after an outage go to Kafka rather than the spool.
         .set("reconnect.backoff.max.ms", "1000");
+    apply_user_settings(&mut c, config)?;
+    Ok(c)
+}
+
+/// Applies what the user configured on top of untaken's defaults: the passthrough
+/// map, then the SASL password and the file-held settings. Shared with the judge's
+/// consumer, so both clients connect the same way.
+pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result<(), SinkError> {
     for (k, v) in &config.librdkafka {
         c.set(k, v);
     }
@@ -56,7 +64,7 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
     for (k, v) in config.file_settings().map_err(|e| SinkError::Config(e.to_string()))? {
         c.set(k, v.expose());
     }
-    Ok(c)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,16 @@ impl Sidecar {
     /// Starts the binary on `config` (which must listen on `grpc` and `admin`);
     /// stdout and stderr are appended to `log`. Does not wait for readiness.
     pub fn spawn(config: &Path, grpc: SocketAddr, admin: SocketAddr, log: &Path) -> Sidecar {
+        Self::spawn_command("serve", config, grpc, admin, log)
+    }
+
+    /// Starts `untaken judge --config FILE` (the worker's admin port is `admin`; it
+    /// has no gRPC port, `grpc` is unused).
+    pub fn spawn_judge(config: &Path, admin: SocketAddr, log: &Path) -> Sidecar {
+        Self::spawn_command("judge", config, admin, admin, log)
+    }
+
+    fn spawn_command(subcommand: &str, config: &Path, grpc: SocketAddr, admin: SocketAddr, log: &Path) -> Sidecar {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open sidecar log");
         let err = out.try_clone().expect("dup sidecar log");
         // $$ is the wrapper's pid, which becomes the sidecar's on exec. The watcher
@@ -51,7 +61,7 @@ exec "$@""#;
             .arg("untaken-wrapper")
             .arg(std::process::id().to_string())
             .arg(env!("CARGO_BIN_EXE_untaken"))
-            .arg("serve")
+            .arg(subcommand)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Judge worker benchmark: one command, `bash benches/judge.sh`. See BENCHMARKS.md,
+# section "Judge worker".
+#
+# On loopback, against a real single-node Kafka broker:
+#   (base) kcat consuming the pairs topic from the beginning to the end: how fast one
+#          process can merely read these records (throughput and CPU per record)
+#   (j)    `untaken judge` (release build), pairwise judge against a fake judge that
+#          answers after BENCH_JUDGE_DELAY_MS (examples/judge_peer.rs), grading the
+#          same records: two judge calls per pair, each grade acknowledged by Kafka
+#          and its offset committed
+# Reported side by side: records/s, CPU µs per record (the worker's own utime+stime
+# from /proc/PID/stat over the whole run, so the fake judge's CPU is excluded), peak
+# RSS (VmHWM). Targets: >= 500 pairs/s, <= 100 µs CPU per graded pair, RSS < 64 MiB.
+#
+# Knobs (environment; BENCH_* because untaken reads UNTAKEN_* as config):
+#   BENCH_JUDGE_PAIRS=30000       pairs produced and graded
+#   BENCH_JUDGE_DELAY_MS=200      fake judge latency per call
+#   BENCH_JUDGE_CONCURRENCY=512   [limits] max_concurrency (judge calls in flight)
+#   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed)
+#   BENCH_PARTITIONS=6            partitions of the pairs topic
+#   BENCH_SKIP_BUILD=1            use the binaries already in target/release
+#   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+N="${BENCH_JUDGE_PAIRS:-30000}"
+DELAY="${BENCH_JUDGE_DELAY_MS:-200}"
+CONCURRENCY="${BENCH_JUDGE_CONCURRENCY:-512}"
+IN_FLIGHT="${BENCH_JUDGE_IN_FLIGHT:-1024}"
+PARTITIONS="${BENCH_PARTITIONS:-6}"
+BROKER_SH="$ROOT/tests/kafka/broker.sh"
+TCK="$(getconf CLK_TCK)"
+BIN="$ROOT/target/release/untaken"
+PEER="$ROOT/target/release/examples/judge_peer"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-judge-bench.XXXXXX")"
+PIDS=()
+
+# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
+source "$ROOT/benches/common.sh"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v kcat >/dev/null || die "kcat is required (apt-get install kcat)"
+if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
+  log "building untaken and examples/judge_peer (release)"
+  cargo build --release --locked --bin untaken --example judge_peer >&2
+fi
+
+start_broker
+PAIRS="bench.pairs.$RANDOM"
+GRADES="bench.grades.$RANDOM"
+
+log "writing $N pairs to $PAIRS ($PARTITIONS partitions)"
+"$PEER" pairs --count "$N" >"$WORK/pairs.txt"
+kcat -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
+kcat -P -b "$BROKERS" -t "$GRADES" -K: /dev/null
+avg_bytes=$(awk -v n="$N" '{ s += length($0) } END { printf "%d", s / n }' "$WORK/pairs.txt")
+
+# --- (base) kcat reads the same records -------------------------------------------
+log "(base) kcat -C of $N records"
+/usr/bin/time -f '%e %U %S %M' -o "$WORK/kcat.time" \
+  kcat -C -b "$BROKERS" -t "$PAIRS" -o beginning -e -q -f '%o\n' >"$WORK/kcat.out"
+read -r K_WALL K_USER K_SYS K_RSS <"$WORK/kcat.time"
+K_COUNT=$(wc -l <"$WORK/kcat.out")
+[[ "$K_COUNT" == "$N" ]] || die "kcat read $K_COUNT records, expected $N"
+
+# --- (j) untaken judge --------------------------------------------------------------
+"$PEER" judge --delay-ms "$DELAY" >"$WORK/judge.out" 2>&1 &
+JUDGE_PID=$!
+PIDS+=("$JUDGE_PID")
+JUDGE_ADDR=$(wait_line "$WORK/judge.out" '^listening on ' "$JUDGE_PID" | awk '{ print $3 }')
+ADMIN="127.0.0.1:$(free_port)"
+cat >"$WORK/judge.toml" <<TOML
+[judge]
+kind = "pairwise"
+[judge.pairwise]
+url = "http://$JUDGE_ADDR/v1/chat/completions"
+model = "bench-judge"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 4.0
+[limits]
+max_concurrency = $CONCURRENCY
+[kafka]
+brokers = "$BROKERS"
+pairs_topic = "$PAIRS"
+grades_topic = "$GRADES"
+group_id = "bench-judge-$RANDOM"
+in_flight = $IN_FLIGHT
+[server]
+admin_listen = "$ADMIN"
+[log]
+level = "warn"
+TOML
+"$BIN" check-config "$WORK/judge.toml" >&2
+
+published() { # grades acknowledged so far, from the worker's /metrics
+  curl -fsS "http://$ADMIN/metrics" 2>/dev/null >"$WORK/metrics.txt" || {
+    echo 0
+    return
+  }
+  awk '$1 ~ /^untaken_judge_grades_published_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics.txt"
+}
+now() { date +%s.%N; }
+
+log "(j) untaken judge grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
+T0=$(now)
+"$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+WPID=$!
+PIDS+=("$WPID")
+T10="" T90="" TEND=""
+while :; do
+  kill -0 "$WPID" 2>/dev/null || {
+    tail -n 30 "$WORK/worker.log" >&2
+    die "the worker exited"
+  }
+  p=$(published)
+  t=$(now)
+  [[ -z "$T10" && "$p" -ge $((N / 10)) ]] && T10=$t
+  [[ -z "$T90" && "$p" -ge $((N * 9 / 10)) ]] && T90=$t
+  if [[ "$p" -ge "$N" ]]; then
+    TEND=$t
+    break
+  fi
+  awk -v t="$t" -v t0="$T0" 'BEGIN { exit !(t - t0 > 600) }' && die "not done after 600 s ($p graded)"
+  sleep 0.2
+done
+W_TICKS=$(cpu_ticks "$WPID")
+W_HWM=$(hwm_kib "$WPID")
+cp "$WORK/metrics.txt" "$WORK/metrics-final.txt"
+stop_pid "$WPID" 30
+G_COUNT=$(kcat -C -b "$BROKERS" -t "$GRADES" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
+CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics-final.txt")
+
+# --- report -------------------------------------------------------------------------
+awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" \
+  -v t0="$T0" -v t10="$T10" -v t90="$T90" -v tend="$TEND" -v ticks="$W_TICKS" -v tck="$TCK" -v hwm="$W_HWM" \
+  -v graded="$G_COUNT" -v calls="$CALLS" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
+  steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
+  printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d\n\n", n, bytes, parts, delay, conc
+  printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
+  printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
+  printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10
+  printf "| (j) untaken judge, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", overall, tend - t0, wcpu, wcpu * 1e6 / n, hwm / 1024
+  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair).\n", graded, n, calls, calls / n
+  printf "\nTargets: >= 500 pairs/s: %s (steady %.0f); <= 100 µs CPU a pair: %s (%.1f); RSS < 64 MiB: %s (%.1f).\n", \
+    (steady >= 500 ? "met" : "MISSED"), steady, (wcpu * 1e6 / n <= 100 ? "met" : "MISSED"), wcpu * 1e6 / n, (hwm < 65536 ? "met" : "MISSED"), hwm / 1024
+}'
+[[ "$G_COUNT" == "$N" ]] || die "$G_COUNT distinct grades for $N pairs"

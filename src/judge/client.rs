@@ -1,0 +1,253 @@
+//! The pairwise judge's HTTP calls: OpenAI-compatible chat completions, one verdict
+//! per call, parsed strictly.
+//!
+//! Two bounded retry loops: a call that fails in transit (HTTP 429, 5xx, 408,
+//! timeouts, connection errors, a body that is not a chat completion) is retried up
+//! to `max_retries` times with exponential backoff and jitter (honouring a 429's
+//! `Retry-After`); an answer that is not a verdict is asked again up to
+//! `max_attempts` times. Past either bound the verdict is an error: never guessed.
+//! Every call waits for admission ([`JudgeLimits`]) and is charged to the budget.
+//!
+//! Never logs a prompt, an answer or the API key.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::budget::JudgeLimits;
+use super::config::PairwiseConfig;
+use super::metrics::JudgeMetrics;
+use super::verdict::{self, Raw};
+use crate::config::Secret;
+use crate::usage::Usage;
+
+/// Longest wait between retries, whatever the backoff or `Retry-After` says.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One verdict as the client got it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictCall {
+    pub raw: Result<Raw, String>,
+    /// HTTP calls made, retries included.
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub cost_usd: f64,
+}
+
+/// How one HTTP call ended.
+enum Call {
+    Content(String),
+    /// Worth retrying: (metric label, description, server-requested delay).
+    Transient(&'static str, String, Option<Duration>),
+    /// Not worth retrying (e.g. 401, 400).
+    Permanent(&'static str, String),
+}
+
+pub struct JudgeClient {
+    http: reqwest::Client,
+    config: PairwiseConfig,
+    api_key: Option<Secret>,
+}
+
+impl JudgeClient {
+    pub fn new(config: &PairwiseConfig, api_key: Option<Secret>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("static reqwest configuration is valid");
+        Self { http, config: config.clone(), api_key }
+    }
+
+    /// The chat-completions request for `messages`.
+    pub fn request_body(&self, messages: &Value) -> Value {
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "stream": false,
+        });
+        if self.config.structured_output {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "verdict",
+                    "strict": true,
+                    "schema": {
+                        "type": "object",
+                        "properties": {"verdict": {"type": "string", "enum": ["A", "B", "tie"]}},
+                        "required": ["verdict"],
+                        "additionalProperties": false
+                    }
+                }
+            });
+        }
+        body
+    }
+
+    /// Asks for one verdict (network; waits for admission, retries within bounds).
+    pub async fn verdict(&self, messages: &Value, limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
+        let body = serde_json::to_vec(&self.request_body(messages)).expect("a JSON value serializes");
+        let start = Instant::now();
+        let mut out = VerdictCall { raw: Err(String::new()), attempts: 0, latency_ms: 0.0, cost_usd: 0.0 };
+        let mut last_malformed = None;
+        for _ in 0..self.config.max_attempts {
+            match self.call_with_retries(&body, limits, metrics, &mut out).await {
+                Ok(content) => match verdict::parse(&content, self.config.structured_output) {
+                    Ok(raw) => {
+                        metrics.call("ok");
+                        out.raw = Ok(raw);
+                        break;
+                    }
+                    Err(e) => {
+                        metrics.call("malformed");
+                        last_malformed = Some(e);
+                    }
+                },
+                Err(e) => {
+                    out.raw = Err(e);
+                    out.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+                    return out;
+                }
+            }
+        }
+        if let Some(e) = last_malformed.filter(|_| out.raw.is_err()) {
+            out.raw = Err(format!("malformed verdict after {} attempts: {e}", self.config.max_attempts));
+        }
+        out.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        out
+    }
+
+    /// One answer's content, retrying transient failures; the error says what failed last.
+    async fn call_with_retries(&self, body: &[u8], limits: &JudgeLimits, metrics: &JudgeMetrics, out: &mut VerdictCall) -> Result<String, String> {
+        let mut retry = 0;
+        loop {
+            out.attempts += 1;
+            let permit = limits.acquire().await;
+            let started = Instant::now();
+            let (call, cost) = self.call_once(body).await;
+            drop(permit);
+            metrics.judge_call_seconds.observe(started.elapsed().as_secs_f64());
+            if cost > 0.0 {
+                limits.charge(cost);
+                metrics.judge_spend_usd.inc_by(cost);
+                out.cost_usd += cost;
+            }
+            match call {
+                Call::Content(c) => return Ok(c),
+                Call::Permanent(label, e) => {
+                    metrics.call(label);
+                    return Err(e);
+                }
+                Call::Transient(label, e, after) => {
+                    metrics.call(label);
+                    if retry >= self.config.max_retries {
+                        return Err(if retry == 0 { e } else { format!("{e} (after {retry} retries)") });
+                    }
+                    tokio::time::sleep(self.backoff(retry, after)).await;
+                    retry += 1;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, retry: u32, server_says: Option<Duration>) -> Duration {
+        if let Some(d) = server_says {
+            return d.min(MAX_BACKOFF);
+        }
+        let base = self.config.retry_backoff.saturating_mul(1 << retry.min(16)).min(MAX_BACKOFF);
+        base.mul_f64(rand::rng().random_range(0.75..1.25))
+    }
+
+    async fn call_once(&self, body: &[u8]) -> (Call, f64) {
+        let mut req = self
+            .http
+            .post(&self.config.url)
+            .timeout(self.config.timeout)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key.expose());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return (Call::Transient("timeout", "judge call timed out".into(), None), 0.0),
+            Err(e) => return (Call::Transient("transport_error", format!("judge call failed: {}", transport(&e)), None), 0.0),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return (Call::Transient("timeout", "judge call timed out".into(), None), 0.0),
+            Err(e) => return (Call::Transient("transport_error", format!("judge answer unreadable: {}", transport(&e)), None), 0.0),
+        };
+        match status {
+            200..=299 => {}
+            429 => return (Call::Transient("rate_limited", "judge answered http 429".into(), retry_after), 0.0),
+            408 | 500..=599 => return (Call::Transient("server_error", format!("judge answered http {status}"), retry_after), 0.0),
+            _ => return (Call::Permanent("client_error", format!("judge answered http {status}")), 0.0),
+        }
+        let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
+            return (Call::Transient("invalid_body", "judge answer is not JSON".into(), None), 0.0);
+        };
+        let cost = Usage::from_json(&answer).cost_usd(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
+        match answer.pointer("/choices/0/message/content").and_then(Value::as_str) {
+            Some(content) => (Call::Content(content.to_string()), cost),
+            None => (Call::Transient("invalid_body", "judge answer has no choices[0].message.content".into(), None), cost),
+        }
+    }
+}
+
+/// The innermost cause of a transport error (never contains a body).
+fn transport(e: &reqwest::Error) -> String {
+    let mut cause = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    cause
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(structured: bool) -> PairwiseConfig {
+        let text = format!(
+            "[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"http://127.0.0.1:9/v1/chat/completions\"\nmodel = \"j\"\nstructured_output = {structured}\n"
+        );
+        super::super::config::from_toml(&text).unwrap().judge.pairwise.unwrap()
+    }
+
+    #[test]
+    fn structured_output_asks_for_a_json_schema_verdict() {
+        let c = JudgeClient::new(&cfg(true), None);
+        let b = c.request_body(&json!([]));
+        assert_eq!(b["response_format"]["type"], "json_schema");
+        assert_eq!(b["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"], json!(["A", "B", "tie"]));
+        assert_eq!(b["model"], "j");
+        assert!(JudgeClient::new(&cfg(false), None).request_body(&json!([])).get("response_format").is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_within_the_cap_and_honours_retry_after() {
+        let c = JudgeClient::new(&cfg(false), None);
+        let b0 = c.backoff(0, None);
+        assert!(b0 >= Duration::from_millis(187) && b0 <= Duration::from_millis(313), "{b0:?}");
+        let b3 = c.backoff(3, None);
+        assert!(b3 >= Duration::from_millis(1500) && b3 <= Duration::from_millis(2500), "{b3:?}");
+        assert!(c.backoff(30, None) <= MAX_BACKOFF.mul_f64(1.25));
+        assert_eq!(c.backoff(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(c.backoff(0, Some(Duration::from_secs(600))), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,110 @@
+//! Grades one pair: the judge named by config, wired to its limits and metrics.
+//! Used alike by the Kafka worker and the file mode.
+//!
+//! A pair with a missing or failed half never reaches a judge (it becomes a grade
+//! with that outcome). A pairwise judge sees both orders, concurrently, and never
+//! grades a pair in which its own model is an arm unless config allows it.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::budget::JudgeLimits;
+use super::client::JudgeClient;
+use super::config::{JudgeConfig, JudgeKind, ReferenceConfig};
+use super::features::{half_summary, half_text, request_features, to_json};
+use super::grade::{self, Order, OrderVerdict, Origin, Summary};
+use super::metrics::JudgeMetrics;
+use super::prompt::{conversation, Prompt};
+use super::reference;
+use crate::config::ConfigError;
+use crate::proto::v1::{GradeOutcome, GradeRecord, JudgeInfo, PairRecord};
+
+enum Method {
+    Pairwise { client: JudgeClient, prompt: Prompt, model: String, allow_self_judging: bool },
+    Reference(ReferenceConfig),
+}
+
+pub struct Grader {
+    method: Method,
+    info: JudgeInfo,
+    limits: Arc<JudgeLimits>,
+    metrics: Arc<JudgeMetrics>,
+}
+
+impl Grader {
+    pub fn new(config: &JudgeConfig, metrics: Arc<JudgeMetrics>) -> Result<Self, ConfigError> {
+        let (method, info) = match config.judge.kind {
+            JudgeKind::Pairwise => {
+                let p = config.judge.pairwise.as_ref().ok_or_else(|| ConfigError::new("judge.pairwise", "missing"))?;
+                let prompt = Prompt::new(&p.rubric, p.structured_output, p.max_answer_chars);
+                let info = JudgeInfo { kind: "pairwise".into(), model: p.model.clone(), prompt_version: prompt.version().into() };
+                let client = JudgeClient::new(p, p.api_key()?);
+                (Method::Pairwise { client, prompt, model: p.model.clone(), allow_self_judging: p.allow_self_judging }, info)
+            }
+            JudgeKind::Reference => {
+                let r = config.judge.reference.clone().ok_or_else(|| ConfigError::new("judge.reference", "missing"))?;
+                let info = JudgeInfo { kind: "reference".into(), model: r.method.as_str().into(), prompt_version: String::new() };
+                (Method::Reference(r), info)
+            }
+        };
+        Ok(Self { method, info, limits: Arc::new(JudgeLimits::new(&config.limits)), metrics })
+    }
+
+    pub fn limits(&self) -> &JudgeLimits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Arc<JudgeMetrics> {
+        &self.metrics
+    }
+
+    /// Grades one pair (network for a pairwise judge; waits for admission).
+    pub async fn grade(&self, pair: &PairRecord, origin: &Origin) -> GradeRecord {
+        let request = to_json(&pair.request_json, pair.request.as_ref());
+        let (primary_text, cf_text) = (half_text(pair, false), half_text(pair, true));
+        let summary = Summary {
+            features: request_features(&request, pair.primary.as_ref().map_or(0, |p| p.input_tokens)),
+            primary: half_summary(pair.primary.as_ref(), &primary_text),
+            counterfactual: half_summary(pair.counterfactual.as_ref(), &cf_text),
+        };
+        let mut g = grade::base(pair, summary, self.info.clone(), origin, SystemTime::now());
+        if let Some((outcome, why)) = grade::unjudgeable(pair) {
+            grade::finish_unjudged(&mut g, outcome, why);
+            return g;
+        }
+        match &self.method {
+            Method::Reference(cfg) => match reference::known_answer(pair, &request, cfg) {
+                None => grade::finish_unjudged(&mut g, GradeOutcome::NoReference, "the pair carries no known answer".into()),
+                Some(known) => {
+                    let check = |text: &str| reference::is_correct(text, &known, cfg.method, cfg.tolerance);
+                    match (check(&primary_text), check(&cf_text)) {
+                        (Ok(p), Ok(c)) => grade::finish_reference(&mut g, cfg.method.as_str(), p, c),
+                        (Err(e), _) | (_, Err(e)) => grade::finish_unjudged(&mut g, GradeOutcome::JudgeError, e),
+                    }
+                }
+            },
+            Method::Pairwise { client, prompt, model, allow_self_judging } => {
+                let arm_models = [pair.route_taken.as_ref(), pair.route_not_taken.as_ref()].map(|r| r.map(|r| r.model.as_str()));
+                if !allow_self_judging && arm_models.contains(&Some(model.as_str())) {
+                    let why = format!("the judge model `{model}` is an arm of this pair (set judge.pairwise.allow_self_judging to allow)");
+                    grade::finish_unjudged(&mut g, GradeOutcome::JudgeError, why);
+                    return g;
+                }
+                let conv = conversation(&request);
+                let ask = |order: Order| {
+                    let messages = match order {
+                        Order::PrimaryFirst => prompt.messages(&conv, &primary_text, &cf_text),
+                        Order::CounterfactualFirst => prompt.messages(&conv, &cf_text, &primary_text),
+                    };
+                    async move {
+                        let v = client.verdict(&messages, &self.limits, &self.metrics).await;
+                        OrderVerdict { order, raw: v.raw, attempts: v.attempts, latency_ms: v.latency_ms, cost_usd: v.cost_usd }
+                    }
+                };
+                let (first, second) = futures::join!(ask(Order::PrimaryFirst), ask(Order::CounterfactualFirst));
+                grade::finish_pairwise(&mut g, &[first, second]);
+            }
+        }
+        g
+    }
+}

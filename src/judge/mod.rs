@@ -1,0 +1,200 @@
+//! `untaken judge`: the grading half. Reads paired answers, grades each pair (blind,
+//! in both orders, or against a known answer) and writes one `untaken.v1.GradeRecord`
+//! per pair, from Kafka to a grades topic ([`run_kafka`]) or from a JSON-lines file
+//! to another ([`run_file`]).
+//!
+//! Modules, from the pure core outwards:
+//! - [`config`]: the worker's typed config (its own file, same conventions).
+//! - [`features`]: request features, half summaries, answer text (pure).
+//! - [`verdict`]: strict verdict parsing (pure).
+//! - [`prompt`]: the versioned pairwise prompt (pure).
+//! - [`reference`]: matching an answer against a known answer (pure).
+//! - [`grade`]: outcome, score and encoding of a grade (pure).
+//! - [`offsets`]: which offsets may be committed (pure).
+//! - [`dedup`]: recently graded pair ids, bounded (pure).
+//! - [`budget`]: judge call admission: rate, concurrency, spend per window.
+//! - [`client`]: the judge's HTTP calls with bounded retries.
+//! - [`grader`]: one pair in, one grade out.
+//! - [`worker`]: the Kafka consumer group loop.
+//! - [`metrics`]: the worker's Prometheus series.
+//! - [`fake`]: a fake judge endpoint for tests, the benchmark and demos.
+
+pub mod budget;
+pub mod client;
+pub mod config;
+pub mod dedup;
+pub mod fake;
+pub mod features;
+pub mod grade;
+pub mod grader;
+pub mod metrics;
+pub mod offsets;
+pub mod prompt;
+pub mod reference;
+pub mod verdict;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio_util::sync::CancellationToken;
+
+use self::config::JudgeConfig;
+use self::grade::Origin;
+use self::grader::Grader;
+use self::metrics::{outcome_label, JudgeMetrics};
+use crate::config::ConfigError;
+use crate::proto::v1::PairRecord;
+
+pub use self::worker::WorkerSummary;
+
+/// Why the judge could not run (per-pair problems are grades or counters, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error("admin listener {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a pair record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a protobuf PairRecord: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("not a JSON PairRecord: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Decodes a pair record: protobuf when the `content-type` header says so, else the
+/// proto3 JSON mapping (the sidecar's default, and what records without headers are).
+pub fn decode_pair(payload: &[u8], content_type: Option<&str>) -> Result<PairRecord, DecodeError> {
+    match content_type {
+        Some(ct) if ct.starts_with("application/x-protobuf") => Ok(PairRecord::decode(payload)?),
+        _ => Ok(serde_json::from_slice(payload)?),
+    }
+}
+
+/// What a file run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileSummary {
+    /// Non-blank lines read.
+    pub pairs_read: u64,
+    pub grades_written: u64,
+    /// Lines that were not a pair record (skipped, counted, logged by line number).
+    pub undecodable: u64,
+    /// Pairs whose pair_id appeared earlier in the file (graded once).
+    pub duplicates: u64,
+    /// Grades by outcome label (`graded`, `primary_failed`, ...).
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// Grades every pair of a JSON-lines file of `PairRecord`s into a JSON-lines file of
+/// `GradeRecord`s (created or truncated), in input order, with the judge's limits.
+/// No Kafka: the embedded default, used by the demo and by teams trying untaken out.
+pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Result<FileSummary, JudgeError> {
+    let metrics = Arc::new(JudgeMetrics::new(&crate::metrics::Metrics::new()));
+    let grader = Grader::new(config, metrics.clone())?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| JudgeError::Io { path, source }
+    };
+    let input = tokio::fs::File::open(pairs).await.map_err(io(pairs))?;
+    let output = tokio::fs::File::create(grades).await.map_err(io(grades))?;
+    let mut out = BufWriter::new(output);
+    let mut lines = BufReader::new(input).lines();
+    let mut summary = FileSummary::default();
+    let mut seen = dedup::RecentIds::new(config.kafka.dedup_capacity);
+    let mut decoded = Vec::new();
+    let mut line_no = 0u64;
+    while let Some(line) = lines.next_line().await.map_err(io(pairs))? {
+        line_no += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.pairs_read += 1;
+        metrics.pairs_consumed.inc();
+        match decode_pair(line.as_bytes(), None) {
+            Ok(pair) if !seen.insert(&pair.pair_id) => summary.duplicates += 1,
+            Ok(pair) => decoded.push((line_no, pair)),
+            Err(e) => {
+                summary.undecodable += 1;
+                metrics.pairs_undecodable.inc();
+                tracing::warn!(file = %pairs.display(), line = line_no, error = %e, "undecodable pair record skipped");
+            }
+        }
+    }
+    let concurrency = (config.limits.max_concurrency as usize / 2).max(1);
+    let grader = &grader;
+    let mut graded = futures::stream::iter(decoded)
+        .map(|(line, pair)| async move {
+            let origin = Origin { topic: String::new(), partition: 0, offset: line as i64 };
+            grader.grade(&pair, &origin).await
+        })
+        .buffered(concurrency);
+    while let Some(g) = graded.next().await {
+        let mut line = grade::encode(&g, crate::config::Encoding::Json).payload;
+        line.push(b'\n');
+        out.write_all(&line).await.map_err(io(grades))?;
+        summary.grades_written += 1;
+        metrics.published(g.outcome());
+        *summary.outcomes.entry(outcome_label(g.outcome()).to_string()).or_default() += 1;
+    }
+    out.flush().await.map_err(io(grades))?;
+    out.into_inner().sync_all().await.map_err(io(grades))?;
+    Ok(summary)
+}
+
+/// The worker as the admin port sees it.
+struct AdminView {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<JudgeMetrics>,
+}
+
+impl crate::admin::Admin for AdminView {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// Runs the Kafka worker and its admin port (`/live`, `/ready`, `/metrics` on
+/// `server.admin_listen`) until `stop` is cancelled, then drains (see [`worker::run`]).
+pub async fn run_kafka(config: &JudgeConfig, stop: CancellationToken) -> Result<WorkerSummary, JudgeError> {
+    if !config.has_brokers() {
+        return Err(ConfigError::new("kafka.brokers", "required to read pairs from Kafka (or pass --pairs and --grades)").into());
+    }
+    let sink_metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(JudgeMetrics::new(&sink_metrics));
+    let addr = config.server.admin_listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| JudgeError::Bind { addr: addr.clone(), source })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_stop = CancellationToken::new();
+    let view = Arc::new(AdminView { ready: ready.clone(), metrics: metrics.clone() });
+    let admin = tokio::spawn(crate::admin::serve(listener, view, admin_stop.clone().cancelled_owned()));
+    let result = worker::run(config, metrics, sink_metrics, stop, ready).await;
+    admin_stop.cancel();
+    let _ = admin.await;
+    result
+}

@@ -1,0 +1,599 @@
+//! `untaken judge` against a real Kafka broker and a fake judge endpoint on loopback:
+//! every pair graded (once in the normal case, at least once across a SIGKILL),
+//! position bias cancelled, judge faults retried within bounds then recorded, the
+//! budget pausing consumption, two workers sharing a group, file mode, check-config.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use untaken::config::{Encoding, KafkaConfig};
+use untaken::judge::fake::{FakeJudge, Mode, Preference};
+use untaken::judge::{JudgeError, WorkerSummary};
+use untaken::proto::v1::{GradeOutcome, GradeRecord, PairKind, PairRecord};
+use untaken::record::{self, Encoded, Half, PairMeta, RouteInfo, Source};
+use untaken::sink::kafka::KafkaSink;
+
+use common::app::{metric, topic};
+use common::kafka::{consume_async, create_topic_async, shared_bootstrap_async};
+use common::proc::{free_port, Sidecar};
+
+const BIN: &str = env!("CARGO_BIN_EXE_untaken");
+
+fn route(name: &str, model: &str) -> RouteInfo {
+    RouteInfo { name: name.into(), model: model.into(), input_usd_per_mtok: 1.0, output_usd_per_mtok: 2.0 }
+}
+
+fn half(text: &str, status: u32) -> Half {
+    let body = serde_json::json!({
+        "choices": [{"message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5}
+    });
+    Half {
+        body: Bytes::from(body.to_string()),
+        status_code: status,
+        latency_ms: 30.0,
+        error: if status == 200 { String::new() } else { format!("http status {status}") },
+        source: Source::Untaken,
+    }
+}
+
+/// A complete pair for request `i`: the answers' texts, the known answer label, the
+/// counterfactual's HTTP status.
+fn pair(i: usize, primary: &str, counterfactual: &str, expected: Option<&str>, cf_status: u32) -> PairRecord {
+    let mut labels = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    if let Some(e) = expected {
+        labels.insert("expected_answer".into(), e.into());
+    }
+    let meta = PairMeta {
+        pair_id: format!("pair-{i:05}"),
+        request_id: format!("req-{i:05}"),
+        sampling_key: format!("req-{i:05}"),
+        received_at: SystemTime::now(),
+        slice: if i % 2 == 0 { "even".into() } else { "odd".into() },
+        labels,
+        rate: 0.5,
+        route_taken: route("fast", "small"),
+        route_not_taken: route("reasoning", "big"),
+        request_body: Bytes::from(format!(
+            r#"{{"model":"small","messages":[{{"role":"user","content":"question {i}"}}],"tools":[{{"type":"function"}}]}}"#
+        )),
+        traceparent: String::new(),
+        kind: PairKind::Pair,
+    };
+    record::build(&meta, Some(&half(primary, 200)), Some(&half(counterfactual, cf_status)), "", SystemTime::now())
+}
+
+async fn produce(bootstrap: &str, topic: &str, records: Vec<Encoded>) {
+    let cfg = KafkaConfig { brokers: bootstrap.into(), topic: topic.into(), ..Default::default() };
+    let sink = KafkaSink::new(&cfg, Arc::new(untaken::metrics::Metrics::new())).unwrap();
+    let sink = &sink;
+    let failures: Vec<_> = futures::stream::iter(records)
+        .map(|r| async move { sink.send(&r).await.err() })
+        .buffer_unordered(256)
+        .filter_map(|e| async move { e })
+        .collect()
+        .await;
+    assert!(failures.is_empty(), "producing pairs failed: {failures:?}");
+}
+
+fn encoded(pairs: &[PairRecord], encoding: Encoding) -> Vec<Encoded> {
+    pairs.iter().map(|p| record::encode(p.clone(), encoding)).collect()
+}
+
+fn garbage(i: usize) -> Encoded {
+    Encoded {
+        pair_id: format!("garbage-{i}"),
+        key: format!("garbage-{i}"),
+        headers: vec![("content-type", "application/json".into())],
+        payload: b"{\"pair_id\": 42, not json".to_vec(),
+        slice: String::new(),
+    }
+}
+
+const REFERENCE: &str = "[judge]\nkind = \"reference\"\n[judge.reference]\nlabel = \"expected_answer\"\nmethod = \"normalized\"\n";
+
+fn pairwise(url: &str, extra: &str) -> String {
+    format!("[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"{url}\"\nmodel = \"judge-model\"\nretry_backoff = \"10ms\"\n{extra}\n")
+}
+
+/// A judge config reading `pairs` in `group`, writing `grades`; `judge` is the
+/// [judge] section, `extra` more sections ([limits]...), `kafka_extra` lines of [kafka].
+fn judge_toml(bootstrap: &str, pairs: &str, grades: &str, group: &str, admin: SocketAddr, judge: &str, extra: &str, kafka_extra: &str) -> String {
+    format!(
+        "{judge}\n{extra}\n[kafka]\nbrokers = \"{bootstrap}\"\npairs_topic = \"{pairs}\"\ngrades_topic = \"{grades}\"\ngroup_id = \"{group}\"\ncommit_interval = \"200ms\"\n{kafka_extra}\n[server]\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n[log]\nformat = \"text\"\n"
+    )
+}
+
+/// The worker in-process.
+struct Worker {
+    stop: CancellationToken,
+    handle: JoinHandle<Result<WorkerSummary, JudgeError>>,
+    admin: SocketAddr,
+}
+
+impl Worker {
+    async fn start(toml: &str) -> Worker {
+        let cfg = untaken::judge::config::from_toml(toml).unwrap();
+        let admin: SocketAddr = cfg.server.admin_listen.parse().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let handle = tokio::spawn(async move { untaken::judge::run_kafka(&cfg, s).await });
+        let w = Worker { stop, handle, admin };
+        w.wait_ready().await;
+        w
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("http://{}/ready", self.admin)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("judge worker not ready within 30 s");
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+    }
+
+    async fn stop(self) -> WorkerSummary {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("worker stops within 30 s").unwrap().unwrap()
+    }
+}
+
+fn admin_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn published(metrics: &str) -> f64 {
+    ["graded", "primary_failed", "counterfactual_failed", "both_failed", "incomplete", "judge_error", "no_reference"]
+        .iter()
+        .map(|o| metric(metrics, &format!("untaken_judge_grades_published_total{{outcome=\"{o}\"}}")))
+        .sum()
+}
+
+/// Every grade in `topic`, read until `expected` arrived or `timeout` passed.
+async fn grades(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<GradeRecord> {
+    consume_async(bootstrap, topic, expected, timeout)
+        .await
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.header("untaken-schema"), Some(&b"untaken.v1.GradeRecord"[..]));
+            let g: GradeRecord = serde_json::from_slice(&m.payload).expect("grade is GradeRecord JSON");
+            assert_eq!(m.key.as_deref(), Some(g.request_id.as_bytes()), "key is the request id");
+            assert_eq!(m.header("untaken-pair-id"), Some(g.pair_id.as_bytes()));
+            g
+        })
+        .collect()
+}
+
+/// Waits until `n` distinct pairs are graded; returns every grade (duplicates too).
+async fn all_graded(bootstrap: &str, topic: &str, n: usize, timeout: Duration) -> Vec<GradeRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = grades(bootstrap, topic, usize::MAX, Duration::from_secs(3)).await;
+        let distinct: HashSet<_> = got.iter().map(|g| g.pair_id.clone()).collect();
+        if distinct.len() >= n || Instant::now() >= deadline {
+            assert_eq!(distinct.len(), n, "distinct pairs graded within {timeout:?}");
+            return got;
+        }
+    }
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_judge_grades_a_thousand_pairs_once_and_skips_undecodable_records() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic, group) = (topic("j-pairs"), topic("j-grades"), topic("j-group"));
+    create_topic_async(&bootstrap, &pairs_topic, 3).await;
+    create_topic_async(&bootstrap, &grades_topic, 3).await;
+    // Counterfactual right and primary wrong on multiples of 3, both right otherwise;
+    // every 50th counterfactual failed (HTTP 500), every 97th pair has no known answer.
+    let pairs: Vec<PairRecord> = (0..1000)
+        .map(|i| {
+            let primary = if i % 3 == 0 { "Lyon." } else { "The Paris" };
+            let expected = if i % 97 == 0 { None } else { Some("paris") };
+            pair(i, primary, "Paris!", expected, if i % 50 == 0 { 500 } else { 200 })
+        })
+        .collect();
+    // Half JSON, half protobuf (told apart by the content-type header), and garbage.
+    let (json, proto) = pairs.split_at(500);
+    let mut records = encoded(json, Encoding::Json);
+    records.extend(encoded(proto, Encoding::Protobuf));
+    records.extend((0..5).map(garbage));
+    produce(&bootstrap, &pairs_topic, records).await;
+
+    let admin = admin_addr();
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "")).await;
+    let got = grades(&bootstrap, &grades_topic, 1000, Duration::from_secs(90)).await;
+    assert_eq!(got.len(), 1000, "1,000 pairs in, 1,000 grades out");
+    let extra = grades(&bootstrap, &grades_topic, 1001, Duration::from_secs(3)).await;
+    assert_eq!(extra.len(), 1000, "no pair graded twice");
+    let by_id: HashMap<_, _> = got.iter().map(|g| (g.pair_id.clone(), g)).collect();
+    assert_eq!(by_id.len(), 1000);
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..1000 {
+        let g = by_id[&format!("pair-{i:05}")];
+        let want = if i % 50 == 0 {
+            GradeOutcome::CounterfactualFailed
+        } else if i % 97 == 0 {
+            GradeOutcome::NoReference
+        } else {
+            GradeOutcome::Graded
+        };
+        assert_eq!(g.outcome(), want, "pair {i}");
+        *outcomes.entry(g.outcome().as_str_name()).or_default() += 1;
+        if want == GradeOutcome::Graded {
+            let r = g.reference.as_ref().unwrap();
+            assert_eq!((r.primary_correct, r.counterfactual_correct), (i % 3 != 0, true), "pair {i}");
+            assert_eq!(g.score, if i % 3 == 0 { 1.0 } else { 0.0 });
+        }
+        // What a report needs, without the pair.
+        assert_eq!(g.request_id, format!("req-{i:05}"));
+        assert_eq!(g.sampling_weight, 2.0);
+        assert_eq!(g.labels["tenant"], "acme");
+        assert_eq!(g.route_not_taken.as_ref().unwrap().model, "big");
+        let f = g.features.as_ref().unwrap();
+        assert!(f.tools_present && f.turns == 1 && f.prompt_tokens == 12);
+        let cf = g.counterfactual.as_ref().unwrap();
+        assert_eq!((cf.answer_chars, cf.output_tokens, cf.failed), (6, 5, i % 50 == 0));
+        assert_eq!(g.judge.as_ref().unwrap().kind, "reference");
+        assert_eq!(g.pair_topic, pairs_topic);
+    }
+    eprintln!("outcomes: {outcomes:?}");
+
+    // Undecodable records are counted and skipped, and their offsets committed too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut m = worker.metrics().await;
+    while (metric(&m, "untaken_judge_pairs_consumed_total") < 1005.0 || published(&m) < 1000.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m = worker.metrics().await;
+    }
+    assert_eq!(metric(&m, "untaken_judge_pairs_consumed_total"), 1005.0, "{m}");
+    assert_eq!(metric(&m, "untaken_judge_pairs_undecodable_total"), 5.0);
+    assert_eq!(published(&m), 1000.0);
+    assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="counterfactual_failed"}"#), 20.0);
+    assert!(m.contains("untaken_judge_consumer_lag"), "{m}");
+    assert!(metric(&m, "untaken_judge_grade_delivery_seconds_count") >= 1000.0, "{m}");
+    let summary = worker.stop().await;
+    assert_eq!(summary.pairs_read, 1005);
+    let (b, g, t) = (bootstrap.clone(), group.clone(), pairs_topic.clone());
+    let committed = tokio::task::spawn_blocking(move || committed(&b, &g, &t, 3)).await.unwrap();
+    assert_eq!(committed, 1005, "every offset, the undecodable ones included, is committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_grades_every_pair_at_least_once() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic, group) = (topic("k-pairs"), topic("k-grades"), topic("k-group"));
+    create_topic_async(&bootstrap, &pairs_topic, 3).await;
+    create_topic_async(&bootstrap, &grades_topic, 3).await;
+    let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(20), false).await.unwrap();
+    let pairs: Vec<_> = (0..1000).map(|i| pair(i, "short", "a longer answer", None, 200)).collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
+
+    let window = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("judge.toml");
+    let admin = admin_addr();
+    let toml = judge_toml(
+        &bootstrap,
+        &pairs_topic,
+        &grades_topic,
+        &group,
+        admin,
+        &pairwise(&judge.url(), ""),
+        "[limits]\nmax_concurrency = 32\n",
+        &format!("in_flight = {window}"),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.path().join("judge.log");
+    let mut first = Sidecar::spawn_judge(&config, admin, &log);
+    first.wait_ready(Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = published(&first.metrics().await);
+        if done >= 200.0 {
+            assert!(done < 1000.0, "the kill must come mid-stream (graded {done} already)");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress before the kill:\n{}", first.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.sigkill();
+
+    let mut second = Sidecar::spawn_judge(&config, admin, &log);
+    second.wait_ready(Duration::from_secs(30)).await;
+    let got = all_graded(&bootstrap, &grades_topic, 1000, Duration::from_secs(120)).await;
+    let duplicates = got.len() - 1000;
+    eprintln!("after a SIGKILL mid-stream: {} grades for 1000 pairs, {duplicates} duplicates (window {window})", got.len());
+    assert!(duplicates <= window, "{duplicates} duplicates exceed the in-flight window {window}");
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded && g.score == 1.0), "every grade is complete");
+    second.sigterm();
+    let status = second.wait_exit(Duration::from_secs(30)).await.expect("exits on SIGTERM");
+    assert!(status.success(), "exit 0 after SIGTERM: {status}\n{}", second.log_tail(20));
+    let log_text = second.log_text();
+    assert!(!log_text.contains("a longer answer") && !log_text.contains("question 1"), "no answer or prompt text in logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_bias_cancels_out_and_a_length_preference_shows_in_the_grades() {
+    let bootstrap = shared_bootstrap_async().await;
+    let pairs_topic = topic("pos-pairs");
+    create_topic_async(&bootstrap, &pairs_topic, 2).await;
+    // The counterfactual is the longer answer on even pairs, the shorter on odd ones.
+    let pairs: Vec<_> = (0..40)
+        .map(|i| if i % 2 == 0 { pair(i, "brief", "much more elaborate", None, 200) } else { pair(i, "much more elaborate", "brief", None, 200) })
+        .collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Protobuf)).await;
+    let always_a = FakeJudge::start(Preference::AlwaysA, Duration::from_millis(5), false).await.unwrap();
+    let longer = FakeJudge::start(Preference::Longer, Duration::from_millis(5), true).await.unwrap();
+    let prices = "input_usd_per_mtok = 2.0\noutput_usd_per_mtok = 8.0";
+    let mut results = Vec::new();
+    for (name, judge, structured) in [("a", &always_a, false), ("long", &longer, true)] {
+        let grades_topic = topic(&format!("pos-grades-{name}"));
+        create_topic_async(&bootstrap, &grades_topic, 1).await;
+        let toml = judge_toml(
+            &bootstrap,
+            &pairs_topic,
+            &grades_topic,
+            &topic("pos-group"),
+            admin_addr(),
+            &pairwise(&judge.url(), &format!("{prices}\nstructured_output = {structured}")),
+            "",
+            "encoding = \"json\"",
+        );
+        let worker = Worker::start(&toml).await;
+        let got = grades(&bootstrap, &grades_topic, 40, Duration::from_secs(60)).await;
+        assert_eq!(got.len(), 40);
+        let m = worker.metrics().await;
+        assert_eq!(metric(&m, r#"untaken_judge_calls_total{outcome="ok"}"#), 80.0, "two judge calls a pair:\n{m}");
+        // 1000 prompt tokens at $2/M + 100 completion tokens at $8/M, 80 calls.
+        assert!((metric(&m, "untaken_judge_spend_usd_total") - 80.0 * 0.0028).abs() < 1e-9, "{m}");
+        worker.stop().await;
+        results.push(got);
+    }
+    for g in &results[0] {
+        assert_eq!(g.outcome(), GradeOutcome::Graded);
+        assert_eq!(g.score, 0.0, "an always-A judge says nothing about the arms");
+        assert!(!g.orders_agree);
+        let raws: Vec<_> = g.verdicts.iter().map(|v| (v.order.as_str(), v.raw.as_str())).collect();
+        assert_eq!(raws, [("primary_first", "A"), ("counterfactual_first", "A")]);
+        assert!((g.judge_cost_usd - 0.0056).abs() < 1e-12);
+        let j = g.judge.as_ref().unwrap();
+        assert_eq!((j.kind.as_str(), j.model.as_str(), j.prompt_version.len()), ("pairwise", "judge-model", 16));
+    }
+    for g in &results[1] {
+        let i: usize = g.pair_id.trim_start_matches("pair-").parse().unwrap();
+        assert_eq!(g.score, if i % 2 == 0 { 1.0 } else { -1.0 }, "pair {i}: the longer answer wins in both orders");
+        assert!(g.orders_agree);
+    }
+    assert_ne!(results[0][0].judge.as_ref().unwrap().prompt_version, results[1][0].judge.as_ref().unwrap().prompt_version, "marker and structured prompts are different versions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("f-pairs"), topic("f-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 1).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let judge = FakeJudge::start(Preference::Longer, Duration::ZERO, false).await.unwrap();
+    let cfg = pairwise(&judge.url(), "max_attempts = 2\nmax_retries = 1\ntimeout = \"300ms\"");
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("f-group"), admin_addr(), &cfg, "", "")).await;
+    let mut n = 0;
+    // One pair at a time, under a given judge behaviour; returns its grade.
+    let mut grade_one = |p: PairRecord| {
+        n += 1;
+        let (bootstrap, pairs_topic, grades_topic, expect) = (bootstrap.clone(), pairs_topic.clone(), grades_topic.clone(), n);
+        async move {
+            produce(&bootstrap, &pairs_topic, encoded(&[p], Encoding::Json)).await;
+            let got = grades(&bootstrap, &grades_topic, expect, Duration::from_secs(30)).await;
+            assert_eq!(got.len(), expect);
+            got.last().unwrap().clone()
+        }
+    };
+    let attempts = |g: &GradeRecord| g.verdicts.iter().map(|v| v.attempts).sum::<u32>();
+
+    judge.script(&[Mode::Malformed]);
+    let g = grade_one(pair(0, "x", "longer", None, 200)).await;
+    assert_eq!((g.outcome(), g.score, attempts(&g)), (GradeOutcome::Graded, 1.0, 3), "a malformed verdict is asked again");
+
+    judge.set_steady(Mode::Malformed);
+    let g = grade_one(pair(1, "x", "longer", None, 200)).await;
+    assert_eq!((g.outcome(), g.score, attempts(&g)), (GradeOutcome::JudgeError, 0.0, 4));
+    assert!(g.error.contains("malformed verdict after 2 attempts: no verdict marker"), "{}", g.error);
+    assert!(g.verdicts.iter().all(|v| v.raw.is_empty()), "never guessed");
+
+    judge.set_steady(Mode::Verdict);
+    judge.script(&[Mode::TooMany, Mode::ServerError]);
+    let g = grade_one(pair(2, "x", "longer", None, 200)).await;
+    assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::Graded, 4), "429 and 500 are retried");
+
+    judge.set_steady(Mode::ServerError);
+    let g = grade_one(pair(3, "x", "longer", None, 200)).await;
+    assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::JudgeError, 4));
+    assert!(g.error.contains("judge answered http 500 (after 1 retries)"), "{}", g.error);
+
+    judge.set_steady(Mode::Hang);
+    let g = grade_one(pair(4, "x", "longer", None, 200)).await;
+    assert_eq!(g.outcome(), GradeOutcome::JudgeError);
+    assert!(g.error.contains("timed out"), "{}", g.error);
+
+    // Not sent to the judge: a failed half, or a pair the judge model is an arm of.
+    judge.set_steady(Mode::Verdict);
+    let calls = judge.calls();
+    let g = grade_one(pair(5, "x", "longer", None, 503)).await;
+    assert_eq!((g.outcome(), g.error.as_str()), (GradeOutcome::CounterfactualFailed, "http status 503"));
+    let mut own = pair(6, "x", "longer", None, 200);
+    own.route_not_taken.as_mut().unwrap().model = "judge-model".into();
+    let g = grade_one(own).await;
+    assert_eq!(g.outcome(), GradeOutcome::JudgeError);
+    assert!(g.error.contains("allow_self_judging"), "{}", g.error);
+    assert_eq!(judge.calls(), calls, "neither pair reached the judge");
+
+    let m = worker.metrics().await;
+    for outcome in ["ok", "malformed", "rate_limited", "server_error", "timeout"] {
+        assert!(metric(&m, &format!("untaken_judge_calls_total{{outcome=\"{outcome}\"}}")) > 0.0, "{outcome}:\n{m}");
+    }
+    assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 4.0, "{m}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_nothing() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("b-pairs"), topic("b-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 1).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(20), false).await.unwrap();
+    // 1000 prompt tokens at $1000/M: $1 a call, $2 a pair; $3 per 6 s window.
+    let cfg = pairwise(&judge.url(), "input_usd_per_mtok = 1000.0");
+    let limits = "[limits]\nmax_concurrency = 2\nbudget_usd_per_hour = 3.0\nbudget_window = \"6s\"\n";
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), admin_addr(), &cfg, limits, "")).await;
+    let start = Instant::now();
+    let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
+
+    // Two pairs spend $4: past the budget, the worker pauses.
+    let got = grades(&bootstrap, &grades_topic, 2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = worker.metrics().await;
+    assert_eq!(metric(&m, "untaken_judge_paused"), 1.0, "paused while the budget is spent:\n{m}");
+    assert_eq!(published(&m), 2.0, "nothing graded while paused");
+    assert!(start.elapsed() < Duration::from_secs(6), "checked inside the first window");
+
+    // The window moves on: everything is graded in the end, nothing skipped.
+    let got = grades(&bootstrap, &grades_topic, 6, Duration::from_secs(40)).await;
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded));
+    assert!(start.elapsed() >= Duration::from_secs(6), "the last pairs waited for the window");
+    let m = worker.metrics().await;
+    assert_eq!(metric(&m, "untaken_judge_spend_usd_total"), 12.0, "{m}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_group_split_the_partitions_and_grade_everything_once() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic, group) = (topic("g-pairs"), topic("g-grades"), topic("g-group"));
+    create_topic_async(&bootstrap, &pairs_topic, 4).await;
+    create_topic_async(&bootstrap, &grades_topic, 4).await;
+    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
+    let a = Worker::start(&toml(admin_addr())).await;
+    let b = Worker::start(&toml(admin_addr())).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ma, mb) = (a.metrics().await, b.metrics().await);
+        let (pa, pb) = (metric(&ma, "untaken_judge_assigned_partitions"), metric(&mb, "untaken_judge_assigned_partitions"));
+        if pa > 0.0 && pb > 0.0 && pa + pb == 4.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group did not split the partitions: {pa} + {pb}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pairs: Vec<_> = (0..400).map(|i| pair(i, "Paris", "Lyon", Some("Paris"), 200)).collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
+    let got = grades(&bootstrap, &grades_topic, 401, Duration::from_secs(30)).await;
+    let distinct: HashSet<_> = got.iter().map(|g| g.pair_id.as_str()).collect();
+    assert_eq!((got.len(), distinct.len()), (400, 400), "everything graded exactly once");
+    assert!(got.iter().all(|g| g.score == -1.0));
+    let (ga, gb) = (published(&a.metrics().await), published(&b.metrics().await));
+    assert!(ga > 0.0 && gb > 0.0 && ga + gb == 400.0, "both workers graded: {ga} + {gb}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_a_bad_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/judge.toml");
+    let out = Command::new(BIN).args(["check-config", example]).env("JUDGE_API_KEY", "sk-test").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (judge pairwise"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("judge.toml");
+    std::fs::write(&bad, "[judge]\nkind = \"reference\"\n[judge.reference]\nlabel = \"x\"\nmethod = \"fuzzy\"\n").unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("judge.reference.method"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).arg("judge").arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "judge refuses a bad config too");
+}
+
+#[test]
+fn file_mode_grades_a_pairs_file_without_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, pairs_file, grades_file) = (dir.path().join("judge.toml"), dir.path().join("pairs.jsonl"), dir.path().join("grades.jsonl"));
+    std::fs::write(&config, REFERENCE).unwrap();
+    let mut lines = String::new();
+    for i in 0..20 {
+        let p = pair(i, "Paris", if i < 5 { "Paris" } else { "Rome" }, Some("paris"), 200);
+        lines.push_str(std::str::from_utf8(&record::encode(p.clone(), Encoding::Json).payload).unwrap());
+        lines.push('\n');
+        if i == 3 {
+            lines.push_str("this line is not a pair\n\n");
+        }
+    }
+    std::fs::write(&pairs_file, lines).unwrap();
+    let out = Command::new(BIN)
+        .arg("judge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--pairs")
+        .arg(&pairs_file)
+        .arg("--grades")
+        .arg(&grades_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("undecodable pair record skipped") && !stderr.contains("Rome"), "{stderr}");
+    let grades: Vec<GradeRecord> =
+        std::fs::read_to_string(&grades_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(grades.len(), 20);
+    let scores: Vec<f64> = grades.iter().map(|g| g.score).collect();
+    assert_eq!(scores, [vec![0.0; 5], vec![-1.0; 15]].concat(), "in input order");
+}
+
+#[tokio::test]
+async fn run_file_is_the_library_entry_point_the_demo_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pairs_file, grades_file) = (dir.path().join("pairs.jsonl"), dir.path().join("grades.jsonl"));
+    let p = pair(1, "41", "42", Some("42"), 200);
+    let line = String::from_utf8(record::encode(p.clone(), Encoding::Json).payload).unwrap();
+    std::fs::write(&pairs_file, format!("{line}\n{line}\n{{}}oops\n")).unwrap();
+    let cfg = untaken::judge::config::from_toml(REFERENCE).unwrap();
+    let s = untaken::judge::run_file(&cfg, &pairs_file, &grades_file).await.unwrap();
+    assert_eq!((s.pairs_read, s.grades_written, s.undecodable, s.duplicates), (3, 1, 1, 1));
+    assert_eq!(s.outcomes.get("graded"), Some(&1));
+    let missing = untaken::judge::run_file(&cfg, &dir.path().join("nope.jsonl"), &grades_file).await.unwrap_err();
+    assert!(missing.to_string().contains("nope.jsonl"), "{missing}");
+}
