@@ -8,6 +8,7 @@
 //! Modules, from the pure core outwards:
 //! - [`model`]: the report's struct tree and `--json` schema.
 pub mod model;
+pub mod stats;
 pub mod render_html;
 
 pub use model::Report;
