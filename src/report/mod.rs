@@ -7,6 +7,8 @@
 //!
 //! Modules, from the pure core outwards:
 //! - [`model`]: the report's struct tree and `--json` schema.
+pub mod accumulate;
+pub mod dimensions;
 pub mod model;
 pub mod stats;
 pub mod render_html;
