@@ -413,7 +413,7 @@ pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn figment_error(err: figment::Error) -> ConfigError {
+pub(crate) fn figment_error(err: figment::Error) -> ConfigError {
     let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
     let message = match &err.kind {
         figment::error::Kind::UnknownField(field, _) if err.path.is_empty() => {

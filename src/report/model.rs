@@ -184,7 +184,8 @@ pub struct NoiseFloor {
     pub overall_points: Option<Interval>,
     /// Per slice, where a slice has at least `min_pairs` controls.
     pub per_slice: Vec<SliceNoise>,
-    /// The floor applied where no per-slice figure exists: |overall control mean|, 0 without controls.
+    /// The floor applied where no per-slice figure exists: the distance from 0 to the overall
+    /// control interval (0 when it contains 0, or without controls).
     pub floor_points: f64,
 }
 
@@ -194,7 +195,7 @@ pub struct SliceNoise {
     pub slice: String,
     pub control_pairs: u64,
     pub points: Interval,
-    /// |mean|: the floor applied to this slice's groups.
+    /// Distance from 0 to `points` (0 when it contains 0): the floor applied to this slice's groups.
     pub floor_points: f64,
 }
 
