@@ -96,8 +96,8 @@ pub struct GroupAcc {
     pub judgeable: u64,
     pub taken: HalfAcc,
     pub not_taken: HalfAcc,
-    /// human − judge on the graded pairs that carry a human verdict (PPI rectifier).
-    pub human_minus_judge: Moments,
+    /// human − judge on the graded pairs that carry a human verdict (PPI rectifier), weighted.
+    pub human_minus_judge: WeightedSums,
 }
 
 /// CONTROL grades: the judge comparing a route with itself.
@@ -186,7 +186,7 @@ pub struct Accumulator {
     /// All graded PAIR grades: Hájek sums and plain moments.
     pub overall: WeightedSums,
     pub overall_scores: Moments,
-    pub overall_human_minus_judge: Moments,
+    pub overall_human_minus_judge: WeightedSums,
     pub controls: ControlAcc,
     pub judge: JudgeAcc,
     pub human: Option<HumanAcc>,
@@ -232,7 +232,7 @@ impl Accumulator {
             pair_weight: 0.0,
             overall: WeightedSums::default(),
             overall_scores: Moments::default(),
-            overall_human_minus_judge: Moments::default(),
+            overall_human_minus_judge: WeightedSums::default(),
             controls: ControlAcc::default(),
             judge: JudgeAcc::default(),
             pair_grades: 0,
@@ -279,7 +279,7 @@ impl Accumulator {
             self.add_calibration(grade);
         }
         if let Some(d) = human_minus_judge {
-            self.overall_human_minus_judge.add(d);
+            self.overall_human_minus_judge.add(w, d);
         }
         let direction = self.direction_id(route_name(&grade.route_taken), route_name(&grade.route_not_taken));
         let mut groups = Vec::new();
@@ -327,8 +327,10 @@ impl Accumulator {
                 j.first_position_wins += first_won as u64;
             }
         }
+        // Length bias is a pairwise judge's failing; a reference judge never sees lengths
+        // (and the better route may simply write longer answers).
         let (p, c) = (grade.primary.as_ref(), grade.counterfactual.as_ref());
-        if let (Some(p), Some(c), s @ (1 | -1)) = (p, c, sign(grade.score)) {
+        if let (false, Some(p), Some(c), s @ (1 | -1)) = (parsed.is_empty(), p, c, sign(grade.score)) {
             if p.answer_chars != c.answer_chars {
                 j.decisive_with_lengths += 1;
                 let counterfactual_longer = c.answer_chars > p.answer_chars;
@@ -400,7 +402,7 @@ fn add_to_group(acc: &mut GroupAcc, grade: &GradeRecord, w: f64, graded: bool, h
         acc.scores.add(grade.score);
     }
     if let Some(d) = human_minus_judge {
-        acc.human_minus_judge.add(d);
+        acc.human_minus_judge.add(w, d);
     }
 }
 
@@ -472,8 +474,8 @@ mod tests {
         assert_eq!(acc.controls.overall.n, 1);
         assert_eq!((acc.judge.both_orders, acc.judge.orders_agree), (1, 1));
         assert_eq!((acc.judge.decisive_verdicts, acc.judge.first_position_wins), (2, 1));
-        // The counterfactual (300 chars) is longer and won, in the control grade and in the pair.
-        assert_eq!((acc.judge.decisive_with_lengths, acc.judge.longer_wins), (2, 2));
+        // The counterfactual (300 chars) is longer and won; only the pairwise grade counts.
+        assert_eq!((acc.judge.decisive_with_lengths, acc.judge.longer_wins), (1, 1));
         let human = acc.human.as_ref().unwrap();
         assert_eq!((human.labelled, human.sign_agree, human.human_minus_judge.sum), (1, 0, -2.0));
     }

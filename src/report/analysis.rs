@@ -47,8 +47,12 @@ fn mean_points(m: &Moments) -> Option<Interval> {
 /// `min_pairs` graded pairs: the one-sided exact sign test on non-ties, H1 "the route not
 /// taken wins more often than it loses" (valid whatever the sampling weights). The
 /// p-values of all tested groups of all dimensions go through Benjamini–Hochberg together.
-/// A group is a **regression** when its BH q-value ≤ `q` *and* its Hájek effect
-/// estimate exceeds the noise floor: how far the 95% interval of the mean CONTROL score
+/// A group is a **regression** when its BH q-value ≤ `q` *and* the lower bound of its
+/// Hájek interval, widened for the selection (false-coverage-rate level 1 − q·R/m with R
+/// groups selected of m tested), exceeds the noise floor. The test is on unweighted signs,
+/// so a group that mixes an oversampled slice could be "significant" while its
+/// traffic-weighted effect is not; requiring the weighted interval too keeps the two
+/// consistent. The floor: how far the 95% interval of the mean CONTROL score
 /// lies from 0 (its slice's controls when the slice has `min_pairs` of them, else all
 /// controls; 0 when the interval contains 0 or there are no controls). A regression is
 /// **hidden** when the overall Hájek interval includes 0 or |overall| < `noise_band_points`.
@@ -91,7 +95,7 @@ pub fn analyze(acc: &Accumulator, settings: &AnalysisSettings, input: InputSumma
 
 fn overall(acc: &Accumulator, settings: &AnalysisSettings) -> Overall {
     let weighted = stats::hajek(&acc.overall, CONFIDENCE).map(points);
-    let ppi = acc.human.as_ref().and_then(|_| stats::ppi_mean(&acc.overall_scores, &acc.overall_human_minus_judge, CONFIDENCE)).map(points);
+    let ppi = acc.human.as_ref().and_then(|_| stats::ppi_mean(&acc.overall, &acc.overall_human_minus_judge, CONFIDENCE)).map(points);
     Overall {
         pairs: acc.overall.n,
         estimated_requests: acc.overall.w,
@@ -179,7 +183,7 @@ fn group_result(dimension: &str, group: &str, direction: &(String, String), g: &
         loss_rate: wilson(g.losses, pairs),
         mean_points: stats::hajek(&g.weighted, CONFIDENCE).map(points),
         unweighted_mean_points: g.scores.mean().map(|m| m * 100.0),
-        ppi_points: acc.human.as_ref().and_then(|_| stats::ppi_mean(&g.scores, &g.human_minus_judge, CONFIDENCE)).map(points),
+        ppi_points: acc.human.as_ref().and_then(|_| stats::ppi_mean(&g.weighted, &g.human_minus_judge, CONFIDENCE)).map(points),
         sign_test: (pairs > 0).then_some(SignTest {
             non_ties: g.wins + g.losses,
             p_not_taken_better: sign.greater,
@@ -187,6 +191,7 @@ fn group_result(dimension: &str, group: &str, direction: &(String, String), g: &
             p_two_sided: sign.two_sided,
         }),
         q_value: None,
+        adjusted_lower_points: None,
         mde_points: g.scores.variance().and_then(|v| stats::minimum_detectable_effect(pairs, v.sqrt(), MDE_ALPHA, MDE_POWER)).map(|m| m * 100.0),
         noise_floor_points,
         taken_failure_rate: wilson(g.taken.failed, g.grades),
@@ -218,11 +223,21 @@ fn groups(acc: &Accumulator, settings: &AnalysisSettings, floor: &NoiseFloor) ->
 fn apply_flag_rule(groups: &mut [GroupResult], settings: &AnalysisSettings) {
     let tested: Vec<usize> = (0..groups.len()).filter(|&i| groups[i].status != GroupStatus::TooFewPairs).collect();
     let p: Vec<f64> = tested.iter().map(|&i| groups[i].sign_test.map_or(1.0, |s| s.p_not_taken_better)).collect();
-    for (&i, q) in tested.iter().zip(stats::benjamini_hochberg(&p)) {
+    let q_values = stats::benjamini_hochberg(&p);
+    let selected = q_values.iter().filter(|&&q| q <= settings.q).count();
+    // False-coverage-rate adjusted intervals for the BH-selected groups (Benjamini &
+    // Yekutieli 2005, JASA 100:71): level 1 − q·R/m instead of 0.95, so the effects of the
+    // groups singled out are not overstated by the selection.
+    let widen = if selected > 0 { stats::z_two_sided(1.0 - settings.q * selected as f64 / tested.len() as f64) / stats::z_two_sided(CONFIDENCE) } else { 1.0 };
+    for (&i, q) in tested.iter().zip(q_values) {
         let g = &mut groups[i];
         g.q_value = Some(q);
         let Some(mean) = g.mean_points else { continue };
-        g.status = if q <= settings.q && mean.estimate > g.noise_floor_points {
+        let adjusted_lower = mean.estimate - (mean.estimate - mean.lower) * widen;
+        if q <= settings.q {
+            g.adjusted_lower_points = Some(adjusted_lower);
+        }
+        g.status = if q <= settings.q && adjusted_lower > g.noise_floor_points {
             GroupStatus::Regression
         } else if mean.upper < 0.0 {
             GroupStatus::RouteTakenBetter
@@ -262,6 +277,7 @@ pub fn describe_group(dimension: &str, group: &str) -> String {
         "tools" => format!("requests with {}", if group == "tools" { "tools" } else { "no tools" }),
         "prompt_tokens" => format!("prompts of {group} tokens"),
         "turns" => format!("conversations of {group} user turns"),
+        "eligibility" => format!("reasoning-eligibility score {group}"),
         d => match d.split_once(':') {
             Some((_, label)) => format!("{label}={group}"),
             None => format!("{d}={group}"),
@@ -317,7 +333,7 @@ fn slow_route_findings(groups: &[GroupResult], out: &mut Vec<Finding>) {
         let effect = g.mean_points.expect("tested groups have a mean");
         let cost = g.cost.diff_usd.map(|d| format!(" and ${:.4} more per request", -d)).unwrap_or_default();
         let message = format!(
-            "SLOW ROUTE FOR NOTHING: on {} ({:.1}% of traffic, {} pairs) the router sent requests to `{}`, {:.0} ms slower at p50{}, and they were no better than `{}` would have been: {} (smallest detectable effect {:.1} points)",
+            "SLOW ROUTE FOR NOTHING: on {} ({:.1}% of traffic, {} pairs) the router sent requests to `{}`, {:.0} ms slower at p50{}, and they were no better than `{}` would have been: {}; at this size only a difference above {:.1} points would show",
             describe_group(&g.dimension, &g.group),
             g.traffic_share * 100.0,
             g.pairs,

@@ -30,8 +30,8 @@ impl Dimensions {
     pub fn names(&self) -> Vec<String> {
         let mut names = vec!["all".to_string(), "slice".to_string()];
         names.extend(self.labels.iter().map(|l| format!("label:{l}")));
-        if let Some(e) = &self.eligibility_label {
-            names.push(format!("eligibility:{e}"));
+        if self.eligibility_label.is_some() {
+            names.push("eligibility".to_string());
         }
         if self.features {
             names.extend(["prompt_tokens", "turns", "tools"].map(String::from));
@@ -116,7 +116,7 @@ mod tests {
         let mut out = Vec::new();
         dims.groups_of(&grade, &mut out);
         let names = dims.names();
-        assert_eq!(names, ["all", "slice", "label:tenant", "label:language", "eligibility:elig", "prompt_tokens", "turns", "tools"]);
+        assert_eq!(names, ["all", "slice", "label:tenant", "label:language", "eligibility", "prompt_tokens", "turns", "tools"]);
         assert_eq!(out, ["all", "code", "acme", MISSING, "0.9-1.0", "4k-16k", "2-3", "tools"]);
     }
 

@@ -171,6 +171,7 @@ mod simulations {
             overall_covered += r.overall.weighted_points.unwrap().contains(overall_truth) as u64;
         }
         let rate = |k: u64| k as f64 / DATA_SETS as f64;
+        eprintln!("essay: multi_step flagged in {found}/{DATA_SETS}, hidden in {hidden}; coverage slice {covered}, overall {overall_covered}");
         assert!(rate(found) >= 0.90, "multi_step flagged in {} of {DATA_SETS} data sets", found);
         assert!(rate(hidden) >= 0.80 * rate(found), "hidden in {hidden} of {found} flagged data sets");
         assert!((0.93..=0.97).contains(&rate(covered)), "multi_step interval covered 15 points in {covered} of {DATA_SETS}");
@@ -203,6 +204,7 @@ mod simulations {
         let (s, opts) = (Scenario::null(), options());
         let runs = 500;
         let false_flags = (0..runs).filter(|&seed| report(&s, 10_000 + seed, &opts).exit_code() == 2).count();
+        eprintln!("null: {false_flags}/{runs} data sets flagged");
         assert!(false_flags as f64 / runs as f64 <= 0.05, "{false_flags} of {runs} null data sets flagged");
     }
 
@@ -211,6 +213,7 @@ mod simulations {
         let (s, opts) = (Scenario::unlabelled_cohort(), options());
         let runs = 100;
         let found = (0..runs).filter(|&seed| flagged(&report(&s, 20_000 + seed, &opts), "tools", "tools")).count();
+        eprintln!("unlabelled cohort: tools flagged in {found}/{runs}");
         assert!(found as f64 / runs as f64 >= 0.90, "the tools cohort was flagged in {found} of {runs} data sets");
     }
 

@@ -280,6 +280,10 @@ pub struct GroupResult {
     pub sign_test: Option<SignTest>,
     /// Benjamini–Hochberg adjusted p-value (one-sided, "route not taken better"), for tested groups.
     pub q_value: Option<f64>,
+    /// For groups BH selected (q ≤ `q`): the lower bound of the mean's interval widened to the
+    /// false-coverage-rate level 1 − q·R/m (Benjamini–Yekutieli); the flag rule compares it
+    /// with the noise floor.
+    pub adjusted_lower_points: Option<f64>,
     /// Smallest true effect in points this group detects with 80% power (two-sided α = 0.05).
     pub mde_points: Option<f64>,
     /// The noise floor applied to this group, in points.

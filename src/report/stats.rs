@@ -138,21 +138,39 @@ impl WeightedSums {
     }
 }
 
-/// Hájek estimator R̂ = Σw·s / Σw with its linearisation (sandwich) variance
+/// Hájek estimator R̂ = Σw·s / Σw and its linearisation (sandwich) variance
 /// V̂ = n/(n−1) · Σ w²(s − R̂)² / (Σw)² (Särndal, Swensson & Wretman 1992, *Model
-/// Assisted Survey Sampling*, §5.6; the with-replacement approximation), and the
-/// interval R̂ ± t_{n−1} · √V̂. Σw²(s − R̂)² is expanded as Σw²s² − 2R̂Σw²s + R̂²Σw² so
-/// that it streams. None below 2 observations.
-pub fn hajek(sums: &WeightedSums, confidence: f64) -> Option<Interval> {
+/// Assisted Survey Sampling*, §5.6; the with-replacement approximation).
+/// Σw²(s − R̂)² is expanded as Σw²s² − 2R̂Σw²s + R̂²Σw² so that it streams.
+/// None below 2 observations.
+pub fn hajek_variance(sums: &WeightedSums) -> Option<(f64, f64)> {
     if sums.n < 2 || sums.w <= 0.0 {
         return None;
     }
     let r = sums.ws / sums.w;
     let resid = (sums.w2s2 - 2.0 * r * sums.w2s + r * r * sums.w2).max(0.0);
     let n = sums.n as f64;
-    let var = n / (n - 1.0) * resid / (sums.w * sums.w);
-    let half = t_quantile(0.5 + confidence / 2.0, n - 1.0) * var.sqrt();
+    Some((r, n / (n - 1.0) * resid / (sums.w * sums.w)))
+}
+
+/// The Hájek estimate with its interval R̂ ± t_{n−1} · √V̂ (see [`hajek_variance`]).
+pub fn hajek(sums: &WeightedSums, confidence: f64) -> Option<Interval> {
+    let (r, var) = hajek_variance(sums)?;
+    let half = t_quantile(0.5 + confidence / 2.0, (sums.n - 1) as f64) * var.sqrt();
     Some(Interval { estimate: r, lower: r - half, upper: r + half })
+}
+
+/// Prediction-powered mean (Angelopoulos et al. 2023, *Science* 382:669), weighted for
+/// unequal sampling: the judge's Hájek mean on all N graded pairs plus the Hájek mean of
+/// the rectifier (human − judge) on the n labelled ones, θ̂ = R̂_judge + R̂_Δ, with variance
+/// V̂_judge + V̂_Δ and a normal interval. With equal weights this is the paper's
+/// θ̂ = Ȳ_judge + Δ̄, variance σ²_judge/N + σ²_Δ/n. None without 2 of each.
+pub fn ppi_mean(judge_all: &WeightedSums, human_minus_judge: &WeightedSums, confidence: f64) -> Option<Interval> {
+    let (rj, vj) = hajek_variance(judge_all)?;
+    let (rd, vd) = hajek_variance(human_minus_judge)?;
+    let theta = rj + rd;
+    let half = z_two_sided(confidence) * (vj + vd).sqrt();
+    Some(Interval { estimate: theta, lower: theta - half, upper: theta + half })
 }
 
 /// Benjamini–Hochberg adjusted p-values (Benjamini & Hochberg 1995, JRSS-B 57:289):
@@ -180,19 +198,6 @@ pub fn minimum_detectable_effect(n: u64, sd: f64, alpha: f64, power: f64) -> Opt
         return None;
     }
     Some((normal_quantile(1.0 - alpha / 2.0) + normal_quantile(power)) * sd / (n as f64).sqrt())
-}
-
-/// Prediction-powered mean (Angelopoulos et al. 2023, *Science* 382:669): the judge's
-/// mean on all N pairs plus the mean rectifier (human − judge) on the n labelled pairs,
-/// θ̂ = Ȳ_judge + Δ̄, with variance σ²_judge/N + σ²_Δ/n and a normal interval.
-/// None without at least 2 of each.
-pub fn ppi_mean(judge_all: &Moments, human_minus_judge: &Moments, confidence: f64) -> Option<Interval> {
-    let (mj, vj) = (judge_all.mean()?, judge_all.variance()?);
-    let (md, vd) = (human_minus_judge.mean()?, human_minus_judge.variance()?);
-    let theta = mj + md;
-    let se = (vj / judge_all.n as f64 + vd / human_minus_judge.n as f64).sqrt();
-    let half = z_two_sided(confidence) * se;
-    Some(Interval { estimate: theta, lower: theta - half, upper: theta + half })
 }
 
 #[cfg(test)]
@@ -358,25 +363,32 @@ mod tests {
     }
 
     #[test]
-    fn ppi_covers_and_removes_the_judge_bias() {
-        // The judge over-scores the counterfactual by +0.1 on average; humans label 200 of 2,000 pairs.
+    fn ppi_covers_and_removes_the_judge_bias_under_oversampling() {
+        // Two strata sampled at 5% and 50%; the judge over-scores the counterfactual (it
+        // agrees with the human 85% of the time, else says 0, and adds +0.1); humans label
+        // 10% of the graded pairs.
         let mut rng = StdRng::seed_from_u64(14);
-        let truth = 0.05;
+        let strata = [(8_000usize, 0.0f64, 0.05f64), (2_000, 0.4, 0.5)]; // (size, true mean, rate)
+        let truth = (8_000.0 * 0.0 + 2_000.0 * 0.4) / 10_000.0;
         let (mut covered, mut judge_only_covered) = (0, 0);
         for _ in 0..DATA_SETS {
-            let (mut judge, mut diff) = (Moments::default(), Moments::default());
-            for i in 0..2000 {
-                let human = if rng.random_bool(0.5 + truth / 2.0) { 1.0 } else { -1.0 };
-                // E[judge] = 0.85·E[human] + 0.1: shrunk towards 0 and shifted upwards.
-                let agrees = if rng.random_bool(0.85) { human } else { 0.0 };
-                let judge_score = agrees + 0.1 + if rng.random_bool(0.5) { 0.05 } else { -0.05 };
-                judge.add(judge_score);
-                if i < 200 {
-                    diff.add(human - judge_score);
+            let (mut judge, mut diff) = (WeightedSums::default(), WeightedSums::default());
+            for &(size, mean, rate) in &strata {
+                for _ in 0..size {
+                    if !rng.random_bool(rate) {
+                        continue;
+                    }
+                    let human = if rng.random_bool(0.5 + mean / 2.0) { 1.0 } else { -1.0 };
+                    let agrees = if rng.random_bool(0.85) { human } else { 0.0 };
+                    let judge_score = agrees + 0.1 + if rng.random_bool(0.5) { 0.05 } else { -0.05 };
+                    judge.add(1.0 / rate, judge_score);
+                    if rng.random_bool(0.1) {
+                        diff.add(1.0 / rate, human - judge_score);
+                    }
                 }
             }
             covered += ppi_mean(&judge, &diff, CONFIDENCE).unwrap().contains(truth) as usize;
-            judge_only_covered += mean_interval(&judge, CONFIDENCE).unwrap().contains(truth) as usize;
+            judge_only_covered += hajek(&judge, CONFIDENCE).unwrap().contains(truth) as usize;
         }
         assert_coverage(covered, "ppi");
         assert!(judge_only_covered < DATA_SETS / 2, "the judge alone covered {judge_only_covered}: the bias should show");
