@@ -24,6 +24,7 @@ pub mod pairing;
 pub mod publisher;
 pub mod record;
 pub mod redact;
+pub mod report;
 pub mod routes;
 pub mod sampling;
 pub mod server;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{self, Config};
+use crate::report::{Report, ReportOptions, Source};
 use crate::simulate::{Behaviour, FakeUpstream};
 
 pub struct DemoOptions {
@@ -107,8 +108,80 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("pairs are on topic `{}`: grade them with `untaken judge` and read `untaken report`", opts.topic);
         return Ok(());
     }
-    let _ = started;
+    // The judge: known answers travel as the `expected_answer` label; the answer is
+    // the number an answer ends with.
+    let judge = crate::judge::config::from_toml(
+        r#"
+        [judge]
+        kind = "reference"
+        [judge.reference]
+        label = "expected_answer"
+        method = "numeric"
+        tolerance = 0.0
+        "#,
+    )?;
+    let graded = crate::judge::run_file(&judge, &opts.out, &opts.grades).await?;
+    println!();
+    println!(
+        "judge (reference, known answers): {} pairs read, {} grades written to {}",
+        graded.pairs_read,
+        graded.grades_written,
+        opts.grades.display()
+    );
+
+    let options = ReportOptions {
+        source: Source::File(opts.grades.clone()),
+        labels: vec!["tenant".into()],
+        eligibility_label: Some("reasoning_score".into()),
+        ..ReportOptions::default()
+    };
+    let grades = opts.grades.clone();
+    let report = tokio::task::spawn_blocking(move || crate::report::run(&options)).await?.map_err(|e| anyhow::anyhow!("report on {}: {e}", grades.display()))?;
+    println!();
+    println!("{}", crate::report::render_text::render(&report));
+    std::fs::write(&opts.html, crate::report::render_html::render(&report))?;
+    print_story(&report);
+    let html = std::fs::canonicalize(&opts.html).unwrap_or(opts.html.clone());
+    println!("the report as a page: file://{}", html.display());
+    println!("(demo finished in {:.1} s; `untaken report --grades {}` prints it again, exit code 2 = regression found)", started.elapsed().as_secs_f64(), opts.grades.display());
     Ok(())
+}
+
+/// The last word: the overall figure inside its interval, and what it hides.
+fn print_story(report: &Report) {
+    println!();
+    let overall = report.overall.weighted_points;
+    match overall {
+        Some(o) => println!(
+            "OVERALL: the route not taken is {:+.1} points [95% CI {:+.1}, {:+.1}] over {} graded pairs: {}",
+            o.estimate,
+            o.lower,
+            o.upper,
+            report.overall.pairs,
+            if report.overall.looks_fine { "inside the noise, the dashboard stays green" } else { "visible in the aggregate" }
+        ),
+        None => println!("OVERALL: no graded pairs"),
+    }
+    let mut any = false;
+    for f in report.regressions() {
+        any = true;
+        let effect = f.effect_points.map(|e| format!("{:+.1} points [95% CI {:+.1}, {:+.1}]", e.estimate, e.lower, e.upper)).unwrap_or_default();
+        let share = f.traffic_share.map(|s| format!("{:.1}% of traffic, ", 100.0 * s)).unwrap_or_default();
+        println!(
+            "FLAGGED{}: {} = {} ({}{} pairs): `{}` answers {} worse than `{}`",
+            if f.hidden { " (hidden by the aggregate)" } else { "" },
+            f.dimension,
+            f.group,
+            share,
+            f.pairs,
+            f.route_taken,
+            effect,
+            f.route_not_taken
+        );
+    }
+    if !any {
+        println!("no regression flagged");
+    }
 }
 
 fn print_traffic(t: &router::Traffic) {
