@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use humantime_serde::re::humantime::format_duration;
 use serde::{Deserialize, Serialize};
 
 /// A configuration mistake, naming the key a user has to fix.
@@ -478,9 +479,7 @@ impl Config {
                     return Err(ConfigError::new(format!("{key}.counterfactual"), "a route cannot shadow itself"));
                 }
             }
-            if route.timeout.is_zero() {
-                return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than 0"));
-            }
+            check_duration(&format!("{key}.timeout"), route.timeout, MIN_POSITIVE)?;
             for (field, price) in
                 [("input_usd_per_mtok", route.input_usd_per_mtok), ("output_usd_per_mtok", route.output_usd_per_mtok)]
             {
@@ -507,9 +506,12 @@ impl Config {
             }
             route.api_key(name)?;
         }
-        if self.pairing.timeout.is_zero() {
-            return Err(ConfigError::new("pairing.timeout", "must be greater than 0"));
-        }
+        check_duration("server.shutdown_grace", self.server.shutdown_grace, Duration::ZERO)?;
+        check_duration("pairing.timeout", self.pairing.timeout, MIN_POSITIVE)?;
+        // librdkafka refuses a message timeout not above `linger.ms` (5 ms), and 0 means "forever".
+        check_duration("sink.kafka.delivery_timeout", self.sink.kafka.delivery_timeout, Duration::from_millis(100))?;
+        check_duration("sink.kafka.stall_timeout", self.sink.kafka.stall_timeout, MIN_POSITIVE)?;
+        check_duration("spool.fsync_interval", self.spool.fsync_interval, MIN_POSITIVE)?;
         if self.pairing.max_pending == 0 {
             return Err(ConfigError::new("pairing.max_pending", "must be greater than 0"));
         }
@@ -531,9 +533,6 @@ impl Config {
                     ));
                 }
             }
-            if self.sink.kafka.stall_timeout.is_zero() {
-                return Err(ConfigError::new("sink.kafka.stall_timeout", "must be greater than 0"));
-            }
             self.sink.kafka.sasl_password()?;
             self.sink.kafka.file_settings()?;
         }
@@ -547,6 +546,25 @@ impl Config {
 
 fn check_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| ConfigError::new(key, format!("`{value}` is not an IP:port address")))
+}
+
+/// The smallest duration a timer or timeout may be set to: a zero one would panic a
+/// timer (`tokio::time::interval`) or time everything out at once.
+const MIN_POSITIVE: Duration = Duration::from_millis(1);
+/// The largest duration any setting accepts: a week is past every sensible timeout,
+/// and far below what `Instant + Duration` or librdkafka's millisecond settings overflow at.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_duration(key: &str, value: Duration, min: Duration) -> Result<(), ConfigError> {
+    if value < min {
+        let bound = if min == MIN_POSITIVE { "greater than 0".to_string() } else { format!("at least {}", format_duration(min)) };
+        return Err(ConfigError::new(key, format!("must be {bound} (got {})", format_duration(value))));
+    }
+    if value > MAX_DURATION {
+        let (max, got) = (format_duration(MAX_DURATION), format_duration(value));
+        return Err(ConfigError::new(key, format!("must be at most {max} (got {got})")));
+    }
+    Ok(())
 }
 
 fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
@@ -701,6 +719,34 @@ mod tests {
             assert_eq!(load(Some(&path)).unwrap_err().key, "sampling.defualt_rate", "a misspelt setting is an error");
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_duration_is_validated_and_named() {
+        let kafka = format!("{TWO_ROUTES}\n[sink.kafka]\nbrokers = \"127.0.0.1:9092\"\n");
+        let cases = [
+            ("[spool]\nfsync_interval = \"0s\"", "spool.fsync_interval"),
+            ("[pairing]\ntimeout = \"0s\"", "pairing.timeout"),
+            ("[sink.kafka]\ndelivery_timeout = \"0s\"", "sink.kafka.delivery_timeout"),
+            ("[sink.kafka]\ndelivery_timeout = \"3ms\"", "sink.kafka.delivery_timeout"),
+            ("[sink.kafka]\nstall_timeout = \"0s\"", "sink.kafka.stall_timeout"),
+            // Past any sensible bound (and past what `Instant + Duration` or librdkafka accept).
+            ("[pairing]\ntimeout = \"1000years\"", "pairing.timeout"),
+            ("[server]\nshutdown_grace = \"1000years\"", "server.shutdown_grace"),
+            ("[sink.kafka]\ndelivery_timeout = \"30days\"", "sink.kafka.delivery_timeout"),
+        ];
+        for (section, key) in cases {
+            let text = match section.strip_prefix("[sink.kafka]\n") {
+                Some(line) => format!("{kafka}{line}\n"),
+                None => format!("{TWO_ROUTES}\n{section}\n"),
+            };
+            let e = err(&text);
+            assert_eq!(e.key, key, "{section}: {e}");
+        }
+        let e = err(&TWO_ROUTES.replace("timeout = \"90s\"", "timeout = \"100years\""));
+        assert_eq!(e.key, "routes.reasoning.timeout", "{e}");
+        // A zero grace is allowed: shadow calls are cut at once and their pairs published.
+        assert!(from_toml(&format!("{TWO_ROUTES}\n[server]\nshutdown_grace = \"0s\"\n")).is_ok());
     }
 
     #[test]
