@@ -25,6 +25,7 @@ use crate::publisher::Publisher;
 use crate::server::MirrorService;
 use crate::sink::spool::Spool;
 use crate::sink::{Sink, SinkError};
+use crate::supervise::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -124,18 +125,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
 
     let shutdown = CancellationToken::new();
+    let supervisor = Supervisor::new(metrics.clone(), shutdown.clone());
     let stop_background = CancellationToken::new();
     let stop_publisher = CancellationToken::new();
-    let dispatcher = tokio::spawn(engine.clone().run_dispatcher(channels.jobs));
-    let expiry = tokio::spawn(engine.clone().run_expiry(stop_background.clone()));
-    let publishing = tokio::spawn(publisher.clone().run(channels.records, stop_publisher.clone()));
-    let spooling = tokio::spawn(publisher.clone().run_spool(fsync, stop_background.clone()));
+    let dispatcher = supervisor.spawn("dispatcher", engine.clone().run_dispatcher(channels.jobs));
+    let expiry = supervisor.spawn("expiry", engine.clone().run_expiry(stop_background.clone()));
+    let publishing = supervisor.spawn("publisher", publisher.clone().run(channels.records, stop_publisher.clone()));
+    let spooling = supervisor.spawn("spool", publisher.clone().run_spool(fsync, stop_background.clone()));
     let marker = config.spool.dir.clone().map(|dir| {
-        tokio::spawn(pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
+        supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
         dir
     });
     if let Some(path) = config_path {
-        tokio::spawn(reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
+        supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }
     if let Sink::Kafka(k) = sink.as_ref() {
         let (brokers, topic) = (k.brokers().to_string(), k.topic().to_string());
@@ -149,16 +151,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen.clone(), source })?;
 
     let grpc_stop = CancellationToken::new();
-    let grpc_task = tokio::spawn(crate::server::serve(
-        grpc,
-        engine.clone(),
-        health,
-        token,
-        tls,
-        grpc_stop.clone().cancelled_owned(),
-    ));
+    let grpc_serve = crate::server::serve(grpc, engine.clone(), health, token, tls, grpc_stop.clone().cancelled_owned());
+    let grpc_task = supervisor.spawn("grpc_server", async move {
+        if let Err(e) = grpc_serve.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(crate::admin::serve(admin, engine.clone(), admin_stop.clone().cancelled_owned()));
+    let admin_serve = crate::admin::serve(admin, engine.clone(), supervisor.clone(), admin_stop.clone().cancelled_owned());
+    let admin_task = supervisor.spawn("admin_server", async move {
+        if let Err(e) = admin_serve.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
     let sink_description = sink.describe();
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, sink = %sink_description, "untaken started");
 

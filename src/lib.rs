@@ -26,6 +26,7 @@ pub mod routes;
 pub mod sampling;
 pub mod server;
 pub mod simulate;
+pub mod supervise;
 pub mod sink;
 pub mod upstream;
 pub mod usage;

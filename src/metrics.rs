@@ -42,6 +42,11 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Status {
     pub status: &'static str,
 }
@@ -70,6 +75,7 @@ pub struct Metrics {
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
     pub lost_in_crash: Counter,
+    pub task_failures: Family<TaskLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +110,7 @@ impl Metrics {
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
             lost_in_crash: Counter::default(),
+            task_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register("mirror_requests", "Mirror calls by decision, reason and slice", m.mirror_requests.clone());
@@ -134,6 +141,11 @@ impl Metrics {
             "pairs_lost_in_crash",
             "Pairs pending at the last crash (counted from the spool's journal on start)",
             m.lost_in_crash.clone(),
+        );
+        r.register(
+            "background_task_failures",
+            "Background tasks that panicked or ended before shutdown, by task (/ready is 503 after one)",
+            m.task_failures.clone(),
         );
         Metrics { registry: r, ..m }
     }
