@@ -95,10 +95,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         Some(dir) => {
             let (spool, found) = Spool::open(dir, config.spool.max_bytes)?;
             if found.records > 0 || found.corrupt > 0 {
-                tracing::warn!(records = found.records, bytes = found.bytes, corrupt = found.corrupt, "spool holds records from an earlier run; replaying");
-            }
-            if found.corrupt > 0 {
-                metrics.pairs_dropped.get_or_create(&Reason { reason: "spool_corrupt" }).inc_by(found.corrupt);
+                // Corrupt regions are skipped on replay and counted when their segment is deleted.
+                tracing::warn!(
+                    records = found.records,
+                    bytes = found.bytes,
+                    corrupt_regions = found.corrupt,
+                    corrupt_bytes = found.corrupt_bytes,
+                    "spool holds records from an earlier run; replaying"
+                );
             }
             metrics.spool_bytes.set(found.bytes as i64);
             metrics.spool_records.set(found.records as i64);

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub pending_pairs: Gauge,
     pub spool_bytes: Gauge,
     pub spool_records: Gauge,
+    pub spool_corrupt_bytes: Counter,
     pub kafka_delivery_seconds: Histogram,
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
@@ -106,6 +107,7 @@ impl Metrics {
             pending_pairs: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_records: Gauge::default(),
+            spool_corrupt_bytes: Counter::default(),
             kafka_delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
@@ -133,7 +135,12 @@ impl Metrics {
         r.register("queue_depth", "Shadow jobs waiting for a worker", m.queue_depth.clone());
         r.register("pending_pairs", "Pairs waiting for a half", m.pending_pairs.clone());
         r.register("spool_bytes", "Bytes in the disk spool", m.spool_bytes.clone());
-        r.register("spool_records", "Records in the disk spool", m.spool_records.clone());
+        r.register("spool_records", "Records in the disk spool not yet delivered", m.spool_records.clone());
+        r.register(
+            "spool_corrupt_bytes",
+            "Bytes of torn or corrupted spool frames skipped and deleted with their segment",
+            m.spool_corrupt_bytes.clone(),
+        );
         r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
         r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());

@@ -147,31 +147,45 @@ impl Publisher {
         self.to_spool(rec).await;
     }
 
+    /// Spools a record Kafka did not take; drops it, counted, when that fails.
     async fn to_spool(&self, rec: Encoded) {
         let Some(spool) = self.spool.clone() else {
             self.drop_counted("no_spool");
             return;
         };
-        let pair_id = rec.pair_id.clone();
-        let result = tokio::task::spawn_blocking(move || spool.append(&rec)).await.expect("spool task panicked");
+        if let Some(rec) = self.append_to_spool(spool, rec).await {
+            if self.log_allowed() {
+                let pair_id = &rec.pair_id;
+                tracing::error!(pair_id, "spool full, pairs dropped (logged at most once a second; see untaken_pairs_dropped_total)");
+            }
+            self.drop_counted("spool_full");
+        }
+    }
+
+    /// Writes a record to the spool (on a blocking thread). A full spool hands the
+    /// record back, uncounted; an i/o error drops it, counted.
+    async fn append_to_spool(&self, spool: Arc<Spool>, rec: Encoded) -> Option<Encoded> {
+        let (rec, result) = tokio::task::spawn_blocking(move || {
+            let r = spool.append(&rec);
+            (rec, r)
+        })
+        .await
+        .expect("spool task panicked");
+        self.update_gauges();
         match result {
             Ok(()) => {
                 self.metrics.pairs_spooled.inc();
+                None
             }
-            Err(SpoolError::Full { used, max }) => {
-                if self.log_allowed() {
-                    tracing::error!(pair_id, used, max, "spool full, pairs dropped (logged at most once a second; see untaken_pairs_dropped_total)");
-                }
-                self.drop_counted("spool_full");
-            }
+            Err(SpoolError::Full { .. }) => Some(rec),
             Err(SpoolError::Io(e)) => {
                 if self.log_allowed() {
-                    tracing::error!(pair_id, error = %e, "spool write failed, pairs dropped (logged at most once a second)");
+                    tracing::error!(pair_id = rec.pair_id, error = %e, "spool write failed, pairs dropped (logged at most once a second)");
                 }
                 self.drop_counted("spool_io");
+                None
             }
         }
-        self.update_gauges();
     }
 
     /// At most one drop log line a second: a full spool must not flood the logs.
@@ -220,7 +234,8 @@ impl Publisher {
         }
     }
 
-    /// Sends the oldest segment; deletes it only when every record was acknowledged.
+    /// Sends the oldest segment's undelivered records; marks each one Kafka took, so
+    /// a retry resends only the rest; deletes the segment once all are delivered.
     async fn replay_once(&self, spool: &Arc<Spool>, stop: &CancellationToken) {
         loop {
             if stop.is_cancelled() {
@@ -242,32 +257,55 @@ impl Publisher {
                 tracing::error!(records = batch.undecodable, "spooled records could not be decoded and are dropped");
                 self.metrics.pairs_dropped.get_or_create(&Reason { reason: "spool_corrupt" }).inc_by(batch.undecodable);
             }
-            let sends = batch.records.iter().map(|r| self.sink.send(r));
-            let results = futures::future::join_all(sends).await;
-            let mut all_ok = true;
-            for r in &results {
+            let results = futures::future::join_all(batch.records.iter().map(|r| self.sink.send(r))).await;
+            let mut delivered = Vec::with_capacity(results.len());
+            for (i, r) in results.iter().enumerate() {
                 match r {
                     Ok(()) => {
                         self.metrics.pairs_replayed.inc();
+                        delivered.push(i);
                     }
-                    Err(SinkError::Permanent(_)) => self.drop_counted("rejected_permanently"),
-                    Err(_) => all_ok = false,
+                    Err(SinkError::Permanent(_)) => {
+                        self.drop_counted("rejected_permanently");
+                        delivered.push(i);
+                    }
+                    Err(_) => {}
                 }
             }
-            if !all_ok {
-                // Kafka is still unhealthy: keep the segment (acknowledged records in it
-                // will be sent again: at least once) and try later.
-                self.healthy.store(false, Ordering::Relaxed);
-                return;
-            }
-            let count = batch.records.len();
+            let all_delivered = delivered.len() == results.len();
+            let (regions, skipped) = (batch.corrupt_regions, batch.corrupt_bytes);
             let s = spool.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || s.ack(batch)).await.expect("spool task") {
-                tracing::error!(error = %e, "could not delete a replayed spool segment; it will be replayed again");
-                return;
-            }
-            tracing::info!(records = count, "replayed a spool segment");
+            let removed = tokio::task::spawn_blocking(move || {
+                s.mark_delivered(&batch, delivered);
+                if all_delivered {
+                    s.remove(batch).map(|_| true)
+                } else {
+                    Ok(false)
+                }
+            })
+            .await
+            .expect("spool task");
             self.update_gauges();
+            match removed {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Kafka is still unhealthy: keep the rest of the segment and try later.
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not delete a replayed spool segment; its records stay marked delivered until a restart");
+                    return;
+                }
+            }
+            if regions > 0 {
+                // Torn or corrupted frames, now deleted with their segment: each region held
+                // at least one record.
+                tracing::error!(regions, bytes = skipped, "a replayed spool segment had corrupt regions; the records in them are lost");
+                self.metrics.pairs_dropped.get_or_create(&Reason { reason: "spool_corrupt" }).inc_by(regions);
+                self.metrics.spool_corrupt_bytes.inc_by(skipped);
+            }
+            tracing::info!(records = results.len(), "replayed a spool segment");
         }
     }
 }
