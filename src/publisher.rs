@@ -105,14 +105,19 @@ impl Publisher {
         self.tasks.wait().await;
     }
 
-    async fn dispatch(self: &Arc<Self>, rec: Encoded) {
-        if self.spool.is_some() && (!self.is_healthy() || self.stalled()) {
+    async fn dispatch(self: &Arc<Self>, mut rec: Encoded) {
+        if let Some(spool) = self.spool.clone().filter(|_| !self.is_healthy() || self.stalled()) {
             if self.is_healthy() {
                 tracing::warn!(stall_ms = self.stall_timeout.as_millis() as u64, "kafka stalled; spooling new records");
                 self.healthy.store(false, Ordering::Relaxed);
             }
-            self.to_spool(rec).await;
-            return;
+            match self.append_to_spool(spool, rec).await {
+                None => return,
+                // The spool is full, but Kafka may be back already (the replay has not caught
+                // up): try it rather than drop. If Kafka fails too, the record is dropped then,
+                // as `spool_full`; the in-flight bound holds memory meanwhile.
+                Some(full) => rec = full,
+            }
         }
         let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
         if self.outstanding.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -298,6 +303,9 @@ impl Publisher {
                     return;
                 }
             }
+            // A whole segment went through: Kafka is taking records again, so new ones go
+            // to it directly while the rest of the spool drains (not into a full spool).
+            self.healthy.store(true, Ordering::Relaxed);
             if regions > 0 {
                 // Torn or corrupted frames, now deleted with their segment: each region held
                 // at least one record.

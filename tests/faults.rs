@@ -929,6 +929,57 @@ async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
     s.stop().await;
 }
 
+/// An outage long enough to fill the spool, then Kafka back: pairs from then on go to
+/// Kafka while the spool drains, instead of meeting the full spool (`spool_full`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_fills_the_spool_new_pairs_reach_kafka_while_it_drains() {
+    let t0 = Instant::now();
+    let mut broker = Broker::start_async().await;
+    let bootstrap = broker.bootstrap();
+    let topic = common::app::topic("full-then-back");
+    create_topic_async(&bootstrap, &topic, 1).await;
+    tokio::task::block_in_place(|| broker.kill());
+    let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
+    let spool = tempfile::tempdir().unwrap();
+    // Long enough for librdkafka to reconnect to the restarted broker.
+    let mut setup = Setup { delivery_timeout: "5s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
+    setup.spool_max_bytes = 32 * 1024;
+    let mut s = start_in_process(&setup).await;
+    let admin = s.app.admin_addr;
+    let full = r#"untaken_pairs_dropped_total{reason="spool_full"}"#;
+
+    let n = 40;
+    for i in 0..n {
+        assert!(s.client.mirror(req(&format!("out-{i}"), "")).await.unwrap().into_inner().sampled);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = wait_metrics(admin, "every outage pair spooled or dropped", Duration::from_secs(60), |m| {
+        metric(m, SPOOLED) + metric(m, full) == n as f64
+    })
+    .await;
+    let dropped_in_outage = metric(&m, full);
+    println!("[full-then-back] outage: {} spooled, {dropped_in_outage} dropped (spool full)", metric(&m, SPOOLED));
+    assert!(dropped_in_outage > 0.0, "the outage must fill the 32 KiB spool: {}", interesting(&m));
+
+    broker.restart_async().await;
+    let back = Instant::now();
+    let mut accepted = Vec::new();
+    for i in 0..60 {
+        let resp = s.client.mirror(req(&format!("back-{i}"), "")).await.unwrap().into_inner();
+        assert!(resp.sampled);
+        accepted.push(resp.pair_id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(60)).await;
+    let m = wait_metrics(admin, "the spool drained", Duration::from_secs(60), |m| metric(m, SPOOL_RECORDS) == 0.0 && !m.is_empty()).await;
+    println!("[full-then-back] {} pairs in the {:?} after Kafka came back; metrics:\n{}", accepted.len(), back.elapsed(), interesting(&m));
+    let missing = accepted.iter().filter(|id| !rb.records.contains_key(*id)).count();
+    assert_eq!(missing, 0, "pairs accepted after Kafka came back were lost: {}", interesting(&m));
+    assert_eq!(metric(&m, full), dropped_in_outage, "no pair is dropped as spool_full once Kafka is back: {}", interesting(&m));
+    s.stop().await;
+    println!("[full-then-back] took {:?}", t0.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_kafka_down_exits_within_grace_plus_margin() {
     let dir = tempfile::tempdir().unwrap();
