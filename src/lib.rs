@@ -16,6 +16,7 @@ pub mod admission;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod log_limit;
 pub mod engine;
 pub mod metrics;
 pub mod pairing;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Reason};
 use crate::record::Encoded;
 use crate::sink::spool::{Spool, SpoolError};
@@ -37,7 +38,8 @@ pub struct Publisher {
     last_progress_ms: AtomicU64,
     stall_timeout: Duration,
     epoch: Instant,
-    last_drop_log_ms: AtomicU64,
+    /// Drop messages: at most one log line a second (a full spool must not flood the logs).
+    drop_log: LogLimit,
 }
 
 impl Publisher {
@@ -53,7 +55,7 @@ impl Publisher {
             last_progress_ms: AtomicU64::new(0),
             stall_timeout,
             epoch: Instant::now(),
-            last_drop_log_ms: AtomicU64::new(0),
+            drop_log: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
@@ -159,9 +161,9 @@ impl Publisher {
             return;
         };
         if let Some(rec) = self.append_to_spool(spool, rec).await {
-            if self.log_allowed() {
+            if let Some(held_back) = self.drop_log.allow() {
                 let pair_id = &rec.pair_id;
-                tracing::error!(pair_id, "spool full, pairs dropped (logged at most once a second; see untaken_pairs_dropped_total)");
+                tracing::error!(pair_id, held_back, "spool full, pairs dropped (logged at most once a second; see untaken_pairs_dropped_total)");
             }
             self.drop_counted("spool_full");
         }
@@ -184,21 +186,13 @@ impl Publisher {
             }
             Err(SpoolError::Full { .. }) => Some(rec),
             Err(SpoolError::Io(e)) => {
-                if self.log_allowed() {
-                    tracing::error!(pair_id = rec.pair_id, error = %e, "spool write failed, pairs dropped (logged at most once a second)");
+                if let Some(held_back) = self.drop_log.allow() {
+                    tracing::error!(pair_id = rec.pair_id, held_back, error = %e, "spool write failed, pairs dropped (logged at most once a second)");
                 }
                 self.drop_counted("spool_io");
                 None
             }
         }
-    }
-
-    /// At most one drop log line a second: a full spool must not flood the logs.
-    fn log_allowed(&self) -> bool {
-        let now = self.now_ms();
-        let last = self.last_drop_log_ms.load(Ordering::Relaxed);
-        (last == 0 || now.saturating_sub(last) >= 1000)
-            && self.last_drop_log_ms.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     fn drop_counted(&self, reason: &'static str) {

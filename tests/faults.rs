@@ -367,6 +367,7 @@ async fn sigkill_with_spool_replays_on_restart() {
     let topic = common::app::topic("sigkill");
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let mut setup = Setup { delivery_timeout: "1s", ..Setup::new(&fast, &reasoning, &dead_addr(), &topic, &spool) };
+    let first_run = Instant::now();
     let mut sc = spawn_binary(&mut setup, dir.path(), "first.log").await;
     let mut client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
 
@@ -381,7 +382,16 @@ async fn sigkill_with_spool_replays_on_restart() {
     let m = wait_metrics(admin, "every pair in the spool", Duration::from_secs(30), |m| metric(m, SPOOL_RECORDS) == n as f64).await;
     assert_eq!(metric(&m, "untaken_pairs_published_total"), 0.0, "nothing can reach a dead broker");
     let status = sc.sigkill();
+    let first_run = first_run.elapsed();
     println!("[sigkill] {n} pairs spooled; SIGKILLed the sidecar ({status:?})");
+    // Every delivery failed, but the log says so at most once a second, not once per pair.
+    let failure_lines = sc.log_text().lines().filter(|l| l.contains("kafka delivery failed")).count();
+    println!("[sigkill] {failure_lines} delivery-failure log lines in {first_run:?}");
+    assert!(
+        (1..=first_run.as_secs() as usize + 1).contains(&failure_lines),
+        "{failure_lines} delivery-failure lines in {first_run:?}:\n{}",
+        sc.log_tail(20)
+    );
     drop(client);
     // What the dead process left on disk: every pair, no torn frame.
     let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool_max_bytes).unwrap();

@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::SinkError;
 use crate::config::KafkaConfig;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Reason};
 use crate::record::Encoded;
 
@@ -25,6 +26,8 @@ pub struct KafkaSink {
     brokers: String,
     delivery_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Delivery failures come one per record during an outage: one log line a second.
+    failure_log: LogLimit,
 }
 
 /// The librdkafka settings untaken relies on, before the user's passthrough map.
@@ -91,6 +94,7 @@ impl KafkaSink {
             brokers: config.brokers.clone(),
             delivery_timeout: config.delivery_timeout,
             metrics,
+            failure_log: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
@@ -146,7 +150,15 @@ impl KafkaSink {
         );
         let label = if permanent { "permanent" } else { "transient" };
         self.metrics.kafka_delivery_errors.get_or_create(&Reason { reason: label }).inc();
-        tracing::warn!(pair_id = %record.pair_id, error = %e, permanent, "kafka delivery failed");
+        if let Some(held_back) = self.failure_log.allow() {
+            tracing::warn!(
+                pair_id = %record.pair_id,
+                error = %e,
+                permanent,
+                held_back,
+                "kafka delivery failed (logged at most once a second; see untaken_kafka_delivery_errors_total)"
+            );
+        }
         if permanent {
             SinkError::Permanent(e)
         } else {
