@@ -235,9 +235,23 @@ impl Engine {
             traceparent: traceparent.to_string(),
             kind: if control { PairKind::Control } else { PairKind::Pair },
         };
-        let body = meta.request_body.clone();
+        let job = Job {
+            request_id: req.request_id.clone(),
+            route: shadow,
+            limits: route_limits,
+            body: meta.request_body.clone(),
+            traceparent: traceparent.to_string(),
+            ticket,
+        };
         {
+            // Accept-or-refuse is atomic with the drain, which sets `draining` and then
+            // empties the table under this lock: a pair inserted here is drained (published
+            // with its missing half named), or the call is refused. The job is queued under
+            // the lock too, so a pair the drain published was never answered `queue_full`.
             let mut table = self.table.lock().expect("pairing lock");
+            if self.is_draining() {
+                return Err(RequestError::Draining);
+            }
             if table.len() + self.finishing.load(Ordering::Relaxed) >= live.config.pairing.max_pending {
                 self.metrics.mirror("shed", "pairing_full", &req.slice);
                 return Ok(not("pairing_full", decision.rate));
@@ -250,22 +264,16 @@ impl Engine {
                     return Ok(not("pairing_full", decision.rate));
                 }
             }
+            // Counted before the hand-off, so the dispatcher's decrement never runs first.
+            self.metrics.queue_depth.inc();
+            if self.jobs.try_send(job).is_err() {
+                self.metrics.queue_depth.dec();
+                table.remove(&req.request_id);
+                self.metrics.mirror("shed", "queue_full", &req.slice);
+                return Ok(not("queue_full", decision.rate));
+            }
             self.metrics.pending_pairs.set(table.len() as i64);
         }
-        let job = Job {
-            request_id: req.request_id.clone(),
-            route: shadow,
-            limits: route_limits,
-            body,
-            traceparent: traceparent.to_string(),
-            ticket,
-        };
-        if self.jobs.try_send(job).is_err() {
-            self.table.lock().expect("pairing lock").remove(&req.request_id);
-            self.metrics.mirror("shed", "queue_full", &req.slice);
-            return Ok(not("queue_full", decision.rate));
-        }
-        self.metrics.queue_depth.inc();
         self.metrics.mirror("sampled", if control { "control" } else { "" }, &req.slice);
         Ok(MirrorResponse { sampled: true, pair_id, reason: String::new(), rate: decision.rate, shadow_route: shadow_name, control })
     }
@@ -556,5 +564,37 @@ mod tests {
         assert_eq!(field(MirrorRequest { route_taken: "r".repeat(129), ..req() }), "route_taken");
         assert_eq!(field(MirrorRequest { sampling_key: "k".repeat(513), ..req() }), "sampling_key");
         assert_eq!(field(MirrorRequest { request_id: "i".repeat(513), ..req() }), "request_id");
+    }
+
+    /// A `Mirror` that raced the drain: it was on its way when the drain set `draining`
+    /// and emptied the table (which the drain does under the table lock, held here).
+    /// It must come out refused, or with its pair among those the drain took; it used
+    /// to pass the draining check first and insert into the emptied table afterwards,
+    /// a pair accepted and never published.
+    #[test]
+    fn a_mirror_racing_the_drain_is_refused_or_drained() {
+        let config = crate::config::from_toml(
+            "[sampling]\ndefault_rate = 1.0\n\
+             [routes.fast]\nurl = \"http://127.0.0.1:9/\"\nmodel = \"f\"\ncounterfactual = \"slow\"\n\
+             [routes.slow]\nurl = \"http://127.0.0.1:9/\"\nmodel = \"s\"\n",
+        )
+        .unwrap();
+        let (engine, _channels) = Engine::new(config, Encoding::Json, Arc::new(Metrics::new())).unwrap();
+        let mut table = engine.table.lock().unwrap();
+        let call = std::thread::spawn({
+            let engine = engine.clone();
+            move || engine.mirror(req(), "")
+        });
+        // Let the call run up to the table lock (there is no signal for "blocked on a lock").
+        std::thread::sleep(Duration::from_millis(200));
+        engine.start_drain();
+        let drained: Vec<String> = table.drain("shutdown").into_iter().map(|r| r.meta.pair_id).collect();
+        drop(table);
+        match call.join().unwrap() {
+            Err(RequestError::Draining) => {}
+            Ok(r) if r.sampled => assert!(drained.contains(&r.pair_id), "accepted {} after the table was drained", r.pair_id),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.table.lock().unwrap().is_empty(), "nothing is left behind the drain");
     }
 }
