@@ -4,9 +4,11 @@
 //! Shutdown order (SIGTERM, SIGINT, or [`Running::shutdown`]): health says
 //! NOT_SERVING and `Mirror` answers UNAVAILABLE; in-flight shadow calls get the
 //! grace period; pairs still pending are published with the missing half named;
-//! the publisher delivers or spools everything it holds; the Kafka producer is
-//! flushed off the runtime (what it cannot deliver in time is purged back to us
-//! and spooled, never dropped with the producer); the spool is fsynced.
+//! the publisher delivers or spools everything it holds; the spool is fsynced;
+//! the Kafka producer is flushed off the runtime. A deadline armed at the start
+//! bounds it all: a second past the grace, the publisher spools every record it
+//! still holds and purges back (and spools) what Kafka has not acknowledged, so
+//! a slow Kafka never holds the exit and nothing is dropped with the producer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,7 +122,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
-    let delivery_timeout = config.sink.kafka.delivery_timeout;
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
     let stall = match sink.as_ref() {
         Sink::Kafka(_) => config.sink.kafka.stall_timeout,
@@ -183,33 +184,39 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             // The gRPC server keeps running through the drain: `Mirror` answers
             // UNAVAILABLE, health says NOT_SERVING, and `Complete` still joins pairs
             // whose shadow call is finishing.
+            // Past the grace (plus a second for the pairs the grace cut short), nothing
+            // waits for Kafka: the publisher spools what it holds and what Kafka has not
+            // acknowledged is purged back and spooled, again every 100 ms until the
+            // publisher is done. So the whole drain ends within the grace plus a fixed
+            // margin however slowly Kafka acknowledges (a throttled broker).
+            let deadline = {
+                let publisher = publisher.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace + KAFKA_AFTER_GRACE).await;
+                    tracing::warn!("shutdown grace over; spooling what Kafka has not acknowledged");
+                    loop {
+                        publisher.divert_to_spool();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
             engine.drain(grace).await;
             grpc_stop.cancel();
-            let mut grpc_task = grpc_task;
-            if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
-                // A client holding a stream open (health watch, reflection) must not hold the exit.
-                grpc_task.abort();
-            }
+            let grpc_closing = tokio::spawn(async move {
+                let mut grpc_task = grpc_task;
+                if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
+                    // A client holding a stream open (health watch, reflection) must not hold the exit.
+                    grpc_task.abort();
+                }
+            });
             dispatcher.abort();
             stop_background.cancel();
             let _ = expiry.await;
             stop_publisher.cancel();
-            // Deliveries still in flight (and a replay under way) wait for Kafka up to the
-            // delivery timeout; past the grace, purge them so they come back as errors
-            // and go to the spool.
-            let budget = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1)).min(delivery_timeout);
-            let mut finishing = tokio::spawn(async move {
-                let _ = publishing.await;
-                let _ = spooling.await;
-            });
-            if tokio::time::timeout(budget, &mut finishing).await.is_err() {
-                tracing::warn!("kafka slow at shutdown; spooling what is still in flight");
-                publisher.divert_to_spool();
-                if let Sink::Kafka(k) = publisher.sink().as_ref() {
-                    k.purge();
-                }
-                let _ = finishing.await;
-            }
+            let _ = publishing.await;
+            let _ = spooling.await;
+            deadline.abort();
+            let _ = grpc_closing.await;
             // Only now is every record either acknowledged or in the spool: fsync it.
             if let Some(spool) = publisher.spool().cloned() {
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
@@ -229,6 +236,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     };
     Ok(Running { grpc_addr, admin_addr, engine, sink_description, shutdown, done })
 }
+
+/// How long after the shutdown grace Kafka may still take records before everything
+/// left is spooled: pairs whose shadow call the grace cut short are built after it.
+const KAFKA_AFTER_GRACE: Duration = Duration::from_secs(1);
 
 const PENDING_MARKER: &str = "pending-pairs";
 

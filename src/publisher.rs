@@ -31,6 +31,9 @@ pub struct Publisher {
     /// False after a failed delivery, until a replay succeeds: new records go
     /// straight to the spool instead of waiting out a delivery timeout each.
     healthy: AtomicBool,
+    /// Set when the shutdown's grace is over: nothing waits for Kafka any more, every
+    /// record goes to the spool.
+    diverted: AtomicBool,
     in_flight: Arc<Semaphore>,
     tasks: TaskTracker,
     /// Stall detection: deliveries outstanding, and when one last made progress.
@@ -49,6 +52,7 @@ impl Publisher {
             spool,
             metrics,
             healthy: AtomicBool::new(true),
+            diverted: AtomicBool::new(false),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: TaskTracker::new(),
             outstanding: AtomicUsize::new(0),
@@ -77,10 +81,14 @@ impl Publisher {
         self.spool.as_ref()
     }
 
-    /// Sends every new record straight to the spool (shutdown, when Kafka is too slow).
+    /// Shutdown, once the grace is over: every record from now on goes straight to the
+    /// spool, and deliveries still waiting for Kafka are purged back (and spooled).
+    /// Call again to purge deliveries that started in between.
     pub fn divert_to_spool(&self) {
-        if self.spool.is_some() {
-            self.healthy.store(false, Ordering::Relaxed);
+        self.diverted.store(true, Ordering::SeqCst);
+        self.healthy.store(false, Ordering::Relaxed);
+        if let Sink::Kafka(k) = self.sink.as_ref() {
+            k.purge();
         }
     }
 
@@ -108,6 +116,10 @@ impl Publisher {
     }
 
     async fn dispatch(self: &Arc<Self>, mut rec: Encoded) {
+        if self.diverted.load(Ordering::SeqCst) {
+            self.to_spool(rec).await;
+            return;
+        }
         if let Some(spool) = self.spool.clone().filter(|_| !self.is_healthy() || self.stalled()) {
             if self.is_healthy() {
                 tracing::warn!(stall_ms = self.stall_timeout.as_millis() as u64, "kafka stalled; spooling new records");
@@ -122,6 +134,11 @@ impl Publisher {
             }
         }
         let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        if self.diverted.load(Ordering::SeqCst) {
+            // The grace ran out while this record waited for a delivery slot.
+            self.to_spool(rec).await;
+            return;
+        }
         if self.outstanding.fetch_add(1, Ordering::Relaxed) == 0 {
             // Idle until now: the stall clock starts with this delivery.
             self.last_progress_ms.store(self.now_ms(), Ordering::Relaxed);

@@ -54,6 +54,7 @@ struct Setup {
     brokers: String,
     topic: String,
     delivery_timeout: &'static str,
+    stall_timeout: &'static str,
     spool: PathBuf,
     spool_max_bytes: u64,
     /// Extra sections (`[queue]`, `[pairing]`).
@@ -74,6 +75,7 @@ impl Setup {
             brokers: brokers.into(),
             topic: topic.into(),
             delivery_timeout: "2s",
+            stall_timeout: "2s",
             spool: spool.to_path_buf(),
             spool_max_bytes: 64 * 1024 * 1024,
             extra: String::new(),
@@ -114,6 +116,7 @@ default_rate = 1.0
 brokers = "{brokers}"
 topic = "{topic}"
 delivery_timeout = "{delivery}"
+stall_timeout = "{stall}"
 [spool]
 dir = "{spool}"
 max_bytes = {max_bytes}
@@ -126,6 +129,7 @@ fsync_interval = "100ms"
             brokers = self.brokers,
             topic = self.topic,
             delivery = self.delivery_timeout,
+            stall = self.stall_timeout,
             spool = self.spool.display(),
             max_bytes = self.spool_max_bytes,
             extra = self.extra,
@@ -988,6 +992,127 @@ async fn after_an_outage_fills_the_spool_new_pairs_reach_kafka_while_it_drains()
     assert_eq!(metric(&m, full), dropped_in_outage, "no pair is dropped as spool_full once Kafka is back: {}", interesting(&m));
     s.stop().await;
     println!("[full-then-back] took {:?}", t0.elapsed());
+}
+
+/// What the drain may add to `shutdown_grace` when Kafka is slow: a second for the
+/// pairs the grace cut short, up to 2 s for the gRPC server to close, and the disk
+/// writes of spooling what is left (the Kubernetes manifests give grace + 10 s).
+const DRAIN_MARGIN: Duration = Duration::from_secs(6);
+
+/// SIGTERM while a real broker throttles the sidecar's producer with Kafka's own
+/// client quota (`producer_byte_rate`): acknowledgements keep coming, slowly, so the
+/// stall detection does not take over, and more pairs are waiting than the delivery
+/// window (4,096) and the publisher's queue (1,024) hold. The drain must still end
+/// within the grace plus a fixed margin, every accepted pair on the topic or in the
+/// fsynced spool, and duplicates (topic and spool both) bounded by what Kafka can
+/// have had in flight when the rest was purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin() {
+    let t0 = Instant::now();
+    let broker = Broker::start_async().await;
+    let bootstrap = broker.bootstrap();
+    let topic = common::app::topic("throttled");
+    create_topic_async(&bootstrap, &topic, 1).await;
+    // The sidecar's producer has client.id "untaken": 100 KB/s, some 20 pairs a second.
+    common::kafka::set_producer_byte_rate_async(&bootstrap, "untaken", 100_000).await;
+    let (fast, reasoning) = (upstream("fast", answer(1)).await, upstream("reasoning", answer(1)).await);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // Throttled acknowledgements come in bursts seconds apart: a stall timeout past them
+    // keeps the records in memory (the case a drain without a deadline never finished).
+    let mut setup = Setup {
+        grace: "2s",
+        delivery_timeout: "30s",
+        stall_timeout: "60s",
+        ..Setup::new(&fast, &reasoning, &bootstrap, &topic, &spool)
+    };
+    setup.spool_max_bytes = 512 * 1024 * 1024;
+    setup.routes[1].extra = "max_concurrency = 4096";
+    setup.extra = "[queue]\ncapacity = 16384\n[pairing]\nmax_pending = 50000\n".into();
+    let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
+    let client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
+
+    let n = 7000;
+    let next = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..32)
+        .map(|_| {
+            let (mut c, next) = (client.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return accepted;
+                    }
+                    let resp = c.mirror(req(&format!("th-{i}"), "")).await.expect("Mirror answers").into_inner();
+                    assert!(resp.sampled, "{resp:?}");
+                    accepted.push(resp.pair_id);
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for s in senders {
+        accepted.extend(s.await.unwrap());
+    }
+    // Every pair built, so the records wait in the sidecar (or its spool), not in the engine.
+    let m = wait_metrics(sc.admin, "every pair built", Duration::from_secs(120), |m| {
+        m.lines().filter(|l| l.starts_with("untaken_pairs_built_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+            == n as f64
+    })
+    .await;
+    let (published, spooled) = (metric(&m, "untaken_pairs_published_total"), metric(&m, SPOOLED));
+    println!(
+        "[throttled] {n} accepted in {:?}; at SIGTERM {published} published, {spooled} spooled, {} waiting in memory",
+        t0.elapsed(),
+        n as f64 - published - spooled
+    );
+    assert!(n as f64 - published - spooled > 4096.0 + 1024.0, "more must wait than the delivery window holds: {}", interesting(&m));
+
+    let term = Instant::now();
+    sc.sigterm();
+    let status = sc.wait_exit(Duration::from_secs(120)).await;
+    let took = term.elapsed();
+    println!("[throttled] exit {status:?} {took:?} after SIGTERM (grace 2 s)");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", sc.log_tail(30));
+    assert!(took <= Duration::from_secs(2) + DRAIN_MARGIN, "the drain took {took:?}, past grace + {DRAIN_MARGIN:?}:\n{}", sc.log_tail(30));
+
+    // Everything is on the topic or in the spool the next start will replay.
+    let on_topic = tokio::task::block_in_place(|| common::kafka::record_count(&bootstrap, &topic)) as usize;
+    let got = consume_async(&bootstrap, &topic, on_topic, Duration::from_secs(60)).await;
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    let mut smallest = usize::MAX;
+    for c in &got {
+        let v: Value = serde_json::from_slice(&c.payload).unwrap();
+        *copies.entry(v["pair_id"].as_str().unwrap().to_string()).or_default() += 1;
+        smallest = smallest.min(c.payload.len());
+    }
+    let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool_max_bytes).unwrap();
+    assert_eq!(found.corrupt, 0, "{found:?}");
+    while let Some(batch) = disk.oldest().unwrap() {
+        for r in &batch.records {
+            *copies.entry(r.pair_id.clone()).or_default() += 1;
+            smallest = smallest.min(r.payload.len());
+        }
+        disk.mark_delivered(&batch, 0..batch.records.len());
+        disk.remove(batch).unwrap();
+    }
+    let missing = accepted.iter().filter(|id| !copies.contains_key(*id)).count();
+    let dups: usize = copies.values().map(|c| c - 1).sum();
+    println!(
+        "[throttled] {} on the topic, {} in the spool; {missing} missing, {dups} duplicates; took {:?} in all",
+        got.len(),
+        found.records,
+        t0.elapsed()
+    );
+    assert_eq!(missing, 0, "accepted pairs neither on the topic nor in the spool");
+    assert_eq!(copies.len(), n as usize, "only accepted pairs");
+    // A duplicate is a record Kafka wrote whose acknowledgement the purge cut off: at most
+    // what the producer had in flight, 5 requests (max.in.flight with idempotence) of at
+    // most 1 MiB (batch.size) each.
+    let in_flight_bound = 5 * 1024 * 1024 / smallest.max(1);
+    assert!(dups <= in_flight_bound, "{dups} duplicates, more than Kafka can have had in flight ({in_flight_bound})");
+    drop(broker);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
