@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, RouteLimits, Ticket};
+use crate::admission::{Admission, Ticket};
 use crate::config::{Config, ConfigError, Encoding};
 use crate::metrics::{Metrics, RouteLabel, RouteOutcome, Status};
 use crate::pairing::{self, InsertError, Ready, Table};
@@ -76,7 +76,6 @@ impl Live {
 pub struct Job {
     request_id: String,
     route: Arc<Route>,
-    limits: Arc<RouteLimits>,
     body: Bytes,
     traceparent: String,
     ticket: Ticket,
@@ -212,7 +211,9 @@ impl Engine {
         };
         let shadow_name = shadow.info.name.clone();
         let route_limits = live.admission.route(&shadow.info.name).expect("catalog and admission agree").clone();
-        let ticket = match route_limits.admit(live.admission.minute()) {
+        let (body, prices) = (&req.request_body, &shadow.info);
+        let estimate = || crate::admission::estimate_cost(body, prices.input_usd_per_mtok, prices.output_usd_per_mtok);
+        let ticket = match route_limits.admit(live.admission.minute(), estimate) {
             Ok(t) => t,
             Err(shed) => {
                 self.metrics.mirror("shed", shed.reason(), &req.slice);
@@ -238,7 +239,6 @@ impl Engine {
         let job = Job {
             request_id: req.request_id.clone(),
             route: shadow,
-            limits: route_limits,
             body: meta.request_body.clone(),
             traceparent: traceparent.to_string(),
             ticket,
@@ -380,13 +380,15 @@ impl Engine {
         self.metrics.shadow_inflight.inc();
         let half = self.client.call(&job.route, &job.body, &job.request_id, &job.traceparent).await;
         self.metrics.shadow_inflight.dec();
-        drop(job.ticket);
         let outcome = upstream::outcome(&half);
         self.metrics.shadow_calls.get_or_create(&RouteOutcome { route: route.clone(), outcome }).inc();
         self.metrics.shadow_latency.get_or_create(&RouteLabel { route: route.clone() }).observe(half.latency_ms / 1000.0);
-        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&half.body) {
-            let cost = Usage::from_json(&body).cost_usd(job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
-            job.limits.charge(cost, self.live.load().admission.minute());
+        let prices = (job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
+        let cost = serde_json::from_slice::<serde_json::Value>(&half.body).ok().map(|b| Usage::from_json(&b).cost_usd(prices.0, prices.1));
+        // The actual cost replaces the estimate reserved at admission (nothing when the
+        // answer carries no usage), and the concurrency slot is freed.
+        job.ticket.settle(cost.unwrap_or(0.0), self.live.load().admission.minute());
+        if let Some(cost) = cost {
             self.metrics.shadow_cost.get_or_create(&RouteLabel { route: route.clone() }).observe(cost);
             self.metrics.shadow_cost_total.get_or_create(&RouteLabel { route: route.clone() }).inc_by(cost);
         }

@@ -760,7 +760,9 @@ async fn shedding_reasons() {
     setup.routes = vec![
         Route { counterfactual: Some("rl"), ..route("fast", fast.url()) },
         Route { extra: "max_rps = 1", ..route("rl", rl.url()) },
-        Route { extra: "budget_usd_per_hour = 0.0000001", ..route("budget", budget.url()) },
+        // Room for one call's estimated cost ($0.00504: ~490 input tokens, 1,024 output),
+        // and not for another once the first one's spend ($0.0004) is in.
+        Route { extra: "budget_usd_per_hour = 0.0052", ..route("budget", budget.url()) },
         Route { extra: "max_concurrency = 1", ..route("conc", conc.url()) },
     ];
     let b = start_in_process(&setup).await;
@@ -830,6 +832,54 @@ async fn shedding_reasons() {
     a.stop().await;
     b.stop().await;
     println!("[shed] took {:?}", t0.elapsed());
+}
+
+/// A budget with calls in flight: a slow upstream (1 s) and a burst of 20 sampled
+/// requests, all arriving before any answer. Admission reserves each call's
+/// estimated cost, so the route's spend ends within its budget plus the estimate
+/// error of a call; counting only finished calls, every call of the burst was let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_holds_with_calls_in_flight() {
+    let bootstrap = shared_bootstrap_async().await;
+    let topic = common::app::topic("budget-inflight");
+    let fast = upstream("fast", answer(5)).await;
+    let slow = upstream("slow", answer(1000)).await;
+    let spool = tempfile::tempdir().unwrap();
+    let budget = 0.005;
+    let mut setup = Setup::new(&fast, &slow, &bootstrap, &topic, spool.path());
+    setup.routes = vec![
+        Route { counterfactual: Some("slow"), ..route("fast", fast.url()) },
+        Route { extra: "budget_usd_per_hour = 0.005", ..route("slow", slow.url()) },
+    ];
+    let s = start_in_process(&setup).await;
+    let mut body: Value = serde_json::from_slice(&common::app::chat(1)).unwrap();
+    body["max_tokens"] = 50.into();
+    let body = serde_json::to_vec(&body).unwrap();
+    let estimate = untaken::admission::estimate_cost(&body, 1.10, 4.40);
+
+    let burst = (0..20).map(|i| {
+        let (mut c, body) = (s.client.clone(), body.clone());
+        async move {
+            let mut r = req(&format!("bud-{i}"), "");
+            r.request_body = body;
+            c.mirror(r).await.unwrap().into_inner()
+        }
+    });
+    let resps = futures::future::join_all(burst).await;
+    let admitted = resps.iter().filter(|r| r.sampled).count();
+    let shed = resps.iter().filter(|r| r.reason == "budget_exhausted").count();
+    assert_eq!(admitted + shed, 20, "{resps:?}");
+    let m = wait_metrics(s.app.admin_addr, "every admitted call answered", Duration::from_secs(30), |m| {
+        metric(m, r#"untaken_shadow_calls_total{route="slow",outcome="ok"}"#) == admitted as f64
+    })
+    .await;
+    let spend = metric(&m, r#"untaken_shadow_spend_usd_total{route="slow"}"#);
+    let per_call = spend / admitted as f64;
+    println!("[budget] {admitted} admitted, {shed} shed; spend {spend:.6} of {budget} (a call: {per_call:.6}, estimated {estimate:.6})");
+    assert!(admitted >= 1, "a budget of {budget} fits at least one call estimated at {estimate}");
+    assert!(shed > 0, "the burst costs more than the budget");
+    assert!(spend <= budget + (per_call - estimate).max(0.0), "spend {spend} passed the budget {budget} by more than a call's estimate error");
+    s.stop().await;
 }
 
 /// Bytes in the spool's segment files (`*.seg`) in `dir`.
