@@ -110,7 +110,7 @@ pub struct Channels {
 impl Engine {
     pub fn new(config: Config, encoding: Encoding, metrics: Arc<Metrics>) -> Result<(Arc<Self>, Channels), ConfigError> {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue.capacity);
-        let (rec_tx, rec_rx) = mpsc::channel(1024);
+        let (rec_tx, rec_rx) = mpsc::channel(RECORDS_CHANNEL);
         let table = Table::new(config.pairing.max_pending, config.pairing.timeout);
         let client = upstream::Client::new(config.server.max_body_bytes);
         let engine = Arc::new(Self {
@@ -465,6 +465,10 @@ fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
     }
     half
 }
+
+/// Encoded records handed to the publisher and not yet taken. Records waiting beyond
+/// it wait in their finish task, counted against `pairing.max_pending`.
+pub const RECORDS_CHANNEL: usize = 16;
 
 /// Longest request_id or sampling_key accepted.
 pub const MAX_ID_BYTES: usize = 512;

@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod log_limit;
 pub mod engine;
+pub mod memory;
 pub mod metrics;
 pub mod pairing;
 pub mod publisher;

@@ -26,7 +26,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and exit (0 when valid, 64 when not).
+    /// Validate a config file and print the worst-case memory it allows (exit 0 when
+    /// valid, 64 when not).
     CheckConfig { file: PathBuf },
     /// Run the whole loop locally: fake upstreams, the sidecar, a synthetic router.
     Demo {
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match config::load(Some(&file)) {
             Ok(c) => {
                 println!("{}: ok ({} routes, sink {:?})", file.display(), c.routes.len(), c.sink.effective_kind());
+                print!("{}", untaken::memory::ceiling(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),

@@ -22,7 +22,11 @@ use crate::sink::{Sink, SinkError};
 
 /// Records sent to the sink at once; bounds the memory held by deliveries in flight.
 /// (512 held a single Kafka producer to 0.4× of kcat's rate; see BENCHMARKS.md.)
-const MAX_IN_FLIGHT: usize = 4096;
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Bytes of records sent to the sink at once, whatever their size: with
+/// [`MAX_IN_FLIGHT`], what deliveries in flight can hold (4,096 small records fit).
+pub const MAX_IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
+const KIB: usize = 1024;
 
 pub struct Publisher {
     sink: Arc<Sink>,
@@ -35,6 +39,8 @@ pub struct Publisher {
     /// record goes to the spool.
     diverted: AtomicBool,
     in_flight: Arc<Semaphore>,
+    /// [`MAX_IN_FLIGHT_BYTES`], in KiB permits.
+    in_flight_kib: Arc<Semaphore>,
     tasks: TaskTracker,
     /// Stall detection: deliveries outstanding, and when one last made progress.
     outstanding: AtomicUsize,
@@ -54,6 +60,7 @@ impl Publisher {
             healthy: AtomicBool::new(true),
             diverted: AtomicBool::new(false),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight_kib: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / KIB)),
             tasks: TaskTracker::new(),
             outstanding: AtomicUsize::new(0),
             last_progress_ms: AtomicU64::new(0),
@@ -134,6 +141,9 @@ impl Publisher {
             }
         }
         let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        // A record larger than the whole window takes all of it.
+        let kib = rec.payload.len().div_ceil(KIB).clamp(1, MAX_IN_FLIGHT_BYTES / KIB) as u32;
+        let bytes_permit = self.in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
         if self.diverted.load(Ordering::SeqCst) {
             // The grace ran out while this record waited for a delivery slot.
             self.to_spool(rec).await;
@@ -145,7 +155,7 @@ impl Publisher {
         }
         let me = self.clone();
         self.tasks.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, bytes_permit);
             let result = me.sink.send(&rec).await;
             if result.is_ok() {
                 me.last_progress_ms.store(me.now_ms(), Ordering::Relaxed);

@@ -1052,7 +1052,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(6);
 /// SIGTERM while a real broker throttles the sidecar's producer with Kafka's own
 /// client quota (`producer_byte_rate`): acknowledgements keep coming, slowly, so the
 /// stall detection does not take over, and more pairs are waiting than the delivery
-/// window (4,096) and the publisher's queue (1,024) hold. The drain must still end
+/// window (4,096) and the publisher's hand-off queue hold. The drain must still end
 /// within the grace plus a fixed margin, every accepted pair on the topic or in the
 /// fsynced spool, and duplicates (topic and spool both) bounded by what Kafka can
 /// have had in flight when the rest was purged.
@@ -1117,7 +1117,8 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         t0.elapsed(),
         n as f64 - published - spooled
     );
-    assert!(n as f64 - published - spooled > 4096.0 + 1024.0, "more must wait than the delivery window holds: {}", interesting(&m));
+    let window = (untaken::publisher::MAX_IN_FLIGHT + untaken::engine::RECORDS_CHANNEL) as f64;
+    assert!(n as f64 - published - spooled > window, "more must wait than the delivery window holds: {}", interesting(&m));
 
     let term = Instant::now();
     sc.sigterm();

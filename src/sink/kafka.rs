@@ -20,6 +20,9 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Reason};
 use crate::record::Encoded;
 
+/// librdkafka's own queue of records not yet acknowledged (`queue.buffering.max.kbytes`).
+pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
+
 pub struct KafkaSink {
     producer: FutureProducer,
     topic: String,
@@ -43,7 +46,7 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         .set("linger.ms", "5")
         .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "32768")
+        .set("queue.buffering.max.kbytes", (LIBRDKAFKA_QUEUE_BYTES / 1024).to_string())
         // A pair carries up to three bodies; the topic should allow 4 MiB too (see deploy/).
         .set("message.max.bytes", "4194304")
         .set("client.id", "untaken")

@@ -25,7 +25,8 @@ use std::sync::Mutex;
 
 use crate::record::Encoded;
 
-const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// A segment is sealed (and replayed as one batch) past this size.
+pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 const FRAME_HEADER: usize = 8;
 /// The shortest frame [`encode_frame`] writes (three empty strings, no header, an
 /// empty payload). Shorter lengths are never a frame; this keeps a zero-filled
