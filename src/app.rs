@@ -152,6 +152,16 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MirrorServer<MirrorService>>().await;
+    {
+        // A dead background task makes the readiness probe (gRPC health) fail, as /ready does.
+        let (supervisor, reporter, shutdown) = (supervisor.clone(), health_reporter.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = supervisor.failed() => reporter.set_not_serving::<MirrorServer<MirrorService>>().await,
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
     let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen.clone(), source })?;
 

@@ -5,8 +5,10 @@
 //! through [`Supervisor::spawn`]. A task that panics, or that returns before
 //! shutdown began, is logged with its name, counted in
 //! `untaken_background_task_failures_total{task}`, and turns `/ready` to 503 for
-//! the rest of the process's life: a sidecar whose spool replay died keeps
-//! accepting pairs it can no longer deliver, and an operator must see that.
+//! the rest of the process's life (and, through [`Supervisor::failed`], the gRPC
+//! health of `untaken.v1.Mirror` to NOT_SERVING, which is what the deployed
+//! readiness probe asks): a sidecar whose spool replay died keeps accepting pairs
+//! it can no longer deliver, and an operator must see that.
 //!
 //! This module only watches; it never restarts a task (the state a task held
 //! when it died is unknown) and never decides what a task does.
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +33,19 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     /// Set once any task died; `/ready` answers 503 while it is set.
     failed: Arc<AtomicBool>,
+    /// Wakes [`Supervisor::failed`].
+    died: Arc<watch::Sender<bool>>,
 }
 
 impl Supervisor {
     pub fn new(metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
-        Self { metrics, shutdown, failed: Arc::new(AtomicBool::new(false)) }
+        Self { metrics, shutdown, failed: Arc::new(AtomicBool::new(false)), died: Arc::new(watch::channel(false).0) }
+    }
+
+    /// Resolves once a background task has died.
+    pub async fn failed(&self) {
+        let mut rx = self.died.subscribe();
+        let _ = rx.wait_for(|died| *died).await;
     }
 
     /// True once a background task panicked or ended before shutdown.
@@ -60,6 +71,7 @@ impl Supervisor {
 
     fn died(&self, task: &'static str, why: &str) {
         self.failed.store(true, Ordering::Relaxed);
+        self.died.send_replace(true);
         self.metrics.task_failures.get_or_create(&TaskLabel { task }).inc();
         tracing::error!(task, why, "background task died; /ready now answers 503");
     }
@@ -95,6 +107,7 @@ mod tests {
         .await
         .unwrap();
         assert!(s.any_failed());
+        tokio::time::timeout(Duration::from_secs(1), s.failed()).await.expect("failed() resolves");
         assert_eq!(failures(&metrics, "spool"), 1);
         assert!(metrics.render().contains(r#"untaken_background_task_failures_total{task="spool"} 1"#));
     }
