@@ -305,8 +305,9 @@ pub struct KafkaConfig {
     /// not fill while the delivery timeout runs out) until a replay succeeds.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
-    /// Extra librdkafka settings, passed through as given. Put no secret here.
-    pub librdkafka: BTreeMap<String, String>,
+    /// Extra librdkafka settings, passed through as given. Put no secret here (use
+    /// `librdkafka_files`); values of keys naming a password or secret never print.
+    pub librdkafka: PassThrough,
     /// librdkafka settings whose values are read from files, for secrets such as
     /// `"ssl.key.password"` or `"sasl.oauthbearer.client.secret"`.
     pub librdkafka_files: BTreeMap<String, PathBuf>,
@@ -321,7 +322,7 @@ impl Default for KafkaConfig {
             sasl_password_env: None,
             delivery_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(2),
-            librdkafka: BTreeMap::new(),
+            librdkafka: PassThrough::default(),
             librdkafka_files: BTreeMap::new(),
         }
     }
@@ -355,6 +356,38 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         Self { dir: Some(PathBuf::from("untaken-spool")), max_bytes: 256 * 1024 * 1024, fsync_interval: Duration::from_secs(1) }
+    }
+}
+
+/// `[sink.kafka.librdkafka]`: settings passed to librdkafka as given. Its `Debug`
+/// output hides the value of any key containing `password` or `secret`, so a
+/// secret put here by mistake never reaches a log.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PassThrough(BTreeMap<String, String>);
+
+impl std::ops::Deref for PassThrough {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PassThrough {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |k: &str| {
+            let k = k.to_ascii_lowercase();
+            k.contains("password") || k.contains("secret")
+        };
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if secret(k) { "[redacted]" } else { v.as_str() })))
+            .finish()
     }
 }
 
@@ -747,6 +780,17 @@ mod tests {
         assert_eq!(e.key, "routes.reasoning.timeout", "{e}");
         // A zero grace is allowed: shadow calls are cut at once and their pairs published.
         assert!(from_toml(&format!("{TWO_ROUTES}\n[server]\nshutdown_grace = \"0s\"\n")).is_ok());
+    }
+
+    #[test]
+    fn librdkafka_secrets_passed_through_never_print() {
+        let mut cfg = KafkaConfig::default();
+        cfg.librdkafka.insert("sasl.oauthbearer.client.secret".into(), "oauth-s3cr3t".into());
+        cfg.librdkafka.insert("ssl.key.Password".into(), "key-pw-123".into());
+        cfg.librdkafka.insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("oauth-s3cr3t") && !shown.contains("key-pw-123"), "{shown}");
+        assert!(shown.contains("SASL_SSL") && shown.contains("sasl.oauthbearer.client.secret"), "{shown}");
     }
 
     #[test]

@@ -292,12 +292,7 @@ impl Engine {
     }
 
     fn complete_inner(self: &Arc<Self>, req: CompleteRequest) -> Result<CompleteResponse, RequestError> {
-        if req.request_id.is_empty() {
-            return Err(RequestError::invalid("request_id", "must not be empty"));
-        }
-        if req.request_id.len() > MAX_ID_BYTES {
-            return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
-        }
+        check_request_id(&req.request_id)?;
         let Some(primary) = req.primary else {
             return Err(RequestError::invalid("primary", "is required"));
         };
@@ -377,9 +372,10 @@ impl Engine {
 
     async fn shadow(self: Arc<Self>, job: Job) {
         let route = &job.route.info.name;
-        self.metrics.shadow_inflight.inc();
+        // Lowered on drop, so a call the drain cancels mid-flight is not counted forever.
+        let in_flight = GaugeHeld::raise(&self.metrics.shadow_inflight);
         let half = self.client.call(&job.route, &job.body, &job.request_id, &job.traceparent).await;
-        self.metrics.shadow_inflight.dec();
+        drop(in_flight);
         let outcome = upstream::outcome(&half);
         self.metrics.shadow_calls.get_or_create(&RouteOutcome { route: route.clone(), outcome }).inc();
         self.metrics.shadow_latency.get_or_create(&RouteLabel { route: route.clone() }).observe(half.latency_ms / 1000.0);
@@ -451,6 +447,22 @@ impl Engine {
     }
 }
 
+/// One unit of a gauge, held until dropped.
+struct GaugeHeld<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeHeld<'a> {
+    fn raise(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeHeld<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
     let mut half = Half {
         body: Bytes::from(a.body),
@@ -475,6 +487,21 @@ pub const MAX_ID_BYTES: usize = 512;
 /// Longest route name or slice accepted (slices become Kafka headers and metric labels).
 pub const MAX_NAME_BYTES: usize = 128;
 
+/// A request_id is the Kafka key and the shadow call's `x-request-id` header: not
+/// empty, bounded, and free of control characters (which no header may carry).
+fn check_request_id(id: &str) -> Result<(), RequestError> {
+    if id.is_empty() {
+        return Err(RequestError::invalid("request_id", "must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(RequestError::invalid("request_id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Checks a `Mirror` request; the error names the field.
 pub fn validate_request(
     req: &MirrorRequest,
@@ -482,12 +509,7 @@ pub fn validate_request(
     max_labels: usize,
     max_label_bytes: usize,
 ) -> Result<(), RequestError> {
-    if req.request_id.is_empty() {
-        return Err(RequestError::invalid("request_id", "must not be empty"));
-    }
-    if req.request_id.len() > MAX_ID_BYTES {
-        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
-    }
+    check_request_id(&req.request_id)?;
     for (field, value, max) in [
         ("sampling_key", &req.sampling_key, MAX_ID_BYTES),
         ("route_taken", &req.route_taken, MAX_NAME_BYTES),
@@ -570,6 +592,10 @@ mod tests {
         assert_eq!(field(MirrorRequest { route_taken: "r".repeat(129), ..req() }), "route_taken");
         assert_eq!(field(MirrorRequest { sampling_key: "k".repeat(513), ..req() }), "sampling_key");
         assert_eq!(field(MirrorRequest { request_id: "i".repeat(513), ..req() }), "request_id");
+        // It travels as an HTTP header to the shadow upstream, where a control character
+        // would fail every call.
+        assert_eq!(field(MirrorRequest { request_id: "r1\r\nx-evil: 1".into(), ..req() }), "request_id");
+        assert_eq!(field(MirrorRequest { request_id: "r\u{7f}".into(), ..req() }), "request_id");
     }
 
     /// A `Mirror` that raced the drain: it was on its way when the drain set `draining`

@@ -53,7 +53,7 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         // Reconnect within a second of a broker coming back (librdkafka's default backs off
         // to 10 s), so records after an outage go to Kafka rather than the spool.
         .set("reconnect.backoff.max.ms", "1000");
-    for (k, v) in &config.librdkafka {
+    for (k, v) in config.librdkafka.iter() {
         c.set(k, v);
     }
     if let Some(password) = config.sasl_password().map_err(|e| SinkError::Config(e.to_string()))? {
