@@ -159,6 +159,17 @@ impl InProc {
     }
 }
 
+/// A broker of the test's own with a fresh topic named for `name`, then SIGKILLed:
+/// Kafka down until the test restarts it.
+async fn killed_broker(name: &str) -> (Broker, String, String) {
+    let mut broker = Broker::start_async().await;
+    let bootstrap = broker.bootstrap();
+    let topic = common::app::topic(name);
+    create_topic_async(&bootstrap, &topic, 1).await;
+    tokio::task::block_in_place(|| broker.kill());
+    (broker, bootstrap, topic)
+}
+
 async fn upstream(name: &str, behaviour: Behaviour) -> FakeUpstream {
     FakeUpstream::start(name, behaviour).await.unwrap()
 }
@@ -553,11 +564,7 @@ async fn sigterm_under_load_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_unreachable_at_startup() {
     let t0 = Instant::now();
-    let mut broker = Broker::start_async().await;
-    let bootstrap = broker.bootstrap();
-    let topic = common::app::topic("unreachable");
-    create_topic_async(&bootstrap, &topic, 1).await;
-    tokio::task::block_in_place(|| broker.kill());
+    let (mut broker, bootstrap, topic) = killed_broker("unreachable").await;
 
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
@@ -960,11 +967,7 @@ async fn spool_full_drops_are_counted_and_the_spool_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
-    let mut broker = Broker::start_async().await;
-    let bootstrap = broker.bootstrap();
-    let topic = common::app::topic("spool-refusal");
-    create_topic_async(&bootstrap, &topic, 1).await;
-    tokio::task::block_in_place(|| broker.kill());
+    let (mut broker, bootstrap, topic) = killed_broker("spool-refusal").await;
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
     let mut setup = Setup { delivery_timeout: "3s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
@@ -998,11 +1001,7 @@ async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_fills_the_spool_new_pairs_reach_kafka_while_it_drains() {
     let t0 = Instant::now();
-    let mut broker = Broker::start_async().await;
-    let bootstrap = broker.bootstrap();
-    let topic = common::app::topic("full-then-back");
-    create_topic_async(&bootstrap, &topic, 1).await;
-    tokio::task::block_in_place(|| broker.kill());
+    let (mut broker, bootstrap, topic) = killed_broker("full-then-back").await;
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
     // Long enough for librdkafka to reconnect to the restarted broker.
