@@ -1062,17 +1062,19 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
     let bootstrap = broker.bootstrap();
     let topic = common::app::topic("throttled");
     create_topic_async(&bootstrap, &topic, 1).await;
-    // The sidecar's producer has client.id "untaken": 100 KB/s, some 20 pairs a second.
-    common::kafka::set_producer_byte_rate_async(&bootstrap, "untaken", 100_000).await;
+    // The sidecar's producer has client.id "untaken": 50 KB/s, some 10 pairs a second,
+    // so however slowly this machine sends the load, most of it is still waiting.
+    common::kafka::set_producer_byte_rate_async(&bootstrap, "untaken", 50_000).await;
     let (fast, reasoning) = (upstream("fast", answer(1)).await, upstream("reasoning", answer(1)).await);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     // Throttled acknowledgements come in bursts seconds apart: a stall timeout past them
     // keeps the records in memory (the case a drain without a deadline never finished).
+    // And a delivery timeout past the test, so no record times out into the spool first.
     let mut setup = Setup {
         grace: "2s",
-        delivery_timeout: "30s",
-        stall_timeout: "60s",
+        delivery_timeout: "600s",
+        stall_timeout: "600s",
         ..Setup::new(&fast, &reasoning, &bootstrap, &topic, &spool)
     };
     setup.spool_max_bytes = 512 * 1024 * 1024;
