@@ -4,8 +4,9 @@
 //! every shedding limit.
 //!
 //! Every test reconciles: each pair_id `Mirror` accepted (sampled=true) must be
-//! read back from the topic. Duplicates (at-least-once replay) are counted and
-//! printed; a missing pair always fails the test.
+//! read back from the topic. A missing pair always fails the test; duplicates
+//! (at-least-once delivery) are counted and fail it past the bound the test's
+//! fault can explain.
 
 mod common;
 
@@ -229,8 +230,9 @@ fn shed(m: &str, reason: &str) -> f64 {
     metric(m, &format!(r#"untaken_mirror_requests_total{{decision="shed",reason="{reason}",slice="multi_step"}}"#))
 }
 
-/// Duplicates a broker SIGKILL may cause: the records it wrote but died before
-/// acknowledging. Traffic in these tests is one pair every ~10 ms, so a handful at most.
+/// Duplicates a broker failure (or a purge at the drain's deadline) may cause: the
+/// records Kafka wrote but did not acknowledge. Traffic in these tests is one pair
+/// every ~10 ms and acknowledgements take milliseconds, so a handful at most.
 const MAX_DUPS_AT_A_KILL: usize = 10;
 
 const SPOOLED: &str = "untaken_pairs_spooled_total";
@@ -277,16 +279,23 @@ async fn read_back(bootstrap: &str, topic: &str, accepted: &[String], timeout: D
     }
 }
 
-/// Fails on any accepted pair missing from the topic, or any record nobody
-/// accepted; prints duplicates. Returns the number of duplicate records.
-fn reconcile(test: &str, accepted: &[String], rb: &ReadBack) -> usize {
-    reconcile_allowing(test, accepted, rb, |_| false)
+/// Fails on any accepted pair missing from the topic, any record nobody accepted,
+/// or more than `max_dups` duplicate records (each test states what can cause one).
+/// Returns the number of duplicate records.
+fn reconcile(test: &str, accepted: &[String], rb: &ReadBack, max_dups: usize) -> usize {
+    reconcile_allowing(test, accepted, rb, max_dups, |_| false)
 }
 
 /// [`reconcile`], tolerating (and printing) records nobody saw accepted for
 /// which `lost_answer` holds: a call whose answer was lost on the wire may still
 /// have been accepted.
-fn reconcile_allowing(test: &str, accepted: &[String], rb: &ReadBack, lost_answer: impl Fn(&Value) -> bool) -> usize {
+fn reconcile_allowing(
+    test: &str,
+    accepted: &[String],
+    rb: &ReadBack,
+    max_dups: usize,
+    lost_answer: impl Fn(&Value) -> bool,
+) -> usize {
     let missing: Vec<&String> = accepted.iter().filter(|id| !rb.records.contains_key(*id)).collect();
     let acc: HashSet<&str> = accepted.iter().map(String::as_str).collect();
     let (tolerated, unexpected): (Vec<&String>, Vec<&String>) =
@@ -308,6 +317,7 @@ fn reconcile_allowing(test: &str, accepted: &[String], rb: &ReadBack, lost_answe
     );
     assert!(missing.is_empty(), "[{test}] {} accepted pairs never reached the topic: {missing:?}", missing.len());
     assert!(unexpected.is_empty(), "[{test}] records on the topic that Mirror never accepted: {unexpected:?}");
+    assert!(extra <= max_dups, "[{test}] {extra} duplicate records, more than the {max_dups} this fault can cause");
     extra
 }
 
@@ -348,10 +358,9 @@ async fn broker_killed_mid_traffic_loses_nothing() {
     })
     .await;
     let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(60)).await;
-    let dups = reconcile("broker-killed", &accepted, &rb);
     // A duplicate needs a record the broker wrote but never acknowledged (in flight at the
     // kill); each spooled record is replayed until delivered, and never again after that.
-    assert!(dups <= MAX_DUPS_AT_A_KILL, "{dups} duplicate records, more than the {MAX_DUPS_AT_A_KILL} in flight at the kill could explain");
+    reconcile("broker-killed", &accepted, &rb, MAX_DUPS_AT_A_KILL);
     let m2 = scrape(admin).await;
     println!("[broker-killed] metrics:\n{}", interesting(&m2));
     assert!(metric(&m, SPOOLED) > 0.0 && metric(&m, REPLAYED) > 0.0);
@@ -418,8 +427,8 @@ async fn sigkill_with_spool_replays_on_restart() {
     let mut sc = spawn_binary(&mut setup, dir.path(), "second.log").await;
     assert!(sc.log_text().contains("spool holds records from an earlier run"), "{}", sc.log_tail(40));
     let rb = read_back(&setup.brokers, &topic, &accepted, Duration::from_secs(60)).await;
-    let dups = reconcile("sigkill", &accepted, &rb);
-    assert_eq!(dups, 0, "nothing reached Kafka before the SIGKILL, and the replay sends each record once");
+    // Nothing reached Kafka before the SIGKILL, and the replay sends each record once.
+    reconcile("sigkill", &accepted, &rb, 0);
     let m = wait_metrics(sc.admin, "the spool emptied", Duration::from_secs(30), |m| metric(m, SPOOL_RECORDS) == 0.0 && !m.is_empty()).await;
     assert!(metric(&m, REPLAYED) >= n as f64, "{}", interesting(&m));
     assert_eq!(dropped(&m), 0.0, "{}", interesting(&m));
@@ -538,7 +547,8 @@ async fn sigterm_under_load_drains_and_exits_zero() {
 
     let failed: HashSet<&str> = calls.iter().filter(|c| matches!(c.result, Some(Err(_)))).map(|c| c.id.as_str()).collect();
     let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(60)).await;
-    reconcile_allowing("sigterm", &accepted, &rb, |r| failed.contains(r["request_id"].as_str().unwrap_or_default()));
+    // A slow Kafka at the drain's deadline: records it wrote but had not acknowledged.
+    reconcile_allowing("sigterm", &accepted, &rb, MAX_DUPS_AT_A_KILL, |r| failed.contains(r["request_id"].as_str().unwrap_or_default()));
     let mut cut_off = 0;
     for id in &accepted {
         let r = rb.one(id);
@@ -591,7 +601,8 @@ async fn kafka_unreachable_at_startup() {
     println!("[unreachable] {} spooled; starting the broker", metric(&m, SPOOLED));
     broker.restart_async().await;
     let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(90)).await;
-    reconcile("unreachable", &accepted, &rb);
+    // A record that timed out just as the broker came back may also have been written.
+    reconcile("unreachable", &accepted, &rb, MAX_DUPS_AT_A_KILL);
     let m = wait_metrics(admin, "the spool emptied", Duration::from_secs(30), |m| metric(m, SPOOL_RECORDS) == 0.0 && !m.is_empty()).await;
     assert!(metric(&m, REPLAYED) >= n, "{}", interesting(&m));
     assert_eq!(dropped(&m), 0.0, "{}", interesting(&m));
@@ -644,7 +655,7 @@ async fn shadow_upstream_faults_are_recorded() {
     }
     let accepted: Vec<String> = by_route.iter().map(|(_, id, _)| id.clone()).collect();
     let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(30)).await;
-    reconcile("upstream-faults", &accepted, &rb);
+    reconcile("upstream-faults", &accepted, &rb, 0);
     for (shadow, id, took) in &by_route {
         let r = rb.one(id);
         let cf = &r["counterfactual"];
@@ -833,9 +844,9 @@ async fn shedding_reasons() {
 
     // Everything admitted is published (the hanging ones after their 2 s timeout).
     let rb = read_back(&bootstrap, &topic_a, &accepted_a, Duration::from_secs(30)).await;
-    reconcile("shed-pairing", &accepted_a, &rb);
+    reconcile("shed-pairing", &accepted_a, &rb, 0);
     let rb = read_back(&bootstrap, &topic_b, &accepted_b, Duration::from_secs(30)).await;
-    reconcile("shed-limits", &accepted_b, &rb);
+    reconcile("shed-limits", &accepted_b, &rb, 0);
     a.stop().await;
     b.stop().await;
     println!("[shed] took {:?}", t0.elapsed());
@@ -991,7 +1002,7 @@ async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
     let rb = read_back(&bootstrap, &topic, &accepted, Duration::from_secs(30)).await;
     let m = scrape(admin).await;
     println!("[spool-refusal] metrics:\n{}", interesting(&m));
-    reconcile("spool-refusal", &accepted, &rb);
+    reconcile("spool-refusal", &accepted, &rb, MAX_DUPS_AT_A_KILL);
     assert_eq!(dropped(&m), 1.0, "only the oversized pair is lost: {}", interesting(&m));
     s.stop().await;
 }
