@@ -137,9 +137,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let expiry = supervisor.spawn("expiry", engine.clone().run_expiry(stop_background.clone()));
     let publishing = supervisor.spawn("publisher", publisher.clone().run(channels.records, stop_publisher.clone()));
     let spooling = supervisor.spawn("spool", publisher.clone().run_spool(fsync, stop_background.clone()));
-    let marker = config.spool.dir.clone().map(|dir| {
+    let marker = config.spool.dir.clone().inspect(|dir| {
         supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
-        dir
     });
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));

@@ -9,6 +9,9 @@
 //! - [`sampling`]: the deterministic sha256 sampling decision and its rules.
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
+//! - [`memory`]: the worst-case memory a config allows (pure).
+//! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
+//!   log lines that repeat per record, at most one a second.
 #![forbid(unsafe_code)]
 
 pub mod admin;
