@@ -323,6 +323,20 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
+/// `file` with the restart-only sections of `running`: what a reload applies, so that
+/// a restart-only key (e.g. `server.max_body_bytes`, which `Mirror` reads live) keeps
+/// its running value until a restart, as the reload's log line says.
+fn keep_restart_only(running: &Config, file: Config) -> Config {
+    Config {
+        server: running.server.clone(),
+        sink: running.sink.clone(),
+        spool: running.spool.clone(),
+        queue: running.queue.clone(),
+        log: running.log.clone(),
+        ..file
+    }
+}
+
 /// Reloads on SIGHUP and when the file changes (a ConfigMap update swaps it).
 async fn reload_loop(engine: Arc<Engine>, path: PathBuf, mut current: Config, stop: CancellationToken) {
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -349,11 +363,14 @@ async fn reload_loop(engine: Arc<Engine>, path: PathBuf, mut current: Config, st
         }
         last = now;
         let metrics = engine.metrics().clone();
-        match crate::config::load(Some(&path)).and_then(|c| engine.reload(c.clone()).map(|_| c)) {
+        let loaded = crate::config::load(Some(&path)).map(|file| {
+            for key in restart_only_changes(&current, &file) {
+                tracing::warn!(key, "changed in the config file but only takes effect after a restart");
+            }
+            keep_restart_only(&current, file)
+        });
+        match loaded.and_then(|c| engine.reload(c.clone()).map(|_| c)) {
             Ok(new) => {
-                for key in restart_only_changes(&current, &new) {
-                    tracing::warn!(key, "changed in the config file but only takes effect after a restart");
-                }
                 current = new;
                 metrics.config_reloads.get_or_create(&Reason { reason: "ok" }).inc();
                 tracing::info!(path = %path.display(), "config reloaded");
@@ -372,5 +389,25 @@ pub async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_every_section_it_says_needs_a_restart() {
+        let base = "[routes.r]\nurl = \"http://127.0.0.1:1/\"\nmodel = \"m\"\n";
+        let running = crate::config::from_toml(base).unwrap();
+        let file = crate::config::from_toml(&format!(
+            "{base}[server]\nmax_body_bytes = 100\n[log]\nlevel = \"debug\"\n[queue]\ncapacity = 7\n\
+             [sink.file]\npath = \"other.jsonl\"\n[spool]\nmax_bytes = 8192\n[sampling]\ndefault_rate = 0.5\n"
+        ))
+        .unwrap();
+        assert_eq!(restart_only_changes(&running, &file).len(), 5);
+        let applied = keep_restart_only(&running, file.clone());
+        assert!(restart_only_changes(&running, &applied).is_empty(), "every section named in the warning keeps its value");
+        assert_eq!(applied.sampling.default_rate, 0.5, "the rest is applied");
     }
 }

@@ -182,6 +182,21 @@ async fn hot_reload_changes_the_rate_and_a_bad_reload_keeps_the_old_config() {
     };
     assert!(reloaded, "the new rate took effect without a restart");
 
+    // A restart-only key changed in the file (server.max_body_bytes): the reload applies
+    // the rest and keeps the running value, as its log line says, until a restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = std::fs::read_to_string(&path).unwrap().replacen("[server]\n", "[server]\nmax_body_bytes = 100\n", 1);
+    std::fs::write(&path, text).unwrap();
+    for _ in 0..60 {
+        if metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#) >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#), 2.0);
+    let r = client.mirror(mirror_req("restart-only", "fast", Some(primary_answer("p")))).await;
+    assert!(r.expect("a 2 KB body is within the running limit until a restart").into_inner().sampled);
+
     // A bad file is rejected, counted, and the old config (rate 1.0) stays in force.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     write("7.5", "");
