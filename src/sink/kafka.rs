@@ -1,8 +1,8 @@
 //! Kafka sink: an idempotent rdkafka producer (acks=all) writing one message per pair.
 //!
 //! Key: request_id. Headers: content type, schema, slice, route taken. Delivery
-//! reports are read for every record; failures are counted and logged with the
-//! pair id and error only, never the payload. This module never retries forever:
+//! reports are read for every record; failures are counted, and logged (at most
+//! once a second) with the pair id and error only, never the payload. This module never retries forever:
 //! a record Kafka did not take within `delivery_timeout` comes back as an error
 //! for the publisher to spool.
 
