@@ -196,9 +196,11 @@ impl Spool {
                 w.file.sync_data()?;
             }
         }
-        // Only this process writes the directory, and sealed segments never change: the
-        // lock is held through the read so `progress` and the file agree.
+        // A sealed segment never changes, and only the replayer (one task) removes one:
+        // read it without holding up appends.
+        drop(st);
         let scan = scan(&read(&path)?);
+        let mut st = self.state.lock().expect("spool lock");
         if st.progress.as_ref().is_none_or(|(s, _)| *s != seq) {
             st.progress = Some((seq, HashSet::new()));
         }
