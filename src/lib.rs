@@ -10,6 +10,9 @@
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
 //! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
+//! - [`memory`]: the worst-case memory a config allows (pure).
+//! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
+//!   log lines that repeat per record, at most one a second.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,8 +20,10 @@ pub mod admission;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod log_limit;
 pub mod engine;
 pub mod judge;
+pub mod memory;
 pub mod metrics;
 pub mod pairing;
 pub mod publisher;
@@ -29,6 +34,7 @@ pub mod routes;
 pub mod sampling;
 pub mod server;
 pub mod simulate;
+pub mod supervise;
 pub mod sink;
 pub mod upstream;
 pub mod usage;

@@ -39,7 +39,8 @@ enum Command {
         grades: Option<PathBuf>,
     },
     /// Validate a config file and exit (0 when valid, 64 when not). A file with a
-    /// top-level [judge] table is checked as a judge config.
+    /// top-level [judge] table is checked as a judge config; a sidecar config also
+    /// prints the worst-case memory it allows.
     CheckConfig { file: PathBuf },
     /// The whole story locally: a router, the sidecar, the judge and the report, on simulated models.
     Demo {
@@ -230,6 +231,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match config::load(Some(&file)) {
             Ok(c) => {
                 println!("{}: ok ({} routes, sink {:?})", file.display(), c.routes.len(), c.sink.effective_kind());
+                print!("{}", untaken::memory::ceiling(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),

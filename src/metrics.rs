@@ -42,6 +42,11 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Status {
     pub status: &'static str,
 }
@@ -66,10 +71,12 @@ pub struct Metrics {
     pub pending_pairs: Gauge,
     pub spool_bytes: Gauge,
     pub spool_records: Gauge,
+    pub spool_corrupt_bytes: Counter,
     pub kafka_delivery_seconds: Histogram,
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
     pub lost_in_crash: Counter,
+    pub task_failures: Family<TaskLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,10 +107,12 @@ impl Metrics {
             pending_pairs: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_records: Gauge::default(),
+            spool_corrupt_bytes: Counter::default(),
             kafka_delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
             lost_in_crash: Counter::default(),
+            task_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register("mirror_requests", "Mirror calls by decision, reason and slice", m.mirror_requests.clone());
@@ -126,7 +135,12 @@ impl Metrics {
         r.register("queue_depth", "Shadow jobs waiting for a worker", m.queue_depth.clone());
         r.register("pending_pairs", "Pairs waiting for a half", m.pending_pairs.clone());
         r.register("spool_bytes", "Bytes in the disk spool", m.spool_bytes.clone());
-        r.register("spool_records", "Records in the disk spool", m.spool_records.clone());
+        r.register("spool_records", "Records in the disk spool not yet delivered", m.spool_records.clone());
+        r.register(
+            "spool_corrupt_bytes",
+            "Bytes of torn or corrupted spool frames skipped and deleted with their segment",
+            m.spool_corrupt_bytes.clone(),
+        );
         r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
         r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
@@ -134,6 +148,11 @@ impl Metrics {
             "pairs_lost_in_crash",
             "Pairs pending at the last crash (counted from the spool's journal on start)",
             m.lost_in_crash.clone(),
+        );
+        r.register(
+            "background_task_failures",
+            "Background tasks that panicked or ended before shutdown, by task (/ready is 503 after one)",
+            m.task_failures.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -8,7 +8,9 @@
 //! it never skips.
 //!
 //! A second test feeds the deployed `untaken.toml` files (base and overlays)
-//! to the crate's own config parser, which rejects unknown keys.
+//! to the crate's own config parser, which rejects unknown keys, and checks that
+//! the worst-case memory each allows (`untaken check-config` prints it) fits the
+//! untaken container's memory limit in `deploy/k8s/base/deployment.yaml`.
 
 use std::fs;
 use std::path::Path;
@@ -65,6 +67,7 @@ fn deployed_configs_pass_the_config_parser() {
     let password = dir.join("kafka-password");
     fs::write(&password, "test-password\n").expect("write stand-in password file");
 
+    let limit = untaken_memory_limit(&root.join("deploy/k8s/base/deployment.yaml"));
     let mut failures = Vec::new();
     for rel in DEPLOYED_CONFIGS {
         let text = fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
@@ -74,10 +77,38 @@ fn deployed_configs_pass_the_config_parser() {
         );
         let local = format!("\"{}\"", password.display().to_string().replace('\\', "\\\\"));
         match untaken::config::from_toml(&text.replace(DEPLOYED_PASSWORD_FILE, &local)) {
-            Ok(_) => {}
+            Ok(config) => {
+                let ceiling = untaken::memory::ceiling(&config);
+                println!("{rel} (container limit {}):\n{ceiling}", untaken::memory::human(limit));
+                if ceiling.total() > limit {
+                    failures.push(format!(
+                        "{rel}: the config allows {} but the untaken container's memory limit is {}; an outage \
+                         can get it OOM-killed, losing what it holds:\n{ceiling}",
+                        untaken::memory::human(ceiling.total()),
+                        untaken::memory::human(limit)
+                    ));
+                }
+            }
             Err(e) => failures.push(format!("{rel}: {e}")),
         }
     }
     let _ = fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "deployed config rejected by untaken::config:\n{}", failures.join("\n"));
+}
+
+/// `resources.limits.memory` of the container named `untaken` in a Deployment
+/// manifest, in bytes. A line scan: the container's fields are the lines indented
+/// deeper than its `- name: untaken`, up to the next item at that indentation.
+fn untaken_memory_limit(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut lines = text.lines().skip_while(|l| l.trim() != "- name: untaken");
+    let start = lines.next().unwrap_or_else(|| panic!("{}: no container named untaken", path.display()));
+    let depth = indent(start);
+    let memory = lines
+        .take_while(|l| l.trim().is_empty() || indent(l) > depth)
+        .skip_while(|l| l.trim() != "limits:")
+        .find_map(|l| l.trim().strip_prefix("memory:"))
+        .unwrap_or_else(|| panic!("{}: the untaken container has no resources.limits.memory", path.display()));
+    untaken::memory::parse_quantity(memory).unwrap_or_else(|| panic!("{}: memory limit `{memory}` is not a quantity", path.display()))
 }

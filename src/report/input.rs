@@ -243,7 +243,7 @@ fn consumer_config(kafka: &crate::config::KafkaConfig) -> Result<ClientConfig, I
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("client.id", "untaken-report");
-    for (k, v) in &kafka.librdkafka {
+    for (k, v) in kafka.librdkafka.iter() {
         c.set(k, v);
     }
     let secret_err = |e: crate::config::ConfigError| InputError::Kafka(e.to_string());

@@ -153,7 +153,7 @@ pub struct ReportKafkaConfig {
     /// Environment variable holding `sasl.password`.
     pub sasl_password_env: Option<String>,
     /// Extra librdkafka settings (TLS, SASL mechanism...). Put no secret here.
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: crate::config::PassThrough,
     /// librdkafka settings whose values are read from files (secrets).
     pub librdkafka_files: BTreeMap<String, PathBuf>,
     /// How long the brokers may stay silent before the report gives up (exit 1).
@@ -166,7 +166,7 @@ impl Default for ReportKafkaConfig {
         ReportKafkaConfig {
             sasl_password_file: None,
             sasl_password_env: None,
-            librdkafka: BTreeMap::new(),
+            librdkafka: Default::default(),
             librdkafka_files: BTreeMap::new(),
             timeout: default_kafka_timeout(),
         }
