@@ -109,6 +109,10 @@ struct Reply {
 }
 
 async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str, stream: bool) -> Reply {
+    ask_at(http, &proxy.url, &proxy.key, group, question, stream).await
+}
+
+async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, question: &str, stream: bool) -> Reply {
     let body = json!({
         "model": group,
         "stream": stream,
@@ -116,8 +120,8 @@ async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str,
         "metadata": {"untaken_slice": "multi_step"},
     });
     let r = http
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .bearer_auth(&proxy.key)
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
         .json(&body)
         .send()
         .await
@@ -172,6 +176,24 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
         assert!(reply.content.contains(&format!("[{group}/{group}-model]")), "{reply:?}");
         sent.push((group.to_string(), stream, q, reply));
     }
+    // Two-phase: the shadow call runs while the primary is still being answered.
+    t.fast.set(Behaviour::Answer { delay: Duration::from_secs(3) });
+    let q = "Slow question (zq-prompt-marker)".to_string();
+    let (h, url, key, q2) = (http.clone(), proxy.url.clone(), proxy.key.clone(), q.clone());
+    let slow = tokio::spawn(async move { ask_at(&h, &url, &key, "fast", &q2, false).await });
+    let shadowed = |s: &untaken::simulate::Seen| {
+        s.headers.get("x-untaken-shadow").is_some() && s.body["messages"][0]["content"] == json!(q)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.reasoning.seen().iter().any(shadowed) && !slow.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(t.reasoning.seen().iter().any(shadowed), "the shadow call was made");
+    assert!(!slow.is_finished(), "the shadow call started before the proxy had the primary's answer");
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    sent.push(("fast".to_string(), false, q, reply));
+
     // The fast upstream fails: the proxy returns its error, and the pair must show it.
     t.fast.set(Behaviour::Status500);
     for (i, stream) in [false, true].into_iter().enumerate() {
@@ -225,7 +247,7 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = proxy.log_text();
     assert!(log.contains("untaken callback: mirror_UNAVAILABLE"), "the callback says the sidecar is unreachable:\n{log}");
-    let callback_lines: Vec<&str> = log.lines().filter(|l| l.contains("untaken")).collect();
+    let callback_lines: Vec<&str> = log.lines().filter(|l| l.contains("untaken callback")).collect();
     for line in &callback_lines {
         assert!(!line.contains("zq-prompt-marker") && !line.contains("concluded"), "prompt or answer text in a log line: {line}");
     }
