@@ -256,10 +256,12 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
 #[test]
 fn callback_unit_tests_pass() {
     let venv = litellm_venv();
-    let dir = format!("{ROOT}/integrations/litellm");
+    let tests = format!("{ROOT}/integrations/litellm/tests");
+    // Run from the venv, not the package's source dir: the tests import the installed
+    // package, whose gRPC stubs the build generated.
     let out = Command::new(venv.join("bin/python"))
-        .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
-        .current_dir(&dir)
+        .args(["-m", "unittest", "discover", "-s", &tests, "-v"])
+        .current_dir(&venv)
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .stdin(Stdio::null())
         .output()

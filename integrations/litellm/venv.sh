@@ -10,6 +10,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 tools="${UNTAKEN_TOOLS:-$HOME/.cache/untaken/tools}"
 venv="$tools/litellm-$(sha256sum "$here/requirements.txt" | cut -c1-12)"
+mkdir -p "$tools"
+# One installer at a time (tests run in parallel threads; a benchmark may run too).
+exec 9> "$tools/litellm-venv.lock"
+flock 9
 pip_install() {
   # One retry: a registry hiccup should not fail the suite.
   "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" >&2 \
@@ -17,7 +21,6 @@ pip_install() {
 }
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.installed" ]; then
   rm -rf "$venv"
-  mkdir -p "$tools"
   python3 -m venv "$venv" >&2
   pip_install -r "$here/requirements.txt"
   touch "$venv/.installed"

@@ -150,5 +150,39 @@ class FromTheLoggingEvent(unittest.TestCase):
         self.assertEqual(mapping.answer_from_exception(ValueError("boom"), 1.0)["status_code"], 500)
 
 
+class CallbackNeverRaises(unittest.TestCase):
+    def test_bad_settings_are_counted_and_logged_not_raised(self):
+        import asyncio
+        from unittest import mock
+
+        from untaken_litellm.callback import UntakenLogger
+
+        cb = UntakenLogger()
+        with mock.patch.dict(os.environ, {"LITELLM_UNTAKEN_TIMEOUT_MS": "soon"}), \
+                self.assertLogs("untaken_litellm", "WARNING") as logs:
+            out = asyncio.run(cb.async_pre_call_hook(AUTH, None, proxy_data(), "acompletion"))
+        self.assertIsNone(out)
+        self.assertEqual(cb.counts(), {"pre_call/bad_settings": 1})
+        self.assertIn("LITELLM_UNTAKEN_TIMEOUT_MS", logs.output[0])
+
+    def test_an_unreachable_sidecar_is_counted_and_the_hook_returns_at_once(self):
+        import asyncio
+
+        from untaken_litellm.callback import UntakenLogger
+
+        cb = UntakenLogger(Settings(target="127.0.0.1:9", timeout_ms=200))
+
+        async def scenario():
+            self.assertIsNone(await cb.async_pre_call_hook(AUTH, None, proxy_data(), "acompletion"))
+            self.assertEqual(len(cb._pending), 1)  # Mirror in flight, the request went on
+            await cb.async_post_call_failure_hook(proxy_data(), RuntimeError("upstream down"), AUTH)
+            await asyncio.gather(*list(cb._tasks))
+
+        with self.assertLogs("untaken_litellm", "WARNING") as logs:
+            asyncio.run(scenario())
+        self.assertEqual(cb.counts(), {"mirror/error_unavailable": 1})
+        self.assertNotIn("hi", " ".join(logs.output).replace("this", ""))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -32,7 +32,7 @@ import grpc
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import mapping
-from .settings import Settings, from_env
+from .settings import Settings, SettingsError, from_env
 
 log = logging.getLogger("untaken_litellm")
 
@@ -270,6 +270,11 @@ class UntakenLogger(CustomLogger):
         self._log_error(f"{rpc}_{code}", details or code, call_id=call_id, rpc=rpc, code=code)
 
     def _internal_error(self, where: str, e: BaseException) -> None:
+        if isinstance(e, SettingsError):
+            # Names the variable and its bad value: the operator's input, not a request's.
+            self._metrics.inc(where, "bad_settings")
+            self._log_error("bad_settings", str(e))
+            return
         self._metrics.inc(where, "internal_error")
         # The exception's type only: its message could quote request content.
         self._log_error(f"internal_{where}", type(e).__name__, where=where)
