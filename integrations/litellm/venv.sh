@@ -30,6 +30,7 @@ if [ "$(cat "$venv/.package" 2>/dev/null)" != "$src_hash" ]; then
   # Not editable and not from a copy: pip builds the wheel from this checkout, running
   # setup.py's grpcio-tools step against ../../proto.
   pip_install --force-reinstall --no-deps "$here"
+  rm -rf "$here/build" "$here"/*.egg-info   # setuptools' in-tree leftovers
   echo "$src_hash" > "$venv/.package"
 fi
 echo "$venv"
