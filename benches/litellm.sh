@@ -53,20 +53,25 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# utime+stime (ticks) of a process and all its descendants.
+# utime+stime (ticks) of a process and all its descendants (uvicorn workers, if any).
 tree_ticks() {
-  local root=$1 total=0 pid
-  local pids=("$root") queue=("$root")
-  while [ ${#queue[@]} -gt 0 ]; do
-    pid=${queue[0]}; queue=("${queue[@]:1}")
-    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do pids+=("$c"); queue+=("$c"); done
-  done
-  for pid in "${pids[@]}"; do
-    [ -r /proc/"$pid"/stat ] || continue
-    # Fields 14 and 15 after the ")" that closes the command name.
-    total=$((total + $(sed 's/.*) //' /proc/"$pid"/stat | awk '{print $12 + $13}')))
-  done
-  echo "$total"
+  python3 - "$1" <<'EOF'
+import os, sys
+stat = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stat[int(p)] = (int(f[1]), int(f[11]) + int(f[12]))  # ppid, utime + stime
+tree, todo = set(), [int(sys.argv[1])]
+while todo:
+    pid = todo.pop()
+    tree.add(pid)
+    todo += [c for c, (pp, _) in stat.items() if pp == pid and c not in tree]
+print(sum(stat[p][1] for p in tree if p in stat))
+EOF
 }
 
 wait_http() { # url timeout_s

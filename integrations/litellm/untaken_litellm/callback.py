@@ -228,6 +228,8 @@ class UntakenLogger(CustomLogger):
         loop = asyncio.get_running_loop()
         entry = self._channels.get(loop)
         if entry is None:
+            for old in [lp for lp in self._channels if lp.is_closed()]:
+                del self._channels[old]  # a finished loop's channel died with it
             _, pb_grpc = _stubs()
             channel = grpc.aio.insecure_channel(self.settings().target, options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
