@@ -151,8 +151,19 @@ fn other(group: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken() {
+    pairs_through_a_real_proxy("auto").await;
+}
+
+/// `LITELLM_UNTAKEN_PAIRING=one_phase`: mirrored once, with the answer, from the
+/// logging events (the path the LiteLLM SDK takes): the same pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn litellm_proxy_one_phase_pairs_the_same() {
+    pairs_through_a_real_proxy("one_phase").await;
+}
+
+async fn pairs_through_a_real_proxy(pairing: &str) {
     let venv = tokio::task::spawn_blocking(litellm_venv).await.unwrap();
-    let t = common::app::spawn_app("litellm", "").await;
+    let t = common::app::spawn_app(&format!("litellm-{pairing}"), "").await;
     let work = tempfile::tempdir().unwrap();
     // The example config as shipped; only its os.environ/ values are set here.
     let config = Path::new(ROOT).join("integrations/litellm/config.example.yaml");
@@ -163,6 +174,7 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
         ("REASONING_API_BASE", base(&t.reasoning)),
         ("REASONING_API_KEY", "sk-reasoning-upstream".to_string()),
         ("LITELLM_UNTAKEN_TARGET", t.app.grpc_addr.to_string()),
+        ("LITELLM_UNTAKEN_PAIRING", pairing.to_string()),
     ];
     let proxy = Proxy::start(&venv, &config, &env, work.path().join("litellm.log")).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
@@ -176,7 +188,13 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
         assert!(reply.content.contains(&format!("[{group}/{group}-model]")), "{reply:?}");
         sent.push((group.to_string(), stream, q, reply));
     }
-    // Two-phase: the shadow call runs while the primary is still being answered.
+    // Each phase changes an upstream's behaviour: first let the pairs of the requests
+    // so far land (one-phase mirrors only after the answer, so its shadow calls lag).
+    let settle = |n: usize| common::kafka::consume_async(&t.bootstrap, &t.topic, n, Duration::from_secs(60));
+    assert_eq!(settle(sent.len()).await.len(), sent.len(), "pairs of the healthy requests");
+
+    // Two-phase: the shadow call runs while the primary is still being answered
+    // (one-phase: only after it).
     t.fast.set(Behaviour::Answer { delay: Duration::from_secs(3) });
     let q = "Slow question (zq-prompt-marker)".to_string();
     let (h, url, key, q2) = (http.clone(), proxy.url.clone(), proxy.key.clone(), q.clone());
@@ -188,11 +206,14 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
     while !t.reasoning.seen().iter().any(shadowed) && !slow.is_finished() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(t.reasoning.seen().iter().any(shadowed), "the shadow call was made");
-    assert!(!slow.is_finished(), "the shadow call started before the proxy had the primary's answer");
+    if pairing == "auto" {
+        assert!(t.reasoning.seen().iter().any(shadowed), "the shadow call was made");
+        assert!(!slow.is_finished(), "the shadow call started before the proxy had the primary's answer");
+    }
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     sent.push(("fast".to_string(), false, q, reply));
+    assert_eq!(settle(sent.len()).await.len(), sent.len(), "pair of the slow request");
 
     // The fast upstream fails: the proxy returns its error, and the pair must show it.
     t.fast.set(Behaviour::Status500);
@@ -204,7 +225,7 @@ async fn litellm_proxy_pairs_every_request_and_keeps_answering_without_untaken()
     }
     t.fast.set(Behaviour::Answer { delay: Duration::from_millis(5) });
 
-    let records = common::kafka::consume_async(&t.bootstrap, &t.topic, sent.len(), Duration::from_secs(60)).await;
+    let records = settle(sent.len()).await;
     let by_id: HashMap<String, Value> = records
         .iter()
         .map(|c| {
