@@ -87,6 +87,17 @@ def _csv(value: str) -> Tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+def _number(name: str, raw: str, cast, low, high, low_open: bool = False):
+    """``raw`` as a number in [low, high] (or (low, high] when ``low_open``)."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not {'an integer' if cast is int else 'a number'}") from None
+    if value > high or value < low or (low_open and value == low):
+        raise SettingsError(name, f"{raw} is not in {'(' if low_open else '['}{low}, {high}]")
+    return value
+
+
 def from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Reads the settings from ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
@@ -101,12 +112,7 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
             raise SettingsError("TARGET", f"{v!r} is not host:port")
         kw["target"] = v
     if (v := get("TIMEOUT_MS")) is not None:
-        try:
-            kw["timeout_ms"] = float(v)
-        except ValueError:
-            raise SettingsError("TIMEOUT_MS", f"{v!r} is not a number of milliseconds") from None
-        if not 0 < kw["timeout_ms"] <= 60000:
-            raise SettingsError("TIMEOUT_MS", f"{v} is not in (0, 60000]")
+        kw["timeout_ms"] = _number("TIMEOUT_MS", v, float, 0.0, 60000.0, low_open=True)
     if (v := get("TOKEN_FILE")) is not None:
         try:
             with open(v, encoding="utf-8") as f:
@@ -144,10 +150,5 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
             raise SettingsError("SAMPLING_KEY", f"{v!r} is not one of {', '.join(SAMPLING_KEYS)}")
         kw["sampling_key"] = v
     if (v := get("MAX_PENDING")) is not None:
-        try:
-            kw["max_pending"] = int(v)
-        except ValueError:
-            raise SettingsError("MAX_PENDING", f"{v!r} is not an integer") from None
-        if kw["max_pending"] < 1:
-            raise SettingsError("MAX_PENDING", "must be at least 1")
+        kw["max_pending"] = _number("MAX_PENDING", v, int, 1, 10_000_000)
     return Settings(**kw)
