@@ -156,7 +156,11 @@ start_proxy() { # config grpc_addr -> sets PROXY_PID and PROXY_URL
   wait_http "$PROXY_URL/health/liveliness" 120 || die "litellm not ready: $(tail -20 "$WORK/proxy.log")"
 }
 
-stop() { for p in "$@"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; }; done; }
+stop() {
+  for p in "$@"; do
+    if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+}
 
 load() { # requests -> JSON line
   local s=(); [ "$STREAM" = 1 ] && s=(--stream)

@@ -243,6 +243,10 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert_eq!(r["slice"], json!("multi_step"), "{what}");
         assert_eq!(r["request"]["messages"][0]["content"], json!(question), "{what}");
         assert!(r["request"].get("metadata").is_none(), "the proxy's own keys stay out of the request: {}", r["request"]);
+        let text = r.to_string();
+        for secret in [proxy.key.as_str(), "sk-fast-upstream", "sk-reasoning-upstream"] {
+            assert!(!text.contains(secret), "{what}: an API key reached the record");
+        }
         let counterfactual = r["counterfactual"]["body"]["choices"][0]["message"]["content"].as_str().unwrap_or_default();
         let shadow_tag = format!("[{0}/{0}-model]", other(group));
         assert!(counterfactual.contains(&shadow_tag), "{what}: counterfactual {counterfactual:?}");
