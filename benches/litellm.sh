@@ -9,6 +9,10 @@
 #   (m) with the callback; untaken serve at 0 % sampling: one Mirror per request
 #   (s) with the callback; untaken serve at 100 %: Mirror before the call and
 #       Complete after it for every request, and untaken's shadow call
+# Then the callback alone (benches/litellm_callback.py): its hooks driven directly
+# in the venv, against untaken at 0 % and 100 %, beside a bare CustomLogger: the
+# process CPU per request and the time a request spends in the hooks, without the
+# proxy's own ~7 ms of CPU per request (and its noise) around them.
 # Scenarios run BENCH_LITELLM_ROUNDS times in rotated order (n m s, m s n, ...) so
 # drift on the shared cores does not favour one. The proxy's CPU is utime+stime of
 # its process tree from /proc, read before and after the measured requests.
@@ -18,6 +22,7 @@
 #   BENCH_LITELLM_WARMUP=200         unmeasured requests after the proxy starts
 #   BENCH_LITELLM_CONCURRENCY=8      requests in flight
 #   BENCH_LITELLM_ROUNDS=2
+#   BENCH_LITELLM_CALLBACK_REQUESTS=5000  requests of the callback-alone runs
 #   BENCH_LITELLM_STREAM=0           1: ask for streamed answers
 #   BENCH_LITELLM_UPSTREAM_DELAY_MS=0  answer delay of the fake upstreams
 #   BENCH_SKIP_BUILD=1               use the binaries already in target/release
@@ -41,6 +46,9 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 TCK="$(getconf CLK_TCK)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-litellm-bench.XXXXXX")"
 PIDS=()
+touch "$WORK/rows.tsv" "$WORK/callback.jsonl"
+# LiteLLM would fetch its model price map from the internet at import: use the bundled one.
+export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False
 
 log() { printf '[litellm-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -148,7 +156,7 @@ EOF
 start_proxy() { # config grpc_addr -> sets PROXY_PID and PROXY_URL
   local port; port="$(free_port)"
   PROXY_URL="http://127.0.0.1:$port"
-  env LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False LITELLM_MASTER_KEY="$KEY" \
+  env LITELLM_MASTER_KEY="$KEY" \
     FAST_API_BASE="$FAST_BASE" FAST_API_KEY=sk-fake REASONING_API_BASE="$REASONING_BASE" REASONING_API_KEY=sk-fake \
     LITELLM_UNTAKEN_TARGET="$2" \
     "$VENV/bin/litellm" --config "$1" --host 127.0.0.1 --port "$port" > "$WORK/proxy.log" 2>&1 &
@@ -202,11 +210,21 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+CB_REQUESTS="${BENCH_LITELLM_CALLBACK_REQUESTS:-5000}"
+for rate in 0.0 1.0; do
+  start_sidecar "$rate"
+  log "callback alone, untaken at $rate"
+  "$VENV/bin/python" "$ROOT/benches/litellm_callback.py" "$SIDECAR_GRPC" "$CB_REQUESTS" "$CONC" \
+    | sed "s/^{/{\"untaken_rate\": $rate, /" | tee -a "$WORK/callback.jsonl" >&2
+  stop "$SIDECAR_PID"
+done
+
 mkdir -p "$OUT_DIR"
 REPORT="$OUT_DIR/litellm-$STAMP.md"
-python3 - "$WORK/rows.tsv" "$LITELLM_VERSION" "$(git rev-parse --short HEAD)" "$REQUESTS" "$CONC" "$STREAM" > "$REPORT" <<'EOF'
+python3 - "$WORK/rows.tsv" "$WORK/callback.jsonl" "$LITELLM_VERSION" "$(git rev-parse --short HEAD)" "$REQUESTS" "$CONC" "$STREAM" > "$REPORT" <<'EOF'
 import statistics, sys
-path, version, commit, requests, conc, stream = sys.argv[1:]
+import json
+path, cbpath, version, commit, requests, conc, stream = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path)]
 names = {"n": "(n) proxy, no callback", "m": "(m) callback, untaken 0 %", "s": "(s) callback, untaken 100 %"}
 print(f"LiteLLM {version}, commit {commit}, {requests} requests/run, concurrency {conc}, stream={stream}\n")
@@ -215,16 +233,25 @@ print("|---|---|---|---|---|---|---|---|")
 med = {}
 for k in "nms":
     rs = [r for r in rows if r[0] == k]
+    if not rs:
+        continue
     col = lambda i: [float(r[i]) for r in rs]
     med[k] = {c: statistics.median(col(i)) for c, i in (("p50", 5), ("p99", 6), ("cpu", 7))}
     print(f"| {names[k]} | {len(rs)} | {' / '.join(r[4] for r in rs)} | {' / '.join(r[5] for r in rs)} | "
           f"{' / '.join(r[6] for r in rs)} | {' / '.join(r[7] for r in rs)} | {sum(int(r[3]) for r in rs)} | "
           f"{' / '.join(r[8] for r in rs)} |")
 print()
-for k in "ms":
+for k in [k for k in "ms" if k in med and "n" in med]:
     d = {c: med[k][c] - med["n"][c] for c in med[k]}
     print(f"- {names[k]} vs (n), medians: CPU {d['cpu']:+.0f} µs/request ({d['cpu'] / med['n']['cpu'] * 100:+.1f} %), "
           f"p50 {d['p50']:+.2f} ms, p99 {d['p99']:+.2f} ms")
+print("\nThe callback alone (hooks driven directly, one event loop, concurrency", conc, "):\n")
+print("| untaken sampling | logger | requests | process CPU µs/request | pre-call hook p50 / p99 µs | counts |")
+print("|---|---|---|---|---|---|")
+for line in open(cbpath):
+    r = json.loads(line)
+    print(f"| {float(r['untaken_rate']) * 100:.0f} % | {r['logger']} | {r['requests']} | {r['cpu_us_per_request']} | "
+          f"{r['pre_call_p50_us']} / {r['pre_call_p99_us']} | {r['counts'] or ''} |")
 EOF
 cat "$REPORT"
 log "report: $REPORT"

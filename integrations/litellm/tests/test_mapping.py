@@ -15,7 +15,7 @@ class SettingsFromEnv(unittest.TestCase):
     def test_defaults(self):
         s = from_env({})
         self.assertEqual(s.target, "127.0.0.1:50051")
-        self.assertEqual(s.timeout_ms, 250.0)
+        self.assertEqual(s.timeout_ms, 1000.0)
         self.assertEqual(s.sampling_key, "call_id")
         self.assertEqual(s.route_for("fast"), "fast")
 
