@@ -26,7 +26,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import grpc
 from litellm.integrations.custom_logger import CustomLogger
@@ -125,7 +125,8 @@ class UntakenLogger(CustomLogger):
             if not self._is_chat(kwargs):
                 return
             call = mapping.call_from_log(kwargs)
-            self._finish(call, mapping.answer_from_response(response_obj, _ms(start_time, end_time)), "success")
+            latency = _ms(start_time, end_time)
+            self._finish(call, lambda: mapping.answer_from_response(response_obj, latency), "success")
         except Exception as e:  # noqa: BLE001
             self._internal_error("success", e)
 
@@ -138,8 +139,8 @@ class UntakenLogger(CustomLogger):
                 # Mirrored before the call: the proxy's post-call failure hook reports
                 # the request's final outcome (a retry or a fallback may still answer).
                 return
-            exc = kwargs.get("exception") or response_obj
-            self._finish(call, mapping.answer_from_exception(exc, _ms(start_time, end_time)), "failure")
+            exc, latency = kwargs.get("exception") or response_obj, _ms(start_time, end_time)
+            self._finish(call, lambda: mapping.answer_from_exception(exc, latency), "failure")
         except Exception as e:  # noqa: BLE001
             self._internal_error("failure", e)
 
@@ -151,16 +152,17 @@ class UntakenLogger(CustomLogger):
             if pending is not None:
                 latency = (time.monotonic() - pending.started) * 1000.0
                 call = mapping.Call(call_id=call_id)
-                self._finish(call, mapping.answer_from_exception(original_exception, latency), "failure")
+                self._finish(call, lambda: mapping.answer_from_exception(original_exception, latency), "failure")
         except Exception as e:  # noqa: BLE001
             self._internal_error("failure", e)
         return None
 
     # ---- pairing -------------------------------------------------------------------------
 
-    def _finish(self, call: mapping.Call, answer: Dict[str, Any], event: str) -> None:
+    def _finish(self, call: mapping.Call, answer: Callable[[], Dict[str, Any]], event: str) -> None:
         """Hands the call's answer to the sidecar: Complete after a two-phase Mirror,
-        else a one-phase Mirror. Each call id is reported at most once."""
+        else a one-phase Mirror. Each call id is reported at most once. ``answer``
+        builds the Answer fields; a two-phase call builds them only if it was sampled."""
         if not call.call_id or call.call_id in self._done:
             return
         pending = self._pending.pop(call.call_id, None)
@@ -173,7 +175,7 @@ class UntakenLogger(CustomLogger):
             self._metrics.inc(event, "not_mirrored")
             return
         self._mark_done(call.call_id)
-        self._spawn(self._mirror(fields, answer, event))
+        self._spawn(self._mirror(fields, answer(), event))
 
     def _mark_done(self, call_id: str) -> None:
         self._done[call_id] = None
@@ -195,13 +197,14 @@ class UntakenLogger(CustomLogger):
                                      "sampled": resp.sampled, "reason": resp.reason, "event": event})
         return resp
 
-    async def _complete(self, mirror: "asyncio.Task[Any]", call_id: str, answer: Dict[str, Any], event: str):
+    async def _complete(self, mirror: "asyncio.Task[Any]", call_id: str, answer: Callable[[], Dict[str, Any]],
+                        event: str):
         resp = await mirror  # done long before the model answered; bounded by its deadline otherwise
         if resp is None or not resp.sampled:
             return
         pb, _ = _stubs()
         try:
-            await self._stub().Complete(pb.CompleteRequest(request_id=call_id, primary=pb.Answer(**answer)),
+            await self._stub().Complete(pb.CompleteRequest(request_id=call_id, primary=pb.Answer(**answer())),
                                         timeout=self._timeout(), metadata=self._auth())
         except grpc.RpcError as e:
             self._rpc_error("complete", e, call_id)
