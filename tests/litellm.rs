@@ -117,7 +117,7 @@ async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, quest
         "model": group,
         "stream": stream,
         "messages": [{"role": "user", "content": question}],
-        "metadata": {"untaken_slice": "multi_step"},
+        "metadata": {"untaken_slice": "multi_step", "tags": ["tenant-acme"]},
     });
     let r = http
         .post(format!("{url}/v1/chat/completions"))
@@ -241,6 +241,7 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert_eq!(r["route_not_taken"]["name"], json!(other(group)), "{what}");
         assert_eq!(r["status"], json!("PAIR_STATUS_COMPLETE"), "{what}: {r}");
         assert_eq!(r["slice"], json!("multi_step"), "{what}");
+        assert_eq!(r["labels"]["tags"], json!("tenant-acme"), "{what}: the request's tags are a label");
         assert_eq!(r["request"]["messages"][0]["content"], json!(question), "{what}");
         assert!(r["request"].get("metadata").is_none(), "the proxy's own keys stay out of the request: {}", r["request"]);
         let text = r.to_string();
