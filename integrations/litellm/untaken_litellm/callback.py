@@ -292,7 +292,9 @@ class UntakenLogger(CustomLogger):
             return
         self._last_log[key] = now
         suppressed = self._suppressed.pop(key, 0)
-        log.warning("untaken callback: %s (%s; %d similar suppressed)", kind, message, suppressed,
+        # Fields in the text too (a plain handler drops `extra`): ids and codes only.
+        where = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.warning("untaken callback: %s (%s; %d similar suppressed) %s", kind, message, suppressed, where,
                     extra={"untaken_" + k: v for k, v in fields.items()})
 
 
