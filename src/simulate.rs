@@ -110,7 +110,13 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
         }
         Behaviour::Answer { delay } => {
             tokio::time::sleep(delay).await;
-            axum::Json(completion(&state.name, &parsed)).into_response()
+            let answer = completion(&state.name, &parsed);
+            if parsed["stream"] == json!(true) {
+                let sse = stream_events(&answer, parsed["stream_options"]["include_usage"] == json!(true));
+                ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+            } else {
+                axum::Json(answer).into_response()
+            }
         }
     }
 }
@@ -121,6 +127,40 @@ pub fn completion(upstream: &str, request: &Value) -> Value {
     let model = request["model"].as_str().unwrap_or("unknown");
     let content = format!("[{upstream}/{model}] considered {} characters and concluded: 42.", prompt_chars(request));
     completion_with(model, request, content)
+}
+
+/// `answer` as an OpenAI server streams it when the request says `"stream": true`:
+/// server-sent events of `chat.completion.chunk`s (role, the content in a few
+/// pieces, the finish reason, usage when asked for), then `data: [DONE]`.
+pub fn stream_events(answer: &Value, include_usage: bool) -> String {
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut rest = content;
+    while !rest.is_empty() {
+        // Pieces of up to 12 bytes, cut on a char boundary.
+        let mut end = rest.len().min(12);
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        events.push(chunk(json!({"content": &rest[..end]}), Value::Null));
+        rest = &rest[end..];
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = answer["usage"].clone();
+        events.push(last);
+    }
+    let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    out.push_str("data: [DONE]\n\n");
+    out
 }
 
 fn prompt_chars(request: &Value) -> usize {
@@ -180,4 +220,27 @@ pub fn chat_request(i: usize, slice: &str, model: &str) -> Vec<u8> {
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]
     }))
     .expect("static JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_pieces_reassemble_into_the_answer() {
+        let answer = completion_with("m", &json!({"messages": [{"content": "héllo wörld, a question"}]}), "Ünïcode answer, long enough to split".into());
+        let sse = stream_events(&answer, true);
+        assert!(sse.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = sse
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, answer["choices"][0]["message"]["content"].as_str().unwrap());
+        assert!(chunks.len() > 4, "the content comes in several pieces");
+        assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
+        assert!(!stream_events(&answer, false).contains("usage"));
+    }
 }
