@@ -1,83 +1,89 @@
-//! Validates the Kubernetes deployment files in `deploy/` by running
-//! `deploy/validate.sh`: it renders the kustomize base and overlays and checks
-//! every document against strict Kubernetes schemas (the Strimzi KafkaTopic
-//! against `deploy/schemas/kafkatopic.json`) plus the untaken sidecar
-//! invariants. The first run installs pinned kustomize (Go) and
-//! kubernetes-validate (pip) into `~/.cache/untaken/tools` (override with
-//! `UNTAKEN_TOOLS`); if that is impossible the test fails with the reason,
-//! it never skips.
+//! Validates the deployment files in `deploy/` by running `deploy/validate.sh`,
+//! which uses the ecosystem's own tools: kustomize renders the base, the overlays
+//! and deploy/monitoring; kubeconform checks every document strictly (Kubernetes
+//! schemas shipped by kubernetes-validate, deploy/schemas/*.json for KafkaTopic
+//! and PrometheusRule); kube-score lints the overlays; promtool checks the alert
+//! rules and runs their unit tests; check_manifests.py checks the invariants that
+//! are untaken's own; and this crate's `untaken check-config` parses the config
+//! each rendered ConfigMap carries. The first run installs the pinned tools into
+//! `~/.cache/untaken/tools` (override with `UNTAKEN_TOOLS`); if that is
+//! impossible the test fails with the reason, it never skips.
 //!
-//! A second test feeds the deployed `untaken.toml` files (base and overlays)
-//! to the crate's own config parser, which rejects unknown keys.
+//! A second test breaks a copy of deploy/ in two ways a user could (an unknown
+//! config key, an alert that no longer fires) and expects validate.sh to fail,
+//! naming the tool that caught it.
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-/// The config files `deploy/validate.sh` renders into ConfigMaps.
-const DEPLOYED_CONFIGS: &[&str] = &["deploy/k8s/base/untaken.toml", "deploy/k8s/overlays/example/untaken.toml"];
-/// Where the pod mounts the Kafka SASL password (the parser reads it).
-const DEPLOYED_PASSWORD_FILE: &str = "\"/etc/untaken/secrets/kafka-password\"";
-
-#[test]
-fn deploy_manifests_pass_validate_sh() {
+/// Runs deploy/validate.sh on `deploy_dir` with this build's binary.
+fn validate(deploy_dir: &Path) -> (Output, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("deploy").join("validate.sh");
-    assert!(
-        script.is_file(),
-        "{} is missing: the deployment files cannot be validated",
-        script.display()
-    );
-
+    assert!(script.is_file(), "{} is missing: the deployment files cannot be validated", script.display());
     let output = Command::new("bash")
         .arg(&script)
         .current_dir(root)
+        .env("UNTAKEN_DEPLOY_DIR", deploy_dir)
+        .env("UNTAKEN_BIN", env!("CARGO_BIN_EXE_untaken"))
         .output()
         .unwrap_or_else(|e| panic!("could not start `bash {}`: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
-
-    assert!(
-        output.status.success(),
-        "deploy/validate.sh failed ({}):\n{report}",
-        output.status
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
-    // Guard against a script that exits 0 without checking anything.
-    assert!(
-        stdout.contains("check_manifests: OK") && stdout.contains("validate.sh: OK"),
-        "deploy/validate.sh exited 0 but did not report a completed validation:\n{report}"
-    );
-    println!("{report}");
+    (output, report)
 }
 
 #[test]
-fn deployed_configs_pass_the_config_parser() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The parser reads the secrets it names: stand-ins for the pod's env and mount.
-    for var in ["FAST_API_KEY", "REASONING_API_KEY"] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, "test-api-key");
-        }
+fn deploy_manifests_pass_validate_sh() {
+    let (output, report) = validate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"));
+    assert!(output.status.success(), "deploy/validate.sh failed ({}):\n{report}", output.status);
+    // Guard against a script that exits 0 without checking anything.
+    for done in [
+        "Invalid: 0, Errors: 0, Skipped: 0",
+        "rules found",
+        "every alert has a summary, a runbook in deploy/README.md and a promtool test that fires it",
+        "check_manifests: OK (2 renderings)",
+        "base.toml: ok (2 routes, sink Kafka)",
+        "overlay-example.toml: ok (2 routes, sink Kafka)",
+        "validate.sh: OK",
+    ] {
+        assert!(report.contains(done), "deploy/validate.sh exited 0 but did not report `{done}`:\n{report}");
     }
-    let dir = std::env::temp_dir().join(format!("untaken-deploy-manifests-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("create temp dir");
-    let password = dir.join("kafka-password");
-    fs::write(&password, "test-password\n").expect("write stand-in password file");
+    println!("{report}");
+}
 
-    let mut failures = Vec::new();
-    for rel in DEPLOYED_CONFIGS {
-        let text = fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        assert!(
-            text.contains(DEPLOYED_PASSWORD_FILE),
-            "{rel}: expected sasl_password_file = {DEPLOYED_PASSWORD_FILE} (the Secret mount in deployment.yaml)"
-        );
-        let local = format!("\"{}\"", password.display().to_string().replace('\\', "\\\\"));
-        match untaken::config::from_toml(&text.replace(DEPLOYED_PASSWORD_FILE, &local)) {
-            Ok(_) => {}
-            Err(e) => failures.push(format!("{rel}: {e}")),
-        }
-    }
-    let _ = fs::remove_dir_all(&dir);
-    assert!(failures.is_empty(), "deployed config rejected by untaken::config:\n{}", failures.join("\n"));
+/// Copies `deploy/` into a temp dir, applies `edit` to one file, and expects
+/// validate.sh to fail with `expected` in its output.
+fn fails_when(file: &str, edit: impl Fn(&str) -> String, expected: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
+    assert!(status.success(), "cp -r deploy failed");
+    let path = copy.join(file);
+    let text = fs::read_to_string(&path).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit of {file} changed nothing");
+    fs::write(&path, edited).unwrap();
+    let (output, report) = validate(&copy);
+    assert!(!output.status.success(), "validate.sh accepted a broken {file}:\n{report}");
+    assert!(report.contains(expected), "validate.sh failed, but not with `{expected}`:\n{report}");
+}
+
+#[test]
+fn validate_sh_catches_a_bad_config_key_and_an_alert_that_no_longer_fires() {
+    fails_when(
+        "k8s/overlays/example/untaken.toml",
+        |t| t.replacen("[pairing]", "[pairing]\ntimeout_typo = \"30s\"", 1),
+        "untaken check-config rejects the untaken.toml rendered into overlay-example's ConfigMap",
+    );
+    fails_when(
+        "monitoring/prometheusrule.yaml",
+        |t| t.replacen("/ (untaken_spool_max_bytes > 0)) > 0.5", "/ (untaken_spool_max_bytes > 0)) > 2", 1),
+        "promtool test rules: deploy/monitoring/rules.test.yaml failed",
+    );
 }
