@@ -9,9 +9,9 @@
 //! `~/.cache/untaken/tools` (override with `UNTAKEN_TOOLS`); if that is
 //! impossible the test fails with the reason, it never skips.
 //!
-//! A second test breaks a copy of deploy/ in two ways a user could (an unknown
-//! config key, an alert that no longer fires) and expects validate.sh to fail,
-//! naming the tool that caught it.
+//! A second test breaks copies of deploy/ the ways a user could (a misspelt
+//! field, a grace period shorter than the drain, an unknown config key, an alert
+//! that no longer fires) and expects validate.sh to fail, naming what caught it.
 
 use std::fs;
 use std::path::Path;
@@ -75,7 +75,17 @@ fn fails_when(file: &str, edit: impl Fn(&str) -> String, expected: &str) {
 }
 
 #[test]
-fn validate_sh_catches_a_bad_config_key_and_an_alert_that_no_longer_fires() {
+fn validate_sh_catches_each_kind_of_mistake_with_the_tool_meant_for_it() {
+    fails_when(
+        "k8s/base/deployment.yaml",
+        |t| t.replacen("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: true\n            readOnlyRootFilesytem: true", 1),
+        "kubeconform: manifests do not match their schemas",
+    );
+    fails_when(
+        "k8s/base/deployment.yaml",
+        |t| t.replacen("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 20", 1),
+        "terminationGracePeriodSeconds 20 < server.shutdown_grace 30s",
+    );
     fails_when(
         "k8s/overlays/example/untaken.toml",
         |t| t.replacen("[pairing]", "[pairing]\ntimeout_typo = \"30s\"", 1),
