@@ -154,6 +154,10 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_show_them_all() {
     let bootstrap = shared_bootstrap_async().await;
     let (sidecar_text, pairs) = sidecar_exposition(&bootstrap).await;
     let judge_text = judge_exposition(&bootstrap, &pairs).await;
+    // The two gauges the dashboard and alerts need for ratios carry the config.
+    assert!(sidecar_text.contains(r#"untaken_shadow_budget_usd_per_hour{route="reasoning"} 50.0"#), "{sidecar_text}");
+    assert!(!sidecar_text.contains(r#"untaken_shadow_budget_usd_per_hour{route="fast"}"#), "no budget, no series: {sidecar_text}");
+    assert!(sidecar_text.contains(&format!("untaken_spool_max_bytes {}", untaken::config::SpoolConfig::default().max_bytes)), "{sidecar_text}");
 
     let mut exported: BTreeMap<String, String> = families(&sidecar_text).into_iter().chain(families(&judge_text)).collect();
     for (family, kind, seen) in FAILURE_ONLY {
