@@ -56,44 +56,56 @@ fn deploy_manifests_pass_validate_sh() {
     println!("{report}");
 }
 
-/// Copies `deploy/` into a temp dir, applies `edit` to one file, and expects
-/// validate.sh to fail with `expected` in its output.
-fn fails_when(file: &str, edit: impl Fn(&str) -> String, expected: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("deploy");
-    let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
-    assert!(status.success(), "cp -r deploy failed");
-    let path = copy.join(file);
-    let text = fs::read_to_string(&path).unwrap();
-    let edited = edit(&text);
-    assert_ne!(edited, text, "the edit of {file} changed nothing");
-    fs::write(&path, edited).unwrap();
-    let (output, report) = validate(&copy);
-    assert!(!output.status.success(), "validate.sh accepted a broken {file}:\n{report}");
-    assert!(report.contains(expected), "validate.sh failed, but not with `{expected}`:\n{report}");
+/// One way a user could break deploy/: in `file`, `from` becomes `to`, and
+/// validate.sh must fail with `expected` in its output.
+struct Mistake {
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expected: &'static str,
 }
+
+const MISTAKES: &[Mistake] = &[
+    Mistake {
+        file: "k8s/base/deployment.yaml",
+        from: "readOnlyRootFilesystem: true",
+        to: "readOnlyRootFilesystem: true\n            readOnlyRootFilesytem: true",
+        expected: "kubeconform: manifests do not match their schemas",
+    },
+    Mistake {
+        file: "k8s/base/deployment.yaml",
+        from: "terminationGracePeriodSeconds: 45",
+        to: "terminationGracePeriodSeconds: 20",
+        expected: "terminationGracePeriodSeconds 20 < server.shutdown_grace 30s",
+    },
+    Mistake {
+        file: "k8s/overlays/example/untaken.toml",
+        from: "[pairing]",
+        to: "[pairing]\ntimeout_typo = \"30s\"",
+        expected: "untaken check-config rejects the untaken.toml rendered into overlay-example's ConfigMap",
+    },
+    Mistake {
+        file: "monitoring/prometheusrule.yaml",
+        from: "/ (untaken_spool_max_bytes > 0)) > 0.5",
+        to: "/ (untaken_spool_max_bytes > 0)) > 2",
+        expected: "promtool test rules: deploy/monitoring/rules.test.yaml failed",
+    },
+];
 
 #[test]
 fn validate_sh_catches_each_kind_of_mistake_with_the_tool_meant_for_it() {
-    fails_when(
-        "k8s/base/deployment.yaml",
-        |t| t.replacen("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: true\n            readOnlyRootFilesytem: true", 1),
-        "kubeconform: manifests do not match their schemas",
-    );
-    fails_when(
-        "k8s/base/deployment.yaml",
-        |t| t.replacen("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 20", 1),
-        "terminationGracePeriodSeconds 20 < server.shutdown_grace 30s",
-    );
-    fails_when(
-        "k8s/overlays/example/untaken.toml",
-        |t| t.replacen("[pairing]", "[pairing]\ntimeout_typo = \"30s\"", 1),
-        "untaken check-config rejects the untaken.toml rendered into overlay-example's ConfigMap",
-    );
-    fails_when(
-        "monitoring/prometheusrule.yaml",
-        |t| t.replacen("/ (untaken_spool_max_bytes > 0)) > 0.5", "/ (untaken_spool_max_bytes > 0)) > 2", 1),
-        "promtool test rules: deploy/monitoring/rules.test.yaml failed",
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for m in MISTAKES {
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("deploy");
+        let status = Command::new("cp").arg("-r").arg(root.join("deploy")).arg(&copy).status().unwrap();
+        assert!(status.success(), "cp -r deploy failed");
+        let path = copy.join(m.file);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(m.from), "{} no longer contains `{}`: update this test", m.file, m.from);
+        fs::write(&path, text.replacen(m.from, m.to, 1)).unwrap();
+        let (output, report) = validate(&copy);
+        assert!(!output.status.success(), "validate.sh accepted {} with `{}`:\n{report}", m.file, m.to);
+        assert!(report.contains(m.expected), "validate.sh failed, but not with `{}`:\n{report}", m.expected);
+    }
 }
