@@ -88,6 +88,7 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
 /// bound and `Mirror` answers; Kafka need not be reachable.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
     let grpc = bind(&config.server.listen).await?;
     let admin = bind(&config.server.admin_listen).await?;
     let tls = tls_config(&config)?;
@@ -96,6 +97,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let spool = match &config.spool.dir {
         Some(dir) => {
             let (spool, found) = Spool::open(dir, config.spool.max_bytes)?;
+            metrics.spool_max_bytes.set(config.spool.max_bytes as i64);
             if found.records > 0 || found.corrupt > 0 {
                 // Corrupt regions are skipped on replay and counted when their segment is deleted.
                 tracing::warn!(
@@ -372,6 +374,7 @@ async fn reload_loop(engine: Arc<Engine>, path: PathBuf, mut current: Config, st
         });
         match loaded.and_then(|c| engine.reload(c.clone()).map(|_| c)) {
             Ok(new) => {
+                metrics.set_budgets(new.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
                 current = new;
                 metrics.config_reloads.get_or_create(&Reason { reason: "ok" }).inc();
                 tracing::info!(path = %path.display(), "config reloaded");
