@@ -782,8 +782,19 @@ fn free_port_pair() -> (u16, u16) {
     ports
 }
 
-/// A KRaft cluster id: 16 random bytes, base64url without padding.
+/// A KRaft cluster id: 16 random bytes, base64url without padding, never starting
+/// with `-` (kafka-storage's argument parser would read it as an option: 1 start in 64
+/// used to fail with a usage message).
 fn cluster_id() -> String {
+    loop {
+        let id = random_cluster_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes: [u8; 16] = rand::random();
     let mut bits = 0u32;
