@@ -124,9 +124,9 @@ impl Ingest {
     }
 }
 
-/// A JSON grade (proto3 JSON mapping, proto field names).
+/// A JSON grade (proto3 JSON mapping): the fast decoder, falling back to pbjson's.
 pub fn decode_json(bytes: &[u8]) -> Result<GradeRecord, String> {
-    serde_json::from_slice::<GradeRecord>(bytes).map_err(|e| e.to_string())
+    super::grade_json::decode(bytes)
 }
 
 /// A protobuf-encoded grade.
