@@ -13,6 +13,7 @@
 //! - [`memory`]: the worst-case memory a config allows (pure).
 //! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
 //!   log lines that repeat per record, at most one a second.
+//! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 #![forbid(unsafe_code)]
 
 pub mod admin;

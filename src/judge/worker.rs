@@ -155,7 +155,7 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000")
         .set("reconnect.backoff.max.ms", "1000");
-    crate::sink::kafka::apply_user_settings(&mut c, &k.client())?;
+    crate::sink::kafka::apply_user_settings(&mut c, &k.client()).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)
 }
 

@@ -258,7 +258,10 @@ fn slower_and_no_cheaper(g: &GroupResult) -> bool {
 
 /// A p- or q-value: three decimals, or scientific below 0.001.
 pub fn fmt_p(p: f64) -> String {
-    if p < 0.001 {
+    if p < 1e-16 {
+        // Below double precision's resolution near 1: the exact value means nothing more.
+        "<1e-16".to_string()
+    } else if p < 0.001 {
         format!("{p:.1e}")
     } else {
         format!("{p:.3}")
@@ -309,27 +312,17 @@ fn regression_findings(groups: &[GroupResult], overall: &Overall, out: &mut Vec<
             g.noise_floor_points,
             overall_text,
         );
-        out.push(Finding {
-            kind: FindingKind::Regression,
-            hidden,
-            dimension: g.dimension.clone(),
-            group: g.group.clone(),
-            route_taken: g.route_taken.clone(),
-            route_not_taken: g.route_not_taken.clone(),
-            pairs: g.pairs,
-            traffic_share: Some(g.traffic_share),
-            effect_points: Some(effect),
-            q_value: g.q_value,
-            overall_points: overall.weighted_points,
-            message,
-        });
+        out.push(Finding { hidden, overall_points: overall.weighted_points, ..group_finding(FindingKind::Regression, g, message) });
     }
     // Hidden first: those are the ones nobody else will see.
     out.sort_by_key(|f| !f.hidden);
 }
 
+/// Notes for whole slices (and all traffic): a note per label value or feature band would
+/// bury the regressions; those groups still carry the status in the table.
 fn slow_route_findings(groups: &[GroupResult], out: &mut Vec<Finding>) {
-    for g in groups.iter().filter(|g| g.status == GroupStatus::SlowRouteForNothing) {
+    let worth_a_note = |g: &&GroupResult| g.status == GroupStatus::SlowRouteForNothing && (g.dimension == "slice" || g.dimension == "all");
+    for g in groups.iter().filter(worth_a_note) {
         let effect = g.mean_points.expect("tested groups have a mean");
         let cost = g.cost.diff_usd.map(|d| format!(" and ${:.4} more per request", -d)).unwrap_or_default();
         let message = format!(
@@ -344,20 +337,25 @@ fn slow_route_findings(groups: &[GroupResult], out: &mut Vec<Finding>) {
             fmt_points(&effect),
             g.mde_points.unwrap_or(f64::NAN),
         );
-        out.push(Finding {
-            kind: FindingKind::SlowRouteForNothing,
-            hidden: false,
-            dimension: g.dimension.clone(),
-            group: g.group.clone(),
-            route_taken: g.route_taken.clone(),
-            route_not_taken: g.route_not_taken.clone(),
-            pairs: g.pairs,
-            traffic_share: Some(g.traffic_share),
-            effect_points: Some(effect),
-            q_value: g.q_value,
-            overall_points: None,
-            message,
-        });
+        out.push(group_finding(FindingKind::SlowRouteForNothing, g, message));
+    }
+}
+
+/// A finding about a group (not hidden, no overall figure: the caller sets those).
+fn group_finding(kind: FindingKind, g: &GroupResult, message: String) -> Finding {
+    Finding {
+        kind,
+        hidden: false,
+        dimension: g.dimension.clone(),
+        group: g.group.clone(),
+        route_taken: g.route_taken.clone(),
+        route_not_taken: g.route_not_taken.clone(),
+        pairs: g.pairs,
+        traffic_share: Some(g.traffic_share),
+        effect_points: g.mean_points,
+        q_value: g.q_value,
+        overall_points: None,
+        message,
     }
 }
 
