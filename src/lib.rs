@@ -9,6 +9,7 @@
 //! - [`sampling`]: the deterministic sha256 sampling decision and its rules.
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
+//! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 #![forbid(unsafe_code)]
 
 pub mod admin;

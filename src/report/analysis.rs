@@ -309,20 +309,7 @@ fn regression_findings(groups: &[GroupResult], overall: &Overall, out: &mut Vec<
             g.noise_floor_points,
             overall_text,
         );
-        out.push(Finding {
-            kind: FindingKind::Regression,
-            hidden,
-            dimension: g.dimension.clone(),
-            group: g.group.clone(),
-            route_taken: g.route_taken.clone(),
-            route_not_taken: g.route_not_taken.clone(),
-            pairs: g.pairs,
-            traffic_share: Some(g.traffic_share),
-            effect_points: Some(effect),
-            q_value: g.q_value,
-            overall_points: overall.weighted_points,
-            message,
-        });
+        out.push(Finding { hidden, overall_points: overall.weighted_points, ..group_finding(FindingKind::Regression, g, message) });
     }
     // Hidden first: those are the ones nobody else will see.
     out.sort_by_key(|f| !f.hidden);
@@ -344,20 +331,25 @@ fn slow_route_findings(groups: &[GroupResult], out: &mut Vec<Finding>) {
             fmt_points(&effect),
             g.mde_points.unwrap_or(f64::NAN),
         );
-        out.push(Finding {
-            kind: FindingKind::SlowRouteForNothing,
-            hidden: false,
-            dimension: g.dimension.clone(),
-            group: g.group.clone(),
-            route_taken: g.route_taken.clone(),
-            route_not_taken: g.route_not_taken.clone(),
-            pairs: g.pairs,
-            traffic_share: Some(g.traffic_share),
-            effect_points: Some(effect),
-            q_value: g.q_value,
-            overall_points: None,
-            message,
-        });
+        out.push(group_finding(FindingKind::SlowRouteForNothing, g, message));
+    }
+}
+
+/// A finding about a group (not hidden, no overall figure: the caller sets those).
+fn group_finding(kind: FindingKind, g: &GroupResult, message: String) -> Finding {
+    Finding {
+        kind,
+        hidden: false,
+        dimension: g.dimension.clone(),
+        group: g.group.clone(),
+        route_taken: g.route_taken.clone(),
+        route_not_taken: g.route_not_taken.clone(),
+        pairs: g.pairs,
+        traffic_share: Some(g.traffic_share),
+        effect_points: g.mean_points,
+        q_value: g.q_value,
+        overall_points: None,
+        message,
     }
 }
 

@@ -124,9 +124,9 @@ impl Ingest {
     }
 }
 
-/// A JSON grade (proto3 JSON mapping, proto field names).
+/// A JSON grade (proto3 JSON mapping): the fast decoder, falling back to pbjson's.
 pub fn decode_json(bytes: &[u8]) -> Result<GradeRecord, String> {
-    serde_json::from_slice::<GradeRecord>(bytes).map_err(|e| e.to_string())
+    super::grade_json::decode(bytes)
 }
 
 /// A protobuf-encoded grade.
@@ -209,7 +209,17 @@ pub fn read_kafka(source: &KafkaSource, ingest: &mut Ingest, acc: &mut Accumulat
                 ingest.offer(decoded, || format!("partition {p} offset {o}"), acc);
             }
             Some(Err(e)) => tracing::debug!(error = %e, "kafka poll error (retrying)"),
-            None => {}
+            // Idle: the fetch position moves past what is never delivered (transaction
+            // markers, compacted-away offsets), so those do not leave a partition unfinished.
+            None => {
+                if let Ok(position) = consumer.position() {
+                    for entry in todo.iter_mut() {
+                        if let Some(Offset::Offset(o)) = position.find_partition(topic, entry.0).map(|e| e.offset()) {
+                            entry.1 = entry.1.max(o);
+                        }
+                    }
+                }
+            }
         }
         if last_progress.elapsed() > source.timeout {
             let left: Vec<String> = todo.iter().filter(|t| t.1 < t.2).map(|t| format!("{}/{} at {} of {}", topic, t.0, t.1, t.2)).collect();
@@ -243,16 +253,7 @@ fn consumer_config(kafka: &crate::config::KafkaConfig) -> Result<ClientConfig, I
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("client.id", "untaken-report");
-    for (k, v) in &kafka.librdkafka {
-        c.set(k, v);
-    }
-    let secret_err = |e: crate::config::ConfigError| InputError::Kafka(e.to_string());
-    if let Some(password) = kafka.sasl_password().map_err(secret_err)? {
-        c.set("sasl.password", password.expose());
-    }
-    for (k, v) in kafka.file_settings().map_err(secret_err)? {
-        c.set(k, v.expose());
-    }
+    crate::sink::kafka::apply_user_settings(&mut c, kafka).map_err(|e| InputError::Kafka(e.to_string()))?;
     Ok(c)
 }
 

@@ -15,12 +15,14 @@
 //!   [`svg`]: the page's forest plot and calibration chart.
 //! - [`options`]: [`ReportOptions`] and `report.toml`.
 //! - [`input`]: JSON lines from a file or stdin, or a Kafka topic; dedup on `pair_id`.
+//! - [`grade_json`]: the fast JSON grade decoder (pbjson's decides what it does not take).
 //! - [`scenario`]: synthetic grades from a known truth, for simulations and benchmarks.
 use std::io::BufReader;
 
 pub mod accumulate;
 pub mod analysis;
 pub mod dimensions;
+pub mod grade_json;
 pub mod input;
 pub mod model;
 pub mod options;

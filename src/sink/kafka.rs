@@ -47,16 +47,23 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         // Reconnect within a second of a broker coming back (librdkafka's default backs off
         // to 10 s), so records after an outage go to Kafka rather than the spool.
         .set("reconnect.backoff.max.ms", "1000");
+    apply_user_settings(&mut c, config).map_err(|e| SinkError::Config(e.to_string()))?;
+    Ok(c)
+}
+
+/// The user's librdkafka passthrough, then the secrets read from files or the environment
+/// (`sasl.password`, `librdkafka_files`). Shared by every Kafka client untaken creates.
+pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result<(), crate::config::ConfigError> {
     for (k, v) in &config.librdkafka {
         c.set(k, v);
     }
-    if let Some(password) = config.sasl_password().map_err(|e| SinkError::Config(e.to_string()))? {
+    if let Some(password) = config.sasl_password()? {
         c.set("sasl.password", password.expose());
     }
-    for (k, v) in config.file_settings().map_err(|e| SinkError::Config(e.to_string()))? {
+    for (k, v) in config.file_settings()? {
         c.set(k, v.expose());
     }
-    Ok(c)
+    Ok(())
 }
 
 #[cfg(test)]
