@@ -136,7 +136,13 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
     screenshot(&tab, &m["size"]);
 
     // The page's own title says there is a regression.
-    assert!(m["title"].as_str().unwrap().contains("1 regression flagged") || m["title"].as_str().unwrap().contains("regressions flagged"), "{}", m["title"]);
+    let title = m["title"].as_str().unwrap();
+    assert!(title.contains("regression") && title.ends_with("flagged") && !title.contains("no regression"), "{title}");
+
+    // User data is shown as text, never run; the page loads no script, image or other resource.
+    assert!(m["injected"].is_null(), "a label's markup ran: {}", m["injected"]);
+    assert!(m["text"].as_str().unwrap().contains("<script>window.__injected = 1</script>"), "the label reads as text");
+    assert_eq!((m["scripts"].as_u64(), m["images"].as_u64(), m["resources"].as_u64()), (Some(0), Some(0), Some(0)));
 
     // Findings come first; the flagged slice's name is highlighted, and the finding says REGRESSION in words.
     assert!(m["findingBefore"].as_bool().unwrap(), "the findings come before the plot");
@@ -174,10 +180,6 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
     assert!(x(&m["calibration"], "height") > 100.0 && m["calibrationPoints"].as_u64().unwrap() >= 5, "{}", m["calibration"]);
     assert!(m["threshold"].is_object(), "the essay's reasoning route is better from some score up");
 
-    // User data was shown as text, never run; nothing was fetched.
-    assert!(m["injected"].is_null(), "a label's markup ran: {}", m["injected"]);
-    assert!(m["text"].as_str().unwrap().contains("<script>window.__injected = 1</script>"), "the label reads as text");
-    assert_eq!((m["scripts"].as_u64(), m["images"].as_u64(), m["resources"].as_u64()), (Some(0), Some(0), Some(0)));
     let fetched: Vec<String> = requests.lock().unwrap().iter().filter(|u| **u != page_url).cloned().collect();
     assert!(fetched.is_empty(), "the page made requests: {fetched:?}");
     assert!(!requests.lock().unwrap().is_empty(), "the listener saw the page's own load, so it would see others");

@@ -96,7 +96,7 @@ pub fn render(r: &Report) -> String {
     header(&mut o, r);
     findings(&mut o, r);
     overall(&mut o, r);
-    let _ = write!(o, "<section id=\"forest\"><h2>Effect per group</h2><p class=\"explain\">Each row is one group of one dimension in one direction (route taken → route not taken): the dot is the estimate in points, the line its 95% interval. The grey band is the ±{:.1}-point noise band, the dashed line and the diamond at the bottom the overall estimate and its interval. Flagged rows are shaded and say REGRESSION.</p><div class=\"scroll\">{}</div></section>\n", r.settings.noise_band_points.abs(), svg::forest_plot(r));
+    let _ = writeln!(o, "<section id=\"forest\"><h2>Effect per group</h2><p class=\"explain\">Each row is one group of one dimension in one direction (route taken → route not taken): the dot is the estimate in points, the line its 95% interval. The grey band is the ±{:.1}-point noise band, the dashed line and the diamond at the bottom the overall estimate and its interval. Flagged rows are shaded and say REGRESSION.</p><div class=\"scroll\">{}</div></section>", r.settings.noise_band_points.abs(), svg::forest_plot(r));
     if let Some(c) = &r.calibration {
         calibration(&mut o, c);
     }
@@ -120,9 +120,9 @@ fn headline(r: &Report) -> String {
 fn header(o: &mut String, r: &Report) {
     let i = &r.input;
     let _ = write!(o, "<header><h1>untaken report: {}</h1>", escape(&headline(r)));
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p class=\"meta\">{} grades from {} ({} PAIR, {} CONTROL), made {}. Scores are in points from the route not taken's side: +5 means the route taken answered 5 points worse. Intervals are 95%; groups are tested when they have at least {} pairs, with Benjamini–Hochberg q = {} across all tested groups.</p></header>\n",
+        "<p class=\"meta\">{} grades from {} ({} PAIR, {} CONTROL), made {}. Scores are in points from the route not taken's side: +5 means the route taken answered 5 points worse. Intervals are 95%; groups are tested when they have at least {} pairs, with Benjamini–Hochberg q = {} across all tested groups.</p></header>",
         i.grades,
         escape(&r.source),
         i.pair_grades,
