@@ -396,6 +396,33 @@ mod tests {
         assert_eq!(nice_ticks(-3.2, 17.9, 8), vec![-5.0, 0.0, 5.0, 10.0, 15.0, 20.0]);
     }
 
+    /// A simulated day with the planted multi_step loss, and every tenant label.
+    fn simulated_report() -> Report {
+        use crate::report::scenario::{self, Scenario};
+        use crate::report::{Pipeline, ReportOptions};
+        use rand::SeedableRng;
+        let opts = ReportOptions { labels: vec![scenario::TENANT_LABEL.into()], ..Default::default() };
+        let mut p = Pipeline::new(&opts);
+        Scenario::essay().generate(&mut rand::rngs::StdRng::seed_from_u64(3), |g| p.offer(g));
+        p.finish("simulation".into(), String::new()).unwrap()
+    }
+
+    #[test]
+    fn small_groups_do_not_stretch_the_axis_they_are_clipped_with_an_arrow() {
+        let r = simulated_report();
+        let (lo, hi) = forest_domain(&r);
+        let tested = r.groups.iter().filter(|g| g.status != GroupStatus::TooFewPairs).filter_map(|g| g.mean_points);
+        for i in tested {
+            assert!(lo <= i.lower && i.upper <= hi, "{i:?} outside {lo}..{hi}");
+        }
+        assert!(lo <= -r.settings.noise_band_points && hi >= r.settings.noise_band_points);
+        let wide = r.groups.iter().filter(|g| g.status == GroupStatus::TooFewPairs).filter_map(|g| g.mean_points).filter(|i| i.lower < lo || i.upper > hi).count();
+        assert!(wide > 0, "the essay day has small groups with wide intervals");
+        let svg = forest_plot(&r);
+        assert!(svg.matches(r#"class="clip""#).count() >= wide, "each clipped interval ends in an arrow");
+        assert_eq!(svg.matches(r#"<g class="row"#).count(), r.groups.iter().filter(|g| g.mean_points.is_some()).count() + 1, "a row per group with an effect, and the overall row");
+    }
+
     #[test]
     fn tick_labels_are_signed_points() {
         assert_eq!(tick_label(5.0), "+5");
