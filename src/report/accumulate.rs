@@ -7,6 +7,8 @@
 //! Must never hold a grade after `add` returns, test anything or decide a flag.
 use std::collections::{BTreeMap, HashMap};
 
+use foldhash::HashMapExt as _;
+
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use super::dimensions::{self, Dimensions};
@@ -170,6 +172,10 @@ pub struct AccumulatorSettings {
     pub reasoning_route: String,
 }
 
+/// The per-grade lookups are the hot path; foldhash is several times faster than SipHash
+/// on short keys, and the keys (slices, labels, routes) come from our own records.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// All accumulators of one report.
 #[derive(Debug)]
 pub struct Accumulator {
@@ -178,9 +184,9 @@ pub struct Accumulator {
     pub dimension_names: Vec<String>,
     /// Interned directions (route taken, route not taken).
     pub directions: Vec<(String, String)>,
-    direction_ids: HashMap<String, HashMap<String, u32>>,
+    direction_ids: FastMap<String, FastMap<String, u32>>,
     /// Per dimension: group → direction id → accumulator.
-    pub groups: Vec<HashMap<String, HashMap<u32, GroupAcc>>>,
+    pub groups: Vec<FastMap<String, FastMap<u32, GroupAcc>>>,
     /// Σ weight of all PAIR grades (the traffic-share denominator).
     pub pair_weight: f64,
     /// All graded PAIR grades: Hájek sums and plain moments.
@@ -220,14 +226,14 @@ pub fn parse_human(value: &str) -> Option<f64> {
 impl Accumulator {
     pub fn new(settings: AccumulatorSettings) -> Self {
         let dimension_names = settings.dimensions.names();
-        let groups = dimension_names.iter().map(|_| HashMap::new()).collect();
+        let groups = dimension_names.iter().map(|_| FastMap::new()).collect();
         Accumulator {
             human: settings.human_label.as_ref().map(|_| HumanAcc::default()),
             calibration: settings.eligibility_label.as_ref().map(|_| CalibrationAcc::default()),
             settings,
             dimension_names,
             directions: Vec::new(),
-            direction_ids: HashMap::new(),
+            direction_ids: FastMap::new(),
             groups,
             pair_weight: 0.0,
             overall: WeightedSums::default(),

@@ -82,8 +82,9 @@ pub enum InputError {
 /// Deduplication and input counters, fed record by record.
 #[derive(Debug, Default)]
 pub struct Ingest {
-    /// 128-bit keys of the `pair_id`s seen (a UUID's bits, else a 128-bit hash): 16 bytes a grade.
-    seen: HashSet<u128>,
+    /// 128-bit keys of the `pair_id`s seen (a UUID's bits, else a 128-bit hash): 16 bytes a
+    /// grade. foldhash: the keys are random already, SipHash's DoS guard buys nothing here.
+    seen: HashSet<u128, foldhash::fast::RandomState>,
     pub summary: InputSummary,
 }
 
