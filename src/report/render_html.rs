@@ -153,9 +153,11 @@ fn findings(o: &mut String, r: &Report) {
             o.push_str("<span class=\"badge hidden\">HIDDEN: the overall figure looks fine</span>");
         }
         if !f.dimension.is_empty() {
+            // Only a flagged group's name is highlighted; notes name theirs in bold.
+            let (open, close) = if flagged { ("<mark class=\"group-name\">", "</mark>") } else { ("<strong class=\"group-name\">", "</strong>") };
             let _ = write!(
                 o,
-                " <mark class=\"group-name\">{}</mark> {} → {}",
+                " {open}{}{close} {} → {}",
                 escape(&describe_group(&f.dimension, &f.group)),
                 escape(&f.route_taken),
                 escape(&f.route_not_taken)
@@ -383,6 +385,7 @@ mod tests {
         let findings = &html[html.find("id=\"findings\"").unwrap()..html.find("id=\"overall\"").unwrap()];
         assert!(findings.contains("<span class=\"badge flag\">REGRESSION</span>"), "{findings}");
         assert!(findings.contains("<mark class=\"group-name\">slice multi_step</mark>"), "{findings}");
+        assert_eq!(findings.matches("<mark").count(), r.regressions().count(), "only flagged groups are highlighted");
         assert_eq!(findings.contains("HIDDEN"), f.hidden);
         // Plot: the row is flagged, shaded and says REGRESSION; so does the table row.
         let row = html.find("<g class=\"row flagged\" data-dimension=\"slice\" data-group=\"multi_step\"").expect("a flagged plot row");
