@@ -82,8 +82,9 @@ const MEASURE: &str = r#"JSON.stringify((() => {
     findingBefore: !!flaggedFinding && !!document.querySelector('#overall') && !!(flaggedFinding.compareDocumentPosition(document.querySelector('#forest-plot')) & Node.DOCUMENT_POSITION_FOLLOWING),
     mark: mark && mark.textContent,
     markBackground: mark && getComputedStyle(mark).backgroundColor,
+    markColor: mark && getComputedStyle(mark).color,
     pageBackground: getComputedStyle(document.body).backgroundColor,
-    row: row && {text: row.textContent, bg: getComputedStyle(row.querySelector('.flag-bg')).fill, ciStroke: getComputedStyle(row.querySelector('.ci')).stroke, ci: box(row.querySelector('.ci')), est: box(row.querySelector('.est')), box: box(row)},
+    row: row && {text: row.textContent, bg: getComputedStyle(row.querySelector('.flag-bg')).fill, labelFill: getComputedStyle(row.querySelector('text.label')).fill, ciStroke: getComputedStyle(row.querySelector('.ci')).stroke, ci: box(row.querySelector('.ci')), est: box(row.querySelector('.est')), box: box(row)},
     calmStroke: calm && getComputedStyle(calm.querySelector('.ci')).stroke,
     zero: box(document.querySelector('#zero-line')),
     overall: box(document.querySelector('#overall-line')),
@@ -157,6 +158,11 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
     assert!(row["text"].as_str().unwrap().contains("slice multi_step") && row["text"].as_str().unwrap().contains("REGRESSION"), "{}", row["text"]);
     assert_ne!(row["bg"], "none");
     assert_ne!(row["ciStroke"], m["calmStroke"], "flagged intervals are drawn in their own colour");
+    // Highlighted text stays readable: WCAG AA contrast (4.5:1) on its highlight.
+    for (fg, bg) in [(&m["markColor"], &m["markBackground"]), (&row["labelFill"], &row["bg"])] {
+        let ratio = contrast(fg.as_str().unwrap(), bg.as_str().unwrap());
+        assert!(ratio >= 4.5, "{fg} on {bg}: contrast {ratio:.1}");
+    }
     assert_eq!(m["plotTitle"], "Forest plot: effect per group in points, with 95% intervals");
 
     // Geometry: the interval lies right of the zero line (the route taken is worse); the overall
@@ -183,6 +189,18 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
     let fetched: Vec<String> = requests.lock().unwrap().iter().filter(|u| **u != page_url).cloned().collect();
     assert!(fetched.is_empty(), "the page made requests: {fetched:?}");
     assert!(!requests.lock().unwrap().is_empty(), "the listener saw the page's own load, so it would see others");
+}
+
+/// WCAG 2 contrast ratio of two computed CSS colours (`rgb(r, g, b)`).
+fn contrast(a: &str, b: &str) -> f64 {
+    let luminance = |css: &str| {
+        let inner = css.trim_start_matches("rgba(").trim_start_matches("rgb(").trim_end_matches(')');
+        let c: Vec<f64> = inner.split(',').take(3).map(|v| v.trim().parse::<f64>().unwrap_or_else(|_| panic!("colour {css}")) / 255.0).collect();
+        let lin = |v: f64| if v <= 0.03928 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) };
+        0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2])
+    };
+    let (x, y) = (luminance(a), luminance(b));
+    (x.max(y) + 0.05) / (x.min(y) + 0.05)
 }
 
 /// Full-page PNG for a human to look at: target/tmp/report_html/report.png.
