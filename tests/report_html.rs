@@ -55,6 +55,8 @@ fn launch_chromium() -> Browser {
         // Root in a container: Chromium's sandbox needs user namespaces it may not have.
         .sandbox(false)
         .window_size(Some((1280, 1000)))
+        // Containers often have a small /dev/shm.
+        .args(vec![std::ffi::OsStr::new("--disable-dev-shm-usage")])
         .idle_browser_timeout(Duration::from_secs(120))
         .build()
         .expect("launch options");
@@ -120,6 +122,8 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
 
     let browser = launch_chromium();
     let tab = browser.new_tab().expect("a tab");
+    // Two shared cores under a parallel build: give navigation and evaluation room.
+    tab.set_default_timeout(Duration::from_secs(60));
     let page_url = format!("file://{}", page.display());
     // Every request the page makes, seen by the browser (the page's own load excluded).
     let requests = Arc::new(Mutex::new(Vec::<String>::new()));
