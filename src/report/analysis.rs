@@ -258,7 +258,10 @@ fn slower_and_no_cheaper(g: &GroupResult) -> bool {
 
 /// A p- or q-value: three decimals, or scientific below 0.001.
 pub fn fmt_p(p: f64) -> String {
-    if p < 0.001 {
+    if p < 1e-16 {
+        // Below double precision's resolution near 1: the exact value means nothing more.
+        "<1e-16".to_string()
+    } else if p < 0.001 {
         format!("{p:.1e}")
     } else {
         format!("{p:.3}")
@@ -315,8 +318,11 @@ fn regression_findings(groups: &[GroupResult], overall: &Overall, out: &mut Vec<
     out.sort_by_key(|f| !f.hidden);
 }
 
+/// Notes for whole slices (and all traffic): a note per label value or feature band would
+/// bury the regressions; those groups still carry the status in the table.
 fn slow_route_findings(groups: &[GroupResult], out: &mut Vec<Finding>) {
-    for g in groups.iter().filter(|g| g.status == GroupStatus::SlowRouteForNothing) {
+    let worth_a_note = |g: &&GroupResult| g.status == GroupStatus::SlowRouteForNothing && (g.dimension == "slice" || g.dimension == "all");
+    for g in groups.iter().filter(worth_a_note) {
         let effect = g.mean_points.expect("tested groups have a mean");
         let cost = g.cost.diff_usd.map(|d| format!(" and ${:.4} more per request", -d)).unwrap_or_default();
         let message = format!(

@@ -24,6 +24,7 @@ pub const MALFORMED_EXAMPLES: usize = 5;
 
 /// Where the grades come from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per report; boxing would only cost callers a Box::new
 pub enum Source {
     /// A JSON-lines file.
     File(PathBuf),

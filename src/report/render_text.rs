@@ -111,7 +111,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(o, "\nJUDGE HEALTH ({} graded, {} judge errors{})", j.graded, j.judge_errors, j.judge_error_rate.map_or(String::new(), |e| format!(", {:.1}%", e * 100.0)));
     let _ = writeln!(o, "  both orders agree: {} of {} pairwise grades; first position wins: {}; longer answer wins: {}", rate(&j.orders_agree_rate), j.pairwise_both_orders, rate(&j.first_position_win_rate), rate(&j.longer_answer_win_rate));
     for s in &j.judges {
-        let _ = writeln!(o, "  judge {} {} {}: {} grades", s.kind, s.model, s.prompt_version, s.grades);
+        let version = if s.prompt_version.is_empty() { String::new() } else { format!(" (prompt {})", s.prompt_version) };
+        let _ = writeln!(o, "  judge {} {}{}: {} grades", s.kind, s.model, version, s.grades);
     }
 
     if let Some(h) = &r.human {
