@@ -11,7 +11,8 @@
 //! - [`accumulate`]: per-group streaming accumulators.
 //! - [`analysis`]: accumulators → per-group results, the flag rule, findings.
 //! - [`model`]: the report's struct tree and `--json` schema.
-//! - [`render_text`] / [`render_html`]: the terminal table and the HTML page.
+//! - [`render_text`] / [`render_html`]: the terminal table and the HTML page;
+//!   [`svg`]: the page's forest plot and calibration chart.
 //! - [`options`]: [`ReportOptions`] and `report.toml`.
 //! - [`input`]: JSON lines from a file or stdin, or a Kafka topic; dedup on `pair_id`.
 //! - [`grade_json`]: the fast JSON grade decoder (pbjson's decides what it does not take).
@@ -29,6 +30,7 @@ pub mod render_html;
 pub mod render_text;
 pub mod scenario;
 pub mod stats;
+pub mod svg;
 
 pub use input::{KafkaSource, KafkaStart, Source};
 pub use model::Report;

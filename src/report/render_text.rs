@@ -9,25 +9,25 @@ use std::fmt::Write as _;
 use super::analysis::{describe_group, fmt_p};
 use super::model::*;
 
-fn ci(i: &Option<Interval>) -> String {
+pub(super) fn ci(i: &Option<Interval>) -> String {
     match i {
         Some(i) => format!("{:+.1} [{:+.1}, {:+.1}]", i.estimate, i.lower, i.upper),
         None => "-".to_string(),
     }
 }
 
-fn rate(i: &Option<Interval>) -> String {
+pub(super) fn rate(i: &Option<Interval>) -> String {
     match i {
         Some(i) => format!("{:.0}% [{:.0}, {:.0}]", i.estimate * 100.0, i.lower * 100.0, i.upper * 100.0),
         None => "-".to_string(),
     }
 }
 
-fn opt(x: Option<f64>, digits: usize) -> String {
+pub(super) fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "-".to_string(), |v| format!("{v:+.digits$}"))
 }
 
-fn status(s: GroupStatus) -> &'static str {
+pub(super) fn status(s: GroupStatus) -> &'static str {
     match s {
         GroupStatus::TooFewPairs => "too few pairs",
         GroupStatus::NoDifference => "no difference",
