@@ -70,12 +70,15 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(o, "\nGROUPS (every group of every dimension; tested when ≥ {} pairs, BH across all tested)", r.settings.min_pairs);
-    let _ = writeln!(o, "  {:<22} {:<14} {:<22} {:>6} {:>6} {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
+    // Columns as wide as their longest entry, so long slice or label values stay aligned.
+    let gw = r.groups.iter().map(|g| g.group.chars().count()).max().unwrap_or(0).max(14);
+    let dw = r.groups.iter().map(|g| g.dimension.chars().count()).max().unwrap_or(0).max(9);
+    let _ = writeln!(o, "  {:<dw$} {:<gw$} {:<22} {:>6} {:>6} {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
     for g in &r.groups {
         let fail = |x: &Option<Interval>| x.map_or("-".to_string(), |i| format!("{:.0}", i.estimate * 100.0));
         let _ = writeln!(
             o,
-            "  {:<22} {:<14} {:<22} {:>6} {:>5.1}% {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
+            "  {:<dw$} {:<gw$} {:<22} {:>6} {:>5.1}% {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
             g.dimension,
             g.group,
             format!("{} → {}", g.route_taken, g.route_not_taken),
@@ -93,10 +96,11 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(o, "\nTRADES PER SLICE (quality given up by the route taken vs what it saved)");
+    let sw = r.trades.iter().map(|t| t.slice.chars().count()).max().unwrap_or(0).max(14);
     for t in &r.trades {
         let _ = writeln!(
             o,
-            "  {:<14} {:<22} {:>5} pairs  quality given up {:>22} points  latency saved p50 {:>7} ms, p95 {:>7} ms  cost saved {:>8} $/request",
+            "  {:<sw$} {:<22} {:>5} pairs  quality given up {:>22} points  latency saved p50 {:>7} ms, p95 {:>7} ms  cost saved {:>8} $/request",
             t.slice,
             format!("{} → {}", t.route_taken, t.route_not_taken),
             t.pairs,
