@@ -8,7 +8,8 @@ use std::process::Command;
 use serde_json::Value;
 
 /// The number after `label` in `text`, e.g. `+13.5` in "... +13.5 points".
-fn numbers_after<'a>(line: &'a str, label: &str) -> Vec<f64> {
+fn numbers_after(line: &str, label: &str) -> Vec<f64> {
+    let line = line.replace("95% CI", "");
     let rest = &line[line.find(label).unwrap_or_else(|| panic!("`{label}` in: {line}")) + label.len()..];
     rest.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
         .filter(|t| !t.is_empty() && t.chars().any(|c| c.is_ascii_digit()))
@@ -56,11 +57,33 @@ fn demo_finds_the_loss_the_aggregate_hides_and_its_numbers_come_from_the_grades(
     assert!((printed[0] - hajek).abs() < 0.051, "overall printed {} vs Σw·s/Σw {hajek:.2}", printed[0]);
     assert!(overall.contains(&format!("over {} graded pairs", all.len())), "{overall}");
 
-    // The report on the demo's grades gates a CI job: exit code 2.
+    // The report the demo says how to re-run, on the demo's grades: it gates a CI job
+    // (exit 2), and its --json carries the same figures the demo printed.
+    let hint = stdout.lines().find(|l| l.contains("prints it again")).expect("the demo says how to re-run the report");
+    let command = &hint[hint.find("`untaken ").unwrap() + "`untaken ".len()..];
+    let command = &command[..command.find('`').unwrap()];
+    let json = dir.path().join("report.json");
     let report = Command::new(env!("CARGO_BIN_EXE_untaken"))
-        .args(["report", "--grades", "untaken-demo-grades.jsonl"])
+        .args(command.split_whitespace())
+        .arg("--json")
+        .arg(&json)
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(report.status.code(), Some(2), "{}", String::from_utf8_lossy(&report.stdout));
+    assert_eq!(report.status.code(), Some(2), "{command}: {}", String::from_utf8_lossy(&report.stdout));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let finding = r["findings"].as_array().unwrap().iter().find(|f| f["kind"] == "regression").expect("a regression in --json");
+    let e = &finding["effect_points"];
+    let printed = numbers_after(flagged[0], "answers ");
+    for (k, key) in ["estimate", "lower", "upper"].iter().enumerate() {
+        assert!((printed[k] - e[key].as_f64().unwrap()).abs() < 0.051, "flagged {key}: printed {} vs --json {}", printed[k], e[key]);
+    }
+    let share = numbers_after(flagged[0], "(")[0];
+    assert!((share - 100.0 * finding["traffic_share"].as_f64().unwrap()).abs() < 0.051, "share {share}");
+    let o = &r["overall"]["weighted_points"];
+    let printed = numbers_after(overall, "the route not taken is ");
+    for (k, key) in ["estimate", "lower", "upper"].iter().enumerate() {
+        assert!((printed[k] - o[key].as_f64().unwrap()).abs() < 0.051, "overall {key}: printed {} vs --json {}", printed[k], o[key]);
+    }
+    assert!(r["calibration"].is_object(), "the re-run report has the calibration the demo showed");
 }

@@ -143,7 +143,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     print_story(&report);
     let html = std::fs::canonicalize(&opts.html).unwrap_or(opts.html.clone());
     println!("the report as a page: file://{}", html.display());
-    println!("(demo finished in {:.1} s; `untaken report --grades {}` prints it again, exit code 2 = regression found)", started.elapsed().as_secs_f64(), opts.grades.display());
+    println!(
+        "(demo finished in {:.1} s; `untaken report --grades {} --label tenant --eligibility-label reasoning_score` prints it again; exit code 2 = regression found)",
+        started.elapsed().as_secs_f64(),
+        opts.grades.display()
+    );
     Ok(())
 }
 
