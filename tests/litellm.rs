@@ -106,6 +106,8 @@ struct Reply {
     call_id: String,
     /// The answer's content (assembled from the chunks when streamed).
     content: String,
+    /// The error body the client got (Null on success).
+    error: Value,
 }
 
 async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str, stream: bool) -> Reply {
@@ -129,6 +131,7 @@ async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, quest
     let status = r.status().as_u16();
     let call_id = r.headers().get("x-litellm-call-id").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let text = r.text().await.expect("response body");
+    let error = if status != 200 { serde_json::from_str(&text).unwrap_or(Value::String(text.clone())) } else { Value::Null };
     let content = if status != 200 {
         String::new()
     } else if stream {
@@ -142,7 +145,7 @@ async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, quest
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
     };
-    Reply { status, call_id, content }
+    Reply { status, call_id, content, error }
 }
 
 fn other(group: &str) -> &'static str {
@@ -176,6 +179,11 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         ("LITELLM_UNTAKEN_TARGET", t.app.grpc_addr.to_string()),
         ("LITELLM_UNTAKEN_PAIRING", pairing.to_string()),
     ];
+    // Every record of the callback's logger, at every level, on its own prefixed line
+    // (a sitecustomize the proxy's Python imports at start), so the test reads them all.
+    std::fs::write(work.path().join("sitecustomize.py"), LOG_ALL_RECORDS).unwrap();
+    let env: Vec<(&str, String)> =
+        env.into_iter().chain([("PYTHONPATH", work.path().display().to_string())]).collect();
     let proxy = Proxy::start(&venv, &config, &env, work.path().join("litellm.log")).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
@@ -257,13 +265,49 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
             assert_eq!(r["primary"]["status_code"], json!(200), "{what}");
         } else {
             assert_eq!(r["primary"]["status_code"], json!(reply.status), "{what}: {}", r["primary"]);
+            let body = &r["primary"]["body"];
+            if pairing == "auto" {
+                assert_eq!(*body, reply.error, "{what}: the pair's error body is what the client got");
+            } else {
+                // One-phase reports from the failure event, before the proxy appends its
+                // note on fallbacks to the message: the same error, type and code.
+                for key in ["type", "param", "code"] {
+                    assert_eq!(body["error"][key], reply.error["error"][key], "{what}: error.{key}: {body}");
+                }
+                let (sent, got) = (body["error"]["message"].as_str().unwrap(), reply.error["error"]["message"].as_str().unwrap());
+                assert!(!sent.is_empty() && got.starts_with(sent), "{what}: message {sent:?} vs the client's {got:?}");
+            }
             assert!(!r["primary"]["error"].as_str().unwrap_or_default().is_empty(), "{what}: {}", r["primary"]);
         }
     }
 
-    // untaken goes away mid-run: the proxy answers every request as before.
+    // untaken goes away while slow requests are in flight (mirrored, not yet answered):
+    // the proxy still answers them, with no error added.
+    t.fast.set(Behaviour::Answer { delay: Duration::from_secs(2) });
+    let before = t.fast.seen().len();
+    let in_flight: Vec<_> = (0..3)
+        .map(|i| {
+            let (h, url, key) = (http.clone(), proxy.url.clone(), proxy.key.clone());
+            tokio::spawn(async move {
+                ask_at(&h, &url, &key, "fast", &format!("In flight {i} (zq-prompt-marker)"), i == 2).await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.fast.seen().len() < before + 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_flight.iter().all(|h| !h.is_finished()), "the requests are still in flight when untaken stops");
     t.app.shutdown();
     t.app.wait().await;
+    for (i, h) in in_flight.into_iter().enumerate() {
+        let reply = h.await.unwrap();
+        assert_eq!(reply.status, 200, "in-flight request {i} after untaken stopped: {reply:?}\n{}", proxy.log_text());
+        assert!(reply.content.contains("[fast/fast-model]"), "in-flight request {i}: {reply:?}");
+    }
+    t.fast.set(Behaviour::Answer { delay: Duration::from_millis(5) });
+
+    // untaken stays away: the proxy answers every request as before.
     for i in 0..8 {
         let (group, stream) = (["fast", "reasoning"][i % 2], i % 4 >= 2);
         let reply = ask(&http, &proxy, group, &format!("After the sidecar stopped {i} (zq-prompt-marker)"), stream).await;
@@ -273,11 +317,40 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = proxy.log_text();
     assert!(log.contains("untaken callback: mirror_UNAVAILABLE"), "the callback says the sidecar is unreachable:\n{log}");
-    let callback_lines: Vec<&str> = log.lines().filter(|l| l.contains("untaken callback")).collect();
+    let callback_lines: Vec<&str> = log.lines().filter(|l| l.starts_with(LOG_PREFIX)).collect();
+    assert!(
+        callback_lines.iter().any(|l| l.contains("mirrored")) && callback_lines.iter().any(|l| l.contains("WARNING")),
+        "every level of the callback's logger is read (debug and warning lines):\n{log}"
+    );
     for line in &callback_lines {
-        assert!(!line.contains("zq-prompt-marker") && !line.contains("concluded"), "prompt or answer text in a log line: {line}");
+        assert!(
+            !line.contains("zq-prompt-marker") && !line.contains("concluded") && !line.contains("-model]"),
+            "prompt or answer text in a log line of the untaken_litellm logger: {line}"
+        );
     }
 }
+
+/// The prefix of each line `LOG_ALL_RECORDS` writes.
+const LOG_PREFIX: &str = "untaken_litellm-record ";
+
+/// A `sitecustomize` for the proxy: a handler on the `untaken_litellm` logger at DEBUG
+/// that writes every record, with its message and all its `extra` fields.
+const LOG_ALL_RECORDS: &str = r#"
+import logging, sys
+
+class _Everything(logging.Formatter):
+    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record):
+        extra = {k: v for k, v in vars(record).items() if k not in self._std}
+        return "untaken_litellm-record %s %s %r" % (record.levelname, record.getMessage(), extra)
+
+_h = logging.StreamHandler(sys.stderr)
+_h.setFormatter(_Everything())
+_log = logging.getLogger("untaken_litellm")
+_log.setLevel(logging.DEBUG)
+_log.addHandler(_h)
+"#;
 
 #[test]
 fn callback_unit_tests_pass() {

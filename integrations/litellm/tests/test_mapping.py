@@ -149,6 +149,19 @@ class FromTheLoggingEvent(unittest.TestCase):
         self.assertEqual(json.loads(a["body"])["error"]["message"], "upstream exploded")
         self.assertEqual(mapping.answer_from_exception(ValueError("boom"), 1.0)["status_code"], 500)
 
+    def test_the_error_type_is_litellms_as_the_client_got_it(self):
+        class APIError(Exception):
+            status_code = 500
+            message = "upstream exploded"
+            type = "upstream_type"
+            param = "None"
+
+        body = json.loads(mapping.answer_from_exception(APIError("x"), 1.0)["body"])["error"]
+        self.assertEqual((body["type"], body["param"], body["code"]), ("upstream_type", None, "500"))
+        APIError.type = "None"  # LiteLLM's "no type": the proxy's type for the status
+        self.assertEqual(json.loads(mapping.answer_from_exception(APIError("x"), 1.0)["body"])["error"]["type"],
+                         "internal_server_error")
+
 
 class CallbackNeverRaises(unittest.TestCase):
     def test_bad_settings_are_counted_and_logged_not_raised(self):

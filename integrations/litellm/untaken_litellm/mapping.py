@@ -224,10 +224,29 @@ def answer_from_exception(exc: Any, latency_ms: float) -> Dict[str, Any]:
         status = getattr(exc, "code", None)
     status = status if isinstance(status, int) and 100 <= status < 600 else 500
     message = _str(getattr(exc, "message", None)) or str(exc)
-    kind = type(exc).__name__
-    body = {"error": {"message": message, "type": kind, "code": str(status)}}
+    body = {"error": {"message": message, "type": error_type(exc, status), "param": _param(exc),
+                      "code": str(status)}}
     return {"body": json.dumps(body, default=str).encode(), "status_code": status, "latency_ms": latency_ms,
-            "error": f"{kind}: {message}"[:1000]}
+            "error": f"{type(exc).__name__}: {message}"[:1000]}
+
+
+def error_type(exc: Any, status: int) -> str:
+    """The ``error.type`` the proxy gives the client for ``exc``: LiteLLM's own
+    ``exc.type`` (its string "None" means none), else the OpenAI type of the status."""
+    carried = getattr(exc, "type", None)
+    if isinstance(carried, str) and carried and carried != "None":
+        return carried
+    try:  # the proxy's own mapping, so the pair's body matches what the client got
+        from litellm.proxy.common_utils.openai_error_payload import openai_error_type
+
+        return openai_error_type(exc, status)
+    except Exception:  # noqa: BLE001 - another LiteLLM release, or the SDK without the proxy
+        return "invalid_request_error" if status < 500 else "internal_server_error"
+
+
+def _param(exc: Any) -> Optional[str]:
+    carried = getattr(exc, "param", None)
+    return carried if isinstance(carried, str) and carried != "None" else None
 
 
 def fallback_answer(answered_group: str, route: str, latency_ms: float) -> Dict[str, Any]:
