@@ -115,12 +115,20 @@ async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str,
 }
 
 async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, question: &str, stream: bool) -> Reply {
-    let body = json!({
+    ask_with(http, url, key, group, question, stream, json!({})).await
+}
+
+/// `ask_at` with `extra` keys merged into the request body.
+async fn ask_with(
+    http: &reqwest::Client, url: &str, key: &str, group: &str, question: &str, stream: bool, extra: Value,
+) -> Reply {
+    let mut body = json!({
         "model": group,
         "stream": stream,
         "messages": [{"role": "user", "content": question}],
         "metadata": {"untaken_slice": "multi_step", "tags": ["tenant-acme"]},
     });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     let r = http
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(key)
@@ -231,9 +239,15 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert!(reply.status >= 500, "a failing upstream gives the client an error: {reply:?}");
         sent.push(("fast".to_string(), stream, q, reply));
     }
+    // The same with a LiteLLM fallback to `reasoning`: the client gets reasoning's answer,
+    // and the pair records a failure of the route taken (fast), not reasoning's answer.
+    let fallback = ask_with(&http, &proxy.url, &proxy.key, "fast", "Fallback question (zq-prompt-marker)", false,
+        json!({"fallbacks": ["reasoning"]})).await;
+    assert_eq!(fallback.status, 200, "the fallback answered: {fallback:?}\n{}", proxy.log_text());
+    assert!(fallback.content.contains("[reasoning/reasoning-model]"), "{fallback:?}");
     t.fast.set(Behaviour::Answer { delay: Duration::from_millis(5) });
 
-    let records = settle(sent.len()).await;
+    let records = settle(sent.len() + 1).await;
     let by_id: HashMap<String, Value> = records
         .iter()
         .map(|c| {
@@ -241,7 +255,18 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
             (v["request_id"].as_str().unwrap().to_string(), v)
         })
         .collect();
-    assert_eq!(by_id.len(), sent.len(), "one pair per request: {:?}\n{}", by_id.keys(), proxy.log_text());
+    assert_eq!(by_id.len(), sent.len() + 1, "one pair per request: {:?}\n{}", by_id.keys(), proxy.log_text());
+    let r = by_id.get(&fallback.call_id).unwrap_or_else(|| panic!("no pair for the fallback call {}", fallback.call_id));
+    assert_eq!(r["route_taken"]["name"], json!("fast"), "{r}");
+    assert_ne!(r["primary"]["status_code"], json!(200), "a fallback's answer is not the route's: {}", r["primary"]);
+    let error = r["primary"]["error"].as_str().unwrap_or_default();
+    assert!(!r["primary"].to_string().contains("[reasoning/reasoning-model]"), "{}", r["primary"]);
+    if pairing == "auto" {
+        assert!(error.contains("fallback model group reasoning"), "the pair names the fallback: {error:?}");
+    } else {
+        // One-phase: the primary's failure event comes first and completes the pair.
+        assert!(!error.is_empty(), "{}", r["primary"]);
+    }
     for (group, stream, question, reply) in &sent {
         let r = by_id.get(&reply.call_id).unwrap_or_else(|| panic!("no pair for call {}", reply.call_id));
         let what = format!("{group} stream={stream} status={}", reply.status);
