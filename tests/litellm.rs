@@ -204,6 +204,18 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert!(reply.content.contains(&format!("[{group}/{group}-model]")), "{reply:?}");
         sent.push((group.to_string(), stream, q, reply));
     }
+    // untaken's own shadow calls (its routes may point at the proxy) are answered but
+    // never mirrored again: no pair for this one.
+    let r = http
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth(&proxy.key)
+        .header("x-untaken-shadow", "1")
+        .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "A shadow call (zq-prompt-marker)"}]}))
+        .send()
+        .await
+        .expect("the proxy answers a shadow call");
+    assert_eq!(r.status().as_u16(), 200, "a shadow call through the proxy");
+    let shadow_id = r.headers().get("x-litellm-call-id").expect("call id").to_str().unwrap().to_string();
     // Each phase changes an upstream's behaviour: first let the pairs of the requests
     // so far land (one-phase mirrors only after the answer, so its shadow calls lag).
     let settle = |n: usize| common::kafka::consume_async(&t.bootstrap, &t.topic, n, Duration::from_secs(60));
@@ -256,6 +268,7 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         })
         .collect();
     assert_eq!(by_id.len(), sent.len() + 1, "one pair per request: {:?}\n{}", by_id.keys(), proxy.log_text());
+    assert!(!by_id.contains_key(&shadow_id), "untaken's shadow call was mirrored again");
     let r = by_id.get(&fallback.call_id).unwrap_or_else(|| panic!("no pair for the fallback call {}", fallback.call_id));
     assert_eq!(r["route_taken"]["name"], json!("fast"), "{r}");
     assert_ne!(r["primary"]["status_code"], json!(200), "a fallback's answer is not the route's: {}", r["primary"]);
