@@ -106,6 +106,8 @@ struct Reply {
     call_id: String,
     /// The answer's content (assembled from the chunks when streamed).
     content: String,
+    /// The error body the client got (Null on success).
+    error: Value,
 }
 
 async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str, stream: bool) -> Reply {
@@ -113,12 +115,20 @@ async fn ask(http: &reqwest::Client, proxy: &Proxy, group: &str, question: &str,
 }
 
 async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, question: &str, stream: bool) -> Reply {
-    let body = json!({
+    ask_with(http, url, key, group, question, stream, json!({})).await
+}
+
+/// `ask_at` with `extra` keys merged into the request body.
+async fn ask_with(
+    http: &reqwest::Client, url: &str, key: &str, group: &str, question: &str, stream: bool, extra: Value,
+) -> Reply {
+    let mut body = json!({
         "model": group,
         "stream": stream,
         "messages": [{"role": "user", "content": question}],
         "metadata": {"untaken_slice": "multi_step", "tags": ["tenant-acme"]},
     });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     let r = http
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(key)
@@ -129,6 +139,7 @@ async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, quest
     let status = r.status().as_u16();
     let call_id = r.headers().get("x-litellm-call-id").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let text = r.text().await.expect("response body");
+    let error = if status != 200 { serde_json::from_str(&text).unwrap_or(Value::String(text.clone())) } else { Value::Null };
     let content = if status != 200 {
         String::new()
     } else if stream {
@@ -142,7 +153,7 @@ async fn ask_at(http: &reqwest::Client, url: &str, key: &str, group: &str, quest
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
     };
-    Reply { status, call_id, content }
+    Reply { status, call_id, content, error }
 }
 
 fn other(group: &str) -> &'static str {
@@ -176,6 +187,11 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         ("LITELLM_UNTAKEN_TARGET", t.app.grpc_addr.to_string()),
         ("LITELLM_UNTAKEN_PAIRING", pairing.to_string()),
     ];
+    // Every record of the callback's logger, at every level, on its own prefixed line
+    // (a sitecustomize the proxy's Python imports at start), so the test reads them all.
+    std::fs::write(work.path().join("sitecustomize.py"), LOG_ALL_RECORDS).unwrap();
+    let env: Vec<(&str, String)> =
+        env.into_iter().chain([("PYTHONPATH", work.path().display().to_string())]).collect();
     let proxy = Proxy::start(&venv, &config, &env, work.path().join("litellm.log")).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
@@ -188,6 +204,18 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert!(reply.content.contains(&format!("[{group}/{group}-model]")), "{reply:?}");
         sent.push((group.to_string(), stream, q, reply));
     }
+    // untaken's own shadow calls (its routes may point at the proxy) are answered but
+    // never mirrored again: no pair for this one.
+    let r = http
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth(&proxy.key)
+        .header("x-untaken-shadow", "1")
+        .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "A shadow call (zq-prompt-marker)"}]}))
+        .send()
+        .await
+        .expect("the proxy answers a shadow call");
+    assert_eq!(r.status().as_u16(), 200, "a shadow call through the proxy");
+    let shadow_id = r.headers().get("x-litellm-call-id").expect("call id").to_str().unwrap().to_string();
     // Each phase changes an upstream's behaviour: first let the pairs of the requests
     // so far land (one-phase mirrors only after the answer, so its shadow calls lag).
     let settle = |n: usize| common::kafka::consume_async(&t.bootstrap, &t.topic, n, Duration::from_secs(60));
@@ -223,9 +251,15 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert!(reply.status >= 500, "a failing upstream gives the client an error: {reply:?}");
         sent.push(("fast".to_string(), stream, q, reply));
     }
+    // The same with a LiteLLM fallback to `reasoning`: the client gets reasoning's answer,
+    // and the pair records a failure of the route taken (fast), not reasoning's answer.
+    let fallback = ask_with(&http, &proxy.url, &proxy.key, "fast", "Fallback question (zq-prompt-marker)", false,
+        json!({"fallbacks": ["reasoning"]})).await;
+    assert_eq!(fallback.status, 200, "the fallback answered: {fallback:?}\n{}", proxy.log_text());
+    assert!(fallback.content.contains("[reasoning/reasoning-model]"), "{fallback:?}");
     t.fast.set(Behaviour::Answer { delay: Duration::from_millis(5) });
 
-    let records = settle(sent.len()).await;
+    let records = settle(sent.len() + 1).await;
     let by_id: HashMap<String, Value> = records
         .iter()
         .map(|c| {
@@ -233,7 +267,19 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
             (v["request_id"].as_str().unwrap().to_string(), v)
         })
         .collect();
-    assert_eq!(by_id.len(), sent.len(), "one pair per request: {:?}\n{}", by_id.keys(), proxy.log_text());
+    assert_eq!(by_id.len(), sent.len() + 1, "one pair per request: {:?}\n{}", by_id.keys(), proxy.log_text());
+    assert!(!by_id.contains_key(&shadow_id), "untaken's shadow call was mirrored again");
+    let r = by_id.get(&fallback.call_id).unwrap_or_else(|| panic!("no pair for the fallback call {}", fallback.call_id));
+    assert_eq!(r["route_taken"]["name"], json!("fast"), "{r}");
+    assert_ne!(r["primary"]["status_code"], json!(200), "a fallback's answer is not the route's: {}", r["primary"]);
+    let error = r["primary"]["error"].as_str().unwrap_or_default();
+    assert!(!r["primary"].to_string().contains("[reasoning/reasoning-model]"), "{}", r["primary"]);
+    if pairing == "auto" {
+        assert!(error.contains("fallback model group reasoning"), "the pair names the fallback: {error:?}");
+    } else {
+        // One-phase: the primary's failure event comes first and completes the pair.
+        assert!(!error.is_empty(), "{}", r["primary"]);
+    }
     for (group, stream, question, reply) in &sent {
         let r = by_id.get(&reply.call_id).unwrap_or_else(|| panic!("no pair for call {}", reply.call_id));
         let what = format!("{group} stream={stream} status={}", reply.status);
@@ -257,13 +303,49 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
             assert_eq!(r["primary"]["status_code"], json!(200), "{what}");
         } else {
             assert_eq!(r["primary"]["status_code"], json!(reply.status), "{what}: {}", r["primary"]);
+            let body = &r["primary"]["body"];
+            if pairing == "auto" {
+                assert_eq!(*body, reply.error, "{what}: the pair's error body is what the client got");
+            } else {
+                // One-phase reports from the failure event, before the proxy appends its
+                // note on fallbacks to the message: the same error, type and code.
+                for key in ["type", "param", "code"] {
+                    assert_eq!(body["error"][key], reply.error["error"][key], "{what}: error.{key}: {body}");
+                }
+                let (sent, got) = (body["error"]["message"].as_str().unwrap(), reply.error["error"]["message"].as_str().unwrap());
+                assert!(!sent.is_empty() && got.starts_with(sent), "{what}: message {sent:?} vs the client's {got:?}");
+            }
             assert!(!r["primary"]["error"].as_str().unwrap_or_default().is_empty(), "{what}: {}", r["primary"]);
         }
     }
 
-    // untaken goes away mid-run: the proxy answers every request as before.
+    // untaken goes away while slow requests are in flight (mirrored, not yet answered):
+    // the proxy still answers them, with no error added.
+    t.fast.set(Behaviour::Answer { delay: Duration::from_secs(2) });
+    let before = t.fast.seen().len();
+    let in_flight: Vec<_> = (0..3)
+        .map(|i| {
+            let (h, url, key) = (http.clone(), proxy.url.clone(), proxy.key.clone());
+            tokio::spawn(async move {
+                ask_at(&h, &url, &key, "fast", &format!("In flight {i} (zq-prompt-marker)"), i == 2).await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.fast.seen().len() < before + 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_flight.iter().all(|h| !h.is_finished()), "the requests are still in flight when untaken stops");
     t.app.shutdown();
     t.app.wait().await;
+    for (i, h) in in_flight.into_iter().enumerate() {
+        let reply = h.await.unwrap();
+        assert_eq!(reply.status, 200, "in-flight request {i} after untaken stopped: {reply:?}\n{}", proxy.log_text());
+        assert!(reply.content.contains("[fast/fast-model]"), "in-flight request {i}: {reply:?}");
+    }
+    t.fast.set(Behaviour::Answer { delay: Duration::from_millis(5) });
+
+    // untaken stays away: the proxy answers every request as before.
     for i in 0..8 {
         let (group, stream) = (["fast", "reasoning"][i % 2], i % 4 >= 2);
         let reply = ask(&http, &proxy, group, &format!("After the sidecar stopped {i} (zq-prompt-marker)"), stream).await;
@@ -273,11 +355,40 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = proxy.log_text();
     assert!(log.contains("untaken callback: mirror_UNAVAILABLE"), "the callback says the sidecar is unreachable:\n{log}");
-    let callback_lines: Vec<&str> = log.lines().filter(|l| l.contains("untaken callback")).collect();
+    let callback_lines: Vec<&str> = log.lines().filter(|l| l.starts_with(LOG_PREFIX)).collect();
+    assert!(
+        callback_lines.iter().any(|l| l.contains("mirrored")) && callback_lines.iter().any(|l| l.contains("WARNING")),
+        "every level of the callback's logger is read (debug and warning lines):\n{log}"
+    );
     for line in &callback_lines {
-        assert!(!line.contains("zq-prompt-marker") && !line.contains("concluded"), "prompt or answer text in a log line: {line}");
+        assert!(
+            !line.contains("zq-prompt-marker") && !line.contains("concluded") && !line.contains("-model]"),
+            "prompt or answer text in a log line of the untaken_litellm logger: {line}"
+        );
     }
 }
+
+/// The prefix of each line `LOG_ALL_RECORDS` writes.
+const LOG_PREFIX: &str = "untaken_litellm-record ";
+
+/// A `sitecustomize` for the proxy: a handler on the `untaken_litellm` logger at DEBUG
+/// that writes every record, with its message and all its `extra` fields.
+const LOG_ALL_RECORDS: &str = r#"
+import logging, sys
+
+class _Everything(logging.Formatter):
+    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record):
+        extra = {k: v for k, v in vars(record).items() if k not in self._std}
+        return "untaken_litellm-record %s %s %r" % (record.levelname, record.getMessage(), extra)
+
+_h = logging.StreamHandler(sys.stderr)
+_h.setFormatter(_Everything())
+_log = logging.getLogger("untaken_litellm")
+_log.setLevel(logging.DEBUG)
+_log.addHandler(_h)
+"#;
 
 #[test]
 fn callback_unit_tests_pass() {

@@ -149,6 +149,19 @@ class FromTheLoggingEvent(unittest.TestCase):
         self.assertEqual(json.loads(a["body"])["error"]["message"], "upstream exploded")
         self.assertEqual(mapping.answer_from_exception(ValueError("boom"), 1.0)["status_code"], 500)
 
+    def test_the_error_type_is_litellms_as_the_client_got_it(self):
+        class APIError(Exception):
+            status_code = 500
+            message = "upstream exploded"
+            type = "upstream_type"
+            param = "None"
+
+        body = json.loads(mapping.answer_from_exception(APIError("x"), 1.0)["body"])["error"]
+        self.assertEqual((body["type"], body["param"], body["code"]), ("upstream_type", None, "500"))
+        APIError.type = "None"  # LiteLLM's "no type": the proxy's type for the status
+        self.assertEqual(json.loads(mapping.answer_from_exception(APIError("x"), 1.0)["body"])["error"]["type"],
+                         "internal_server_error")
+
 
 class CallbackNeverRaises(unittest.TestCase):
     def test_bad_settings_are_counted_and_logged_not_raised(self):
@@ -186,6 +199,108 @@ class CallbackNeverRaises(unittest.TestCase):
         text = " ".join(logs.output)
         self.assertIn("call_id=call-1", text)
         self.assertNotIn("zq-secret-prompt", text)
+
+
+def log_kwargs(call_id="call-1", answered="fast", asked="fast", headers=None):
+    """The shape of ``kwargs`` in the proxy's logging events."""
+    psr = {"url": "/v1/chat/completions", "headers": headers or {},
+           "body": {"model": asked, "messages": [{"role": "user", "content": "hi"}]}}
+    return {"call_type": "acompletion", "litellm_call_id": call_id, "model": answered + "-model",
+            "litellm_params": {"metadata": {"model_group": answered}, "proxy_server_request": psr},
+            "standard_logging_object": {"litellm_call_id": call_id, "model_group": answered, "metadata": {}}}
+
+
+class Recorder:
+    """Replaces the callback's RPCs: records what would be sent to the sidecar."""
+
+    def __init__(self, cb):
+        self.mirrors, self.completes = [], []
+        cb._mirror = self.mirror
+        cb._complete = self.complete
+
+    async def mirror(self, fields, answer, event="pre_call"):
+        self.mirrors.append((fields, answer))
+
+    async def complete(self, mirror, call_id, answer, event):
+        await mirror
+        self.completes.append((call_id, answer(), event))
+
+
+RESPONSE = types.SimpleNamespace(model_dump=lambda: {"choices": [{"message": {"content": "ok"}}]})
+
+
+class ShadowCallsAndFallbacks(unittest.TestCase):
+    def run_cb(self, settings, steps):
+        import asyncio
+
+        from untaken_litellm.callback import UntakenLogger
+
+        cb = UntakenLogger(settings)
+        rec = Recorder(cb)
+
+        async def scenario():
+            for step in steps:
+                await step(cb)
+            await asyncio.gather(*list(cb._tasks))
+
+        asyncio.run(scenario())
+        return cb, rec
+
+    def test_the_shadow_header_is_found_in_both_shapes(self):
+        data = proxy_data()
+        data["proxy_server_request"]["headers"]["X-Untaken-Shadow"] = "1"
+        self.assertTrue(mapping.call_from_request(data, AUTH).shadow)
+        self.assertFalse(mapping.call_from_request(proxy_data(), AUTH).shadow)
+        self.assertTrue(mapping.call_from_log(log_kwargs(headers={"x-untaken-shadow": "1"})).shadow)
+        self.assertFalse(mapping.call_from_log(log_kwargs()).shadow)
+
+    def test_untaken_shadow_calls_are_skipped_and_counted_never_mirrored(self):
+        data = proxy_data()
+        data["proxy_server_request"]["headers"]["x-untaken-shadow"] = "1"
+        shadow = log_kwargs(headers={"x-untaken-shadow": "1"})
+        for pairing in ("auto", "one_phase"):
+            cb, rec = self.run_cb(Settings(pairing=pairing), [
+                lambda cb: cb.async_pre_call_hook(AUTH, None, data, "acompletion"),
+                lambda cb: cb.async_log_success_event(shadow, RESPONSE, 0.0, 0.01),
+                lambda cb: cb.async_log_failure_event(shadow, RuntimeError("x"), 0.0, 0.01),
+            ])
+            self.assertEqual((rec.mirrors, rec.completes), ([], []), pairing)
+            expected = {"success/shadow_skipped": 1, "failure/shadow_skipped": 1}
+            if pairing == "auto":
+                expected["pre_call/shadow_skipped"] = 1
+            self.assertEqual(cb.counts(), expected, pairing)
+
+    def test_a_fallback_answer_completes_the_pair_as_a_failure_of_the_route_taken(self):
+        cb, rec = self.run_cb(Settings(), [
+            lambda cb: cb.async_pre_call_hook(AUTH, None, proxy_data(), "acompletion"),
+            lambda cb: cb.async_log_success_event(log_kwargs(answered="reasoning"), RESPONSE, 0.0, 0.02),
+        ])
+        self.assertEqual(rec.mirrors[0][0]["route_taken"], "fast")
+        (call_id, answer, event), = rec.completes
+        self.assertEqual((call_id, event), ("call-1", "success"))
+        self.assertIn("fallback model group reasoning", answer["error"])
+        self.assertIn("route fast failed", answer["error"])
+        self.assertNotIn("ok", json.loads(answer["body"])["error"]["message"])
+        self.assertNotEqual(answer["status_code"], 200)
+        self.assertEqual(cb.counts(), {"success/fallback": 1})
+
+    def test_without_a_fallback_the_answer_is_the_response(self):
+        cb, rec = self.run_cb(Settings(), [
+            lambda cb: cb.async_pre_call_hook(AUTH, None, proxy_data(), "acompletion"),
+            lambda cb: cb.async_log_success_event(log_kwargs(answered="fast"), RESPONSE, 0.0, 0.02),
+        ])
+        (_, answer, _), = rec.completes
+        self.assertEqual((answer["status_code"], answer["error"]), (200, ""))
+        self.assertEqual(cb.counts(), {})
+
+    def test_one_phase_fallback_mirrors_the_route_asked_for_with_the_fallback_error(self):
+        cb, rec = self.run_cb(Settings(pairing="one_phase"), [
+            lambda cb: cb.async_log_success_event(log_kwargs(answered="reasoning"), RESPONSE, 0.0, 0.02),
+        ])
+        (fields, answer), = rec.mirrors
+        self.assertEqual(fields["route_taken"], "fast")
+        self.assertIn("fallback model group reasoning", answer["error"])
+        self.assertEqual(cb.counts(), {"success/fallback": 1})
 
 
 if __name__ == "__main__":

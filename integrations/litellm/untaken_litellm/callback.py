@@ -13,6 +13,12 @@ fallbacks). Where no pre-call hook runs (the LiteLLM SDK, or
 ``LITELLM_UNTAKEN_PAIRING=one_phase``), the call is mirrored once with its answer
 from the success or failure event.
 
+Loops and fallbacks. untaken's shadow calls carry ``x-untaken-shadow`` (its routes
+may point at this proxy's own model groups): such a call is skipped and counted
+(``shadow_skipped``), never mirrored again. When a LiteLLM fallback answered (the
+model group in the logging event is not the one mirrored), the pair is completed
+with an error naming the fallback, counted ``fallback``: the route taken failed.
+
 Must never: slow or break a request. Nothing here is awaited on the request
 path except putting a task on the loop; every RPC has a short deadline; every
 error is caught, counted and logged (rate-limited), never raised into LiteLLM.
@@ -77,10 +83,12 @@ class _Metrics:
 
 @dataclass
 class _Pending:
-    """A call mirrored without its answer: the Mirror RPC's task and when the call began."""
+    """A call mirrored without its answer: the Mirror RPC's task, when the call began
+    and the model group mirrored as its route."""
 
     mirror: "asyncio.Task[Any]"
     started: float
+    group: str
 
 
 class UntakenLogger(CustomLogger):
@@ -105,13 +113,17 @@ class UntakenLogger(CustomLogger):
             if s.pairing != "auto" or call_type not in CHAT_CALL_TYPES:
                 return None
             call = mapping.call_from_request(data, user_api_key_dict)
+            if call.shadow:
+                self._metrics.inc("pre_call", "shadow_skipped")
+                return None
             fields = mapping.mirror_fields(call, s)
             if fields is None:
                 self._metrics.inc("pre_call", "not_mirrored")
                 return None
             if call.call_id in self._pending or call.call_id in self._done:
                 return None
-            self._pending[call.call_id] = _Pending(self._spawn(self._mirror(fields, None)), time.monotonic())
+            self._pending[call.call_id] = _Pending(self._spawn(self._mirror(fields, None)), time.monotonic(),
+                                                call.model_group)
             while len(self._pending) > s.max_pending:
                 old, _ = self._pending.popitem(last=False)
                 self._metrics.inc("pre_call", "pending_evicted")
@@ -126,7 +138,8 @@ class UntakenLogger(CustomLogger):
                 return
             call = mapping.call_from_log(kwargs)
             latency = _ms(start_time, end_time)
-            self._finish(call, lambda: mapping.answer_from_response(response_obj, latency), "success")
+            answer = self._fallback(call, latency, "success")
+            self._finish(call, answer or (lambda: mapping.answer_from_response(response_obj, latency)), "success")
         except Exception as e:  # noqa: BLE001
             self._internal_error("success", e)
 
@@ -140,7 +153,8 @@ class UntakenLogger(CustomLogger):
                 # the request's final outcome (a retry or a fallback may still answer).
                 return
             exc, latency = kwargs.get("exception") or response_obj, _ms(start_time, end_time)
-            self._finish(call, lambda: mapping.answer_from_exception(exc, latency), "failure")
+            answer = self._fallback(call, latency, "failure")
+            self._finish(call, answer or (lambda: mapping.answer_from_exception(exc, latency)), "failure")
         except Exception as e:  # noqa: BLE001
             self._internal_error("failure", e)
 
@@ -159,10 +173,31 @@ class UntakenLogger(CustomLogger):
 
     # ---- pairing -------------------------------------------------------------------------
 
+    def _fallback(self, call: mapping.Call, latency: float, event: str) -> Optional[Callable[[], Dict[str, Any]]]:
+        """When the model group that answered (``call.model_group``, from the logging
+        event) is not the one mirrored (the pending call's, or the group the client
+        asked for): counts ``fallback``, sets ``call.model_group`` back to the group
+        mirrored and returns the answer builder of the fallback error. Else None."""
+        if call.shadow or not call.call_id or call.call_id in self._done:
+            return None
+        pending = self._pending.get(call.call_id)
+        mirrored = pending.group if pending is not None else (call.requested_group or call.model_group)
+        answered = call.model_group
+        route = self.settings().route_for(mirrored)
+        if not answered or answered == mirrored or route is None:
+            return None
+        self._metrics.inc(event, "fallback")
+        log.info("fallback answered", extra={"call_id": call.call_id, "route": route, "answered": answered})
+        call.model_group = mirrored
+        return lambda: mapping.fallback_answer(answered, route, latency)
+
     def _finish(self, call: mapping.Call, answer: Callable[[], Dict[str, Any]], event: str) -> None:
         """Hands the call's answer to the sidecar: Complete after a two-phase Mirror,
         else a one-phase Mirror. Each call id is reported at most once. ``answer``
         builds the Answer fields; a two-phase call builds them only if it was sampled."""
+        if call.shadow:
+            self._metrics.inc(event, "shadow_skipped")
+            return
         if not call.call_id or call.call_id in self._done:
             return
         pending = self._pending.pop(call.call_id, None)

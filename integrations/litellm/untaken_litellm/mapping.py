@@ -25,6 +25,9 @@ _INTERNAL_KEYS = frozenset(
 )
 #: The sidecar's bound on one label value (`server.max_label_bytes` defaults to 1024).
 MAX_LABEL_CHARS = 256
+#: The header untaken puts on its shadow calls (`SHADOW_HEADER` in src/upstream.rs):
+#: a call carrying it is untaken's own and is never mirrored again.
+SHADOW_HEADER = "x-untaken-shadow"
 
 
 @dataclass
@@ -46,6 +49,11 @@ class Call:
     key_hash: str = ""
     user: str = ""
     end_user: str = ""
+    #: The call carries ``SHADOW_HEADER``: untaken's own shadow call through the proxy.
+    shadow: bool = False
+    #: Logging events only: the model group the client asked for (the request body's
+    #: ``model``), which differs from ``model_group`` when a LiteLLM fallback answered.
+    requested_group: str = ""
 
 
 def _dict(v: Any) -> Dict[str, Any]:
@@ -63,11 +71,19 @@ def _tags(*sources: Any) -> List[str]:
     return []
 
 
+def is_shadow(headers: Any) -> bool:
+    """True when the request headers carry ``SHADOW_HEADER`` (any case)."""
+    if not isinstance(headers, Mapping):
+        return False
+    return any(isinstance(k, str) and k.lower() == SHADOW_HEADER for k in headers)
+
+
 def call_from_request(data: Mapping[str, Any], auth: Any) -> Call:
     """From the proxy's pre-call hook (or post-call failure hook): the request
     ``data`` and the ``UserAPIKeyAuth`` of the caller."""
     md = _dict(data.get("metadata")) or _dict(data.get("litellm_metadata"))
-    body = _dict(_dict(data.get("proxy_server_request")).get("body")) or dict(data)
+    psr = _dict(data.get("proxy_server_request"))
+    body = _dict(psr.get("body")) or dict(data)
     client_md = _dict(md.get("requester_metadata")) or _dict(body.get("metadata"))
     return Call(
         call_id=_str(data.get("litellm_call_id")),
@@ -81,6 +97,7 @@ def call_from_request(data: Mapping[str, Any], auth: Any) -> Call:
         key_hash=_str(getattr(auth, "api_key", None)) or _str(md.get("user_api_key_hash")),
         user=_str(getattr(auth, "user_id", None)) or _str(md.get("user_api_key_user_id")),
         end_user=_str(getattr(auth, "end_user_id", None)) or _str(body.get("user")),
+        shadow=is_shadow(psr.get("headers")),
     )
 
 
@@ -92,6 +109,7 @@ def call_from_log(kwargs: Mapping[str, Any]) -> Call:
     params_md = _dict(params.get("metadata")) or _dict(params.get("litellm_metadata"))
     psr = _dict(kwargs.get("proxy_server_request")) or _dict(params.get("proxy_server_request"))
     body = _dict(psr.get("body"))
+    requested = _str(body.get("model"))
     if not body:
         body = {"model": kwargs.get("model"), "messages": kwargs.get("messages") or []}
         body.update({k: v for k, v in _dict(kwargs.get("optional_params")).items() if k not in _INTERNAL_KEYS})
@@ -108,6 +126,8 @@ def call_from_log(kwargs: Mapping[str, Any]) -> Call:
         key_hash=_str(md.get("user_api_key_hash")),
         user=_str(md.get("user_api_key_user_id")),
         end_user=_str(slo.get("end_user")) or _str(md.get("user_api_key_end_user_id")) or _str(body.get("user")),
+        shadow=is_shadow(psr.get("headers")),
+        requested_group=requested,
     )
 
 
@@ -204,10 +224,38 @@ def answer_from_exception(exc: Any, latency_ms: float) -> Dict[str, Any]:
         status = getattr(exc, "code", None)
     status = status if isinstance(status, int) and 100 <= status < 600 else 500
     message = _str(getattr(exc, "message", None)) or str(exc)
-    kind = type(exc).__name__
-    body = {"error": {"message": message, "type": kind, "code": str(status)}}
+    body = {"error": {"message": message, "type": error_type(exc, status), "param": _param(exc),
+                      "code": str(status)}}
     return {"body": json.dumps(body, default=str).encode(), "status_code": status, "latency_ms": latency_ms,
-            "error": f"{kind}: {message}"[:1000]}
+            "error": f"{type(exc).__name__}: {message}"[:1000]}
+
+
+def error_type(exc: Any, status: int) -> str:
+    """The ``error.type`` the proxy gives the client for ``exc``: LiteLLM's own
+    ``exc.type`` (its string "None" means none), else the OpenAI type of the status."""
+    carried = getattr(exc, "type", None)
+    if isinstance(carried, str) and carried and carried != "None":
+        return carried
+    try:  # the proxy's own mapping, so the pair's body matches what the client got
+        from litellm.proxy.common_utils.openai_error_payload import openai_error_type
+
+        return openai_error_type(exc, status)
+    except Exception:  # noqa: BLE001 - another LiteLLM release, or the SDK without the proxy
+        return "invalid_request_error" if status < 500 else "internal_server_error"
+
+
+def _param(exc: Any) -> Optional[str]:
+    carried = getattr(exc, "param", None)
+    return carried if isinstance(carried, str) and carried != "None" else None
+
+
+def fallback_answer(answered_group: str, route: str, latency_ms: float) -> Dict[str, Any]:
+    """``Answer`` fields for a call a LiteLLM fallback answered: the route mirrored
+    failed, so the pair records a failure of that route naming the group that
+    answered instead (not the fallback's answer as if the route had given it)."""
+    message = f"route {route} failed; LiteLLM fallback model group {answered_group} answered"
+    body = {"error": {"message": message, "type": "untaken_litellm_fallback", "code": "fallback"}}
+    return {"body": json.dumps(body).encode(), "status_code": 502, "latency_ms": latency_ms, "error": message}
 
 
 def describe(call: Call) -> Tuple[str, str]:
