@@ -154,6 +154,9 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         // Only grades of committed (sidecar acks=all) records; no aborted transactions.
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000")
+        // librdkafka prefetches up to 64 MiB per consumer by default; the worker reads
+        // a few hundred records ahead at most, so a smaller buffer keeps RSS low.
+        .set("queued.max.messages.kbytes", "8192")
         .set("reconnect.backoff.max.ms", "1000");
     crate::sink::kafka::apply_user_settings(&mut c, &k.client())?;
     Ok(c)
@@ -281,6 +284,12 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     }
     task_stop.cancel();
     tasks.shutdown().await;
+    // Tasks that finished while the grace ran out still count.
+    while let Ok(Some(t)) = done_rx.try_recv() {
+        if tracker.lock().expect("tracker lock").complete(&t) {
+            summary.records_completed += 1;
+        }
+    }
     let flush_shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || flush_shared.sink.flush_blocking(Duration::from_secs(5))).await;
     commit(&consumer, &tracker, &metrics).await;
