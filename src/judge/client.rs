@@ -129,13 +129,14 @@ impl JudgeClient {
             let permit = limits.acquire().await;
             let started = Instant::now();
             let (call, cost) = self.call_once(body).await;
-            drop(permit);
             metrics.judge_call_seconds.observe(started.elapsed().as_secs_f64());
             if cost > 0.0 {
                 limits.charge(cost);
                 metrics.judge_spend_usd.inc_by(cost);
                 out.cost_usd += cost;
             }
+            // Charged before the slot frees, so the next call sees this call's spend.
+            drop(permit);
             match call {
                 Call::Content(c) => return Ok(c),
                 Call::Permanent(label, e) => {
