@@ -21,6 +21,9 @@
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
+#
+# Installs kcat with apt-get if missing (needs root). Every process it starts is
+# killed on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,12 +41,13 @@ PEER="$ROOT/target/release/examples/judge_peer"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-judge-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
+# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-command -v kcat >/dev/null || die "kcat is required (apt-get install kcat)"
+ensure_kcat
+for t in curl awk ss; do command -v "$t" >/dev/null || die "$t not found"; done
 if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
   log "building untaken and examples/judge_peer (release)"
   cargo build --release --locked --bin untaken --example judge_peer >&2
