@@ -114,7 +114,7 @@ T0=$(now)
 "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
 WPID=$!
 PIDS+=("$WPID")
-T10="" T90="" TEND=""
+T10="" T90="" TEND="" MAX_IN_FLIGHT=0
 while :; do
   kill -0 "$WPID" 2>/dev/null || {
     tail -n 30 "$WORK/worker.log" >&2
@@ -122,6 +122,9 @@ while :; do
   }
   p=$(published)
   t=$(now)
+  f=$(awk '$1 == "untaken_judge_in_flight" { print $2 }' "$WORK/metrics.txt")
+  [[ -n "$f" && "$f" -gt "$MAX_IN_FLIGHT" ]] && MAX_IN_FLIGHT=$f
+  echo "$t $p ${f:-0} $(awk '/^VmRSS:/ { print $2 }' "/proc/$WPID/status" 2>/dev/null || echo 0)" >>"$WORK/progress.txt"
   [[ -z "$T10" && "$p" -ge $((N / 10)) ]] && T10=$t
   [[ -z "$T90" && "$p" -ge $((N * 9 / 10)) ]] && T90=$t
   if [[ "$p" -ge "$N" ]]; then
@@ -141,14 +144,14 @@ CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s
 # --- report -------------------------------------------------------------------------
 awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" \
   -v t0="$T0" -v t10="$T10" -v t90="$T90" -v tend="$TEND" -v ticks="$W_TICKS" -v tck="$TCK" -v hwm="$W_HWM" \
-  -v graded="$G_COUNT" -v calls="$CALLS" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
+  -v graded="$G_COUNT" -v calls="$CALLS" -v maxfl="$MAX_IN_FLIGHT" -v window="$IN_FLIGHT" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
   steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
   printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d\n\n", n, bytes, parts, delay, conc
   printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
   printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
   printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10
   printf "| (j) untaken judge, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", overall, tend - t0, wcpu, wcpu * 1e6 / n, hwm / 1024
-  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair).\n", graded, n, calls, calls / n
+  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair); most records uncommitted at once: %d (in_flight = %d).\n", graded, n, calls, calls / n, maxfl, window
   printf "\nTargets: >= 500 pairs/s: %s (steady %.0f); <= 100 µs CPU a pair: %s (%.1f); RSS < 64 MiB: %s (%.1f).\n", \
     (steady >= 500 ? "met" : "MISSED"), steady, (wcpu * 1e6 / n <= 100 ? "met" : "MISSED"), wcpu * 1e6 / n, (hwm < 65536 ? "met" : "MISSED"), hwm / 1024
 }'
