@@ -17,8 +17,9 @@
 #   BENCH_JUDGE_PAIRS=30000       pairs produced and graded
 #   BENCH_JUDGE_DELAY_MS=200      fake judge latency per call
 #   BENCH_JUDGE_CONCURRENCY=512   [limits] max_concurrency (judge calls in flight)
-#   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed)
+#   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed; the default)
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
+#   BENCH_JUDGE_MALLOC_ARENA_MAX  what-if: glibc MALLOC_ARENA_MAX for the worker (unset: glibc's default)
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
 #
@@ -111,7 +112,11 @@ now() { date +%s.%N; }
 
 log "(j) untaken judge grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
 T0=$(now)
-"$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+if [[ -n "${BENCH_JUDGE_MALLOC_ARENA_MAX:-}" ]]; then
+  MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+else
+  "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+fi
 WPID=$!
 PIDS+=("$WPID")
 T10="" T90="" TEND="" MAX_IN_FLIGHT=0
@@ -144,9 +149,9 @@ CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s
 # --- report -------------------------------------------------------------------------
 awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" \
   -v t0="$T0" -v t10="$T10" -v t90="$T90" -v tend="$TEND" -v ticks="$W_TICKS" -v tck="$TCK" -v hwm="$W_HWM" \
-  -v graded="$G_COUNT" -v calls="$CALLS" -v maxfl="$MAX_IN_FLIGHT" -v window="$IN_FLIGHT" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
+  -v graded="$G_COUNT" -v calls="$CALLS" -v maxfl="$MAX_IN_FLIGHT" -v window="$IN_FLIGHT" -v arena="${BENCH_JUDGE_MALLOC_ARENA_MAX:+, MALLOC_ARENA_MAX=$BENCH_JUDGE_MALLOC_ARENA_MAX}" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
   steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
-  printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d\n\n", n, bytes, parts, delay, conc
+  printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d, in_flight %d%s\n\n", n, bytes, parts, delay, conc, window, arena
   printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
   printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
   printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10

@@ -219,7 +219,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             continue;
         }
         let exhausted = shared.grader.limits().exhausted();
-        let want_pause = uncommitted >= window || exhausted;
+        // Pausing drops what librdkafka prefetched (it is fetched again on resume), so
+        // once full, the window drains to three quarters before reading resumes.
+        let full = if paused { uncommitted > window * 3 / 4 } else { uncommitted >= window };
+        let want_pause = full || exhausted;
         if want_pause != paused {
             set_paused(&consumer, want_pause);
             paused = want_pause;
