@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# Validates the deploy/ manifests without a cluster:
-#   1. installs pinned kustomize (go install) and kubernetes-validate (pip, in
-#      a venv) into ${UNTAKEN_TOOLS:-$HOME/.cache/untaken/tools} if missing;
-#   2. renders deploy/k8s/base and every deploy/k8s/overlays/*;
-#   3. runs deploy/check_manifests.py on the renderings: strict Kubernetes
-#      schemas for built-in kinds, deploy/schemas/*.json for custom resources
-#      (never skipped), and the untaken invariants (native sidecar, security
-#      context, spool emptyDir, grace period, config keys, topic).
+# Validates deploy/ without a cluster, with the ecosystem's own tools:
+#   1. installs, once, pinned kustomize, kubeconform, kube-score and promtool
+#      (go install) and kubernetes-validate + PyYAML (pip, in a venv) into
+#      ${UNTAKEN_TOOLS:-$HOME/.cache/untaken/tools};
+#   2. renders deploy/k8s/base, every deploy/k8s/overlays/* and deploy/monitoring;
+#   3. kubeconform -strict: built-in kinds against the Kubernetes JSON schemas
+#      that kubernetes-validate ships, KafkaTopic and PrometheusRule against
+#      deploy/schemas/*.json; a kind without a schema fails;
+#   4. kube-score on every overlay (what gets applied; the base keeps
+#      placeholder `latest` tags) and on deploy/monitoring;
+#   5. promtool check rules + promtool test rules (deploy/monitoring/rules.test.yaml);
+#   6. check_manifests.py: the invariants that are untaken's own, and then
+#      `untaken check-config` on the untaken.toml of each rendered ConfigMap.
 # Exits non-zero with a message on the first failing step.
 #
 # Environment:
 #   UNTAKEN_TOOLS        tool cache (default ~/.cache/untaken/tools)
 #   UNTAKEN_K8S_VERSION  Kubernetes schema version (default 1.33.0)
 #   UNTAKEN_DEPLOY_DIR   deploy/ tree to check (default: this script's dir)
+#   UNTAKEN_BIN          the untaken binary (default: `cargo run --bin untaken`)
 #   VERBOSE=1            print every passing check too
 set -euo pipefail
 
 KUSTOMIZE_VERSION=v5.8.2             # newest that builds with Go 1.26 (v5.8.3 needs Go 1.27)
+KUBECONFORM_VERSION=v0.8.0
+KUBE_SCORE_VERSION=v1.20.0
+PROMETHEUS_VERSION=v0.316.0          # the Go module version of Prometheus 3.x's promtool
 KUBERNETES_VALIDATE_VERSION=1.37.0   # ships JSON schemas for Kubernetes 1.25 .. 1.37
 K8S_VERSION=${UNTAKEN_K8S_VERSION:-1.33.0}
 PYTHON=${PYTHON:-python3}
@@ -36,23 +45,34 @@ if command -v flock >/dev/null; then
   flock 9
 fi
 
-# --- kustomize ---------------------------------------------------------------
-kdir=$tools/kustomize-$KUSTOMIZE_VERSION
-kustomize=$kdir/kustomize
-if [[ ! -x $kustomize ]]; then
-  command -v go >/dev/null || fail "'go' not found: it is needed once to install kustomize $KUSTOMIZE_VERSION into $kdir"
-  step "installing kustomize $KUSTOMIZE_VERSION with $(go version) (first run only, ~1 min)"
-  rm -rf "$kdir.tmp"
-  # GOTOOLCHAIN=local: never switch to another Go; fail clearly instead.
-  if ! GOTOOLCHAIN=local GOBIN="$kdir.tmp" CGO_ENABLED=0 \
-      go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >"$tools/kustomize-install.log" 2>&1; then
-    tail -n 30 "$tools/kustomize-install.log" >&2
-    fail "go install sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION failed (log: $tools/kustomize-install.log)"
+# --- Go tools -------------------------------------------------------------------
+# go_tool NAME MODULE/cmd/PATH VERSION: installs into $tools/NAME-VERSION/NAME once
+# and prints the binary's path.
+go_tool() {
+  local name=$1 pkg=$2 version=$3 dir=$tools/$1-$3
+  if [[ ! -x $dir/$name ]]; then
+    command -v go >/dev/null || fail "'go' not found: it is needed once to install $name $version into $dir"
+    step "installing $name $version with $(go version) (first run only, 1-5 min)" >&2
+    rm -rf "$dir.tmp"
+    # GOTOOLCHAIN=local: never switch to another Go; fail clearly instead.
+    if ! GOTOOLCHAIN=local GOBIN="$dir.tmp" CGO_ENABLED=0 \
+        go install "$pkg@$version" >"$tools/$name-install.log" 2>&1; then
+      tail -n 30 "$tools/$name-install.log" >&2
+      fail "go install $pkg@$version failed (log: $tools/$name-install.log)"
+    fi
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
-  rm -rf "$kdir" && mv "$kdir.tmp" "$kdir"
-fi
+  echo "$dir/$name"
+}
+kustomize=$(go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION")
 kversion=$("$kustomize" version 2>&1) || fail "$kustomize does not run: $kversion"
-[[ $kversion == *"$KUSTOMIZE_VERSION"* ]] || fail "$kustomize reports '$kversion', expected $KUSTOMIZE_VERSION (delete $kdir)"
+[[ $kversion == *"$KUSTOMIZE_VERSION"* ]] || fail "$kustomize reports '$kversion', expected $KUSTOMIZE_VERSION (delete it)"
+kubeconform=$(go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION")
+kube_score=$(go_tool kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION")
+promtool=$(go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION")
+for t in "$kubeconform -v" "$kube_score version" "$promtool --version"; do
+  $t >/dev/null 2>&1 || fail "'$t' does not run (delete $(dirname "${t%% *}"))"
+done
 
 # --- kubernetes-validate (venv) ----------------------------------------------
 venv=$tools/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
@@ -76,6 +96,23 @@ kvversion=$("$venv/bin/python" -m kubernetes_validate --version 2>&1) \
 [[ $kvversion == *"$KUBERNETES_VALIDATE_VERSION"* ]] \
   || fail "kubernetes-validate reports '$kvversion', expected $KUBERNETES_VALIDATE_VERSION (delete $venv)"
 
+# --- Kubernetes JSON schemas for kubeconform -------------------------------------
+# kubernetes-validate (PyPI) ships the strict JSON schemas of every Kubernetes
+# release in kubeconform's directory layout, but refers to its definitions as
+# "/api/_definitions.json", which only its own loader resolves. A copy with those
+# references pointing at the file itself feeds kubeconform offline.
+schema_src=$("$venv/bin/python" -c 'import kubernetes_validate, pathlib; print(pathlib.Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema")')
+schemas=$tools/k8s-schemas-$KUBERNETES_VALIDATE_VERSION
+sdir=$schemas/v$K8S_VERSION-local-strict
+if [[ ! -f $sdir/.complete ]]; then
+  [[ -d $schema_src/v$K8S_VERSION-local-strict ]] \
+    || fail "kubernetes-validate $KUBERNETES_VALIDATE_VERSION has no schemas for Kubernetes $K8S_VERSION (UNTAKEN_K8S_VERSION)"
+  rm -rf "$sdir" && mkdir -p "$sdir"
+  cp "$schema_src/v$K8S_VERSION-local-strict/"*.json "$sdir/"
+  sed -i "s#\"/api/_definitions.json\##\"file://$sdir/_definitions.json\##g" "$sdir/"*.json
+  touch "$sdir/.complete"
+fi
+
 # --- render --------------------------------------------------------------------
 out=$(mktemp -d "${TMPDIR:-/tmp}/untaken-validate.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -96,12 +133,98 @@ overlays=("$deploy"/k8s/overlays/*/)
 for o in "${overlays[@]}"; do
   render "overlay-$(basename "$o")" "${o%/}"
 done
+render monitoring "$deploy/monitoring"
 step "rendered ${#renders[@]} kustomizations with kustomize $KUSTOMIZE_VERSION"
 
 # --- validate ------------------------------------------------------------------
-args=(--k8s-version "$K8S_VERSION" --schemas "$deploy/schemas")
-[[ ${VERBOSE:-0} == 1 ]] && args+=(--verbose)
-if ! "$venv/bin/python" "$here/check_manifests.py" "${args[@]}" "${renders[@]}"; then
-  fail "manifests are invalid (see ERROR lines above)"
+files=("${renders[@]#*=}")
+if ! "$kubeconform" -strict -summary -kubernetes-version "$K8S_VERSION" \
+    -schema-location "$schemas/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    -schema-location "$deploy/schemas/{{ .ResourceKind }}.json" "${files[@]}"; then
+  fail "kubeconform: manifests do not match their schemas (see above)"
 fi
-step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION, Kubernetes $K8S_VERSION strict)"
+
+# Findings that do not apply are suppressed where they arise, with the reason:
+# `kube-score/ignore` annotations in the manifests.
+scored=()
+for r in "${renders[@]}"; do [[ $r == base=* ]] || scored+=("${r#*=}"); done
+if ! "$kube_score" score --kubernetes-version "v${K8S_VERSION%.*}" --exit-one-on-warning \
+    --enable-optional-test container-seccomp-profile --color never "${scored[@]}"; then
+  fail "kube-score: best-practice findings (see above; suppress one only with a kube-score/ignore annotation saying why)"
+fi
+
+# promtool reads plain rule files: the PrometheusRule's spec is one. Every
+# alert needs a summary, a runbook_url anchor that deploy/README.md has, and a
+# promtool test in which it fires.
+mkdir -p "$out/promtool"
+"$venv/bin/python" - "$out/monitoring.yaml" "$out/promtool/rules.yaml" "$deploy/monitoring/rules.test.yaml" "$deploy/README.md" <<'PY' \
+  || fail "deploy/monitoring/prometheusrule.yaml: alerts lack summaries, runbooks or tests (see above)"
+import re, sys, yaml
+rendered, rules_out, tests, readme = sys.argv[1:]
+rules = [d for d in yaml.safe_load_all(open(rendered)) if d and d["kind"] == "PrometheusRule"]
+assert len(rules) == 1, f"expected one PrometheusRule in deploy/monitoring, found {len(rules)}"
+yaml.safe_dump(rules[0]["spec"], open(rules_out, "w"), sort_keys=False)
+anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#+ (.+)$", open(readme).read(), re.M)}
+fired = {t["alertname"] for test in yaml.safe_load(open(tests))["tests"]
+         for t in test.get("alert_rule_test", []) if t.get("exp_alerts")}
+problems = []
+for group in rules[0]["spec"]["groups"]:
+    for rule in (r for r in group["rules"] if "alert" in r):
+        name, ann = rule["alert"], rule.get("annotations", {})
+        url = ann.get("runbook_url", "")
+        if not ann.get("summary"):
+            problems.append(f"{name}: no summary annotation")
+        if not url.startswith("deploy/README.md#") or url.split("#", 1)[1] not in anchors:
+            problems.append(f"{name}: runbook_url {url!r} is no heading anchor of deploy/README.md")
+        if name not in fired:
+            problems.append(f"{name}: no test in rules.test.yaml expects it to fire")
+for p in problems:
+    print(f"ERROR {p}")
+sys.exit(1 if problems else print("validate.sh: every alert has a summary, a runbook in deploy/README.md and a promtool test that fires it"))
+PY
+cp "$deploy/monitoring/rules.test.yaml" "$out/promtool/"
+"$promtool" check rules "$out/promtool/rules.yaml" || fail "promtool check rules: deploy/monitoring/prometheusrule.yaml is invalid"
+# The dashboard's PromQL, parsed by promtool too: each query as a recording rule,
+# with Grafana's variables given plausible values.
+"$venv/bin/python" - "$deploy/monitoring/untaken-dashboard.json" "$out/promtool/dashboard.yaml" <<'PY' \
+  || fail "cannot read the dashboard's queries"
+import json, sys, yaml
+d = json.load(open(sys.argv[1]))
+exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
+subst = {"$__rate_interval": "5m", "$namespace": ".*", "$pod": ".*", "$judge_namespace": ".*"}
+for k, v in subst.items():
+    exprs = [e.replace(k, v) for e in exprs]
+rules = [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+"$promtool" check rules --lint=none "$out/promtool/dashboard.yaml" \
+  || fail "promtool: a query of deploy/monitoring/untaken-dashboard.json is not valid PromQL (see above)"
+(cd "$out/promtool" && "$promtool" test rules rules.test.yaml) \
+  || fail "promtool test rules: deploy/monitoring/rules.test.yaml failed (see above)"
+
+args=(--configs-out "$out")
+[[ ${VERBOSE:-0} == 1 ]] && args+=(--verbose)
+untaken_renders=()
+for r in "${renders[@]}"; do [[ $r == monitoring=* ]] || untaken_renders+=("$r"); done
+if ! "$venv/bin/python" "$here/check_manifests.py" "${args[@]}" "${untaken_renders[@]}"; then
+  fail "manifests break untaken's deployment invariants (see ERROR lines above)"
+fi
+
+# The config each rendered ConfigMap carries, through untaken's own parser
+# (unknown keys, values, secrets: stand-ins for the pod's Secrets).
+if [[ -n ${UNTAKEN_BIN:-} ]]; then
+  untaken=("$UNTAKEN_BIN")
+else
+  untaken=(cargo run --quiet --locked --manifest-path "$here/../Cargo.toml" --bin untaken --)
+fi
+for r in "${untaken_renders[@]}"; do
+  name=${r%%=*}
+  [[ -f $out/$name.toml ]] || fail "check_manifests.py wrote no config for $name"
+  mapfile -t stand_ins <"$out/$name.env"
+  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name.toml"; then
+    fail "untaken check-config rejects the untaken.toml rendered into $name's ConfigMap"
+  fi
+done
+
+step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"

@@ -86,7 +86,7 @@ fn main() {
                     kind: PairKind::Pair,
                 };
                 let rec = record::build(&meta, Some(&answer(&short)), Some(&answer(&long)), "", SystemTime::now());
-                let enc = record::encode(&rec, Encoding::Json);
+                let enc = record::encode(rec.clone(), Encoding::Json);
                 out.write_all(enc.key.as_bytes()).unwrap();
                 out.write_all(b":").unwrap();
                 out.write_all(&enc.payload).unwrap();

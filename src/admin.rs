@@ -1,7 +1,8 @@
 //! The admin HTTP port:
 //! - `GET /live`: 200 while the process runs.
 //! - `GET /ready`: 200 while the process takes work (`Mirror` calls, or pairs for the
-//!   judge worker), 503 once draining.
+//!   judge worker); 503 once draining, or once a background task died (see
+//!   [`crate::supervise`]).
 //! - `GET /metrics`: Prometheus text format.
 //!
 //! Shared by the sidecar and the judge worker through [`Admin`]. Never serves
@@ -18,21 +19,34 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::supervise::Supervisor;
 
 /// What the admin port reports on.
 pub trait Admin: Send + Sync + 'static {
-    /// False once draining: `/ready` answers 503.
-    fn is_ready(&self) -> bool;
+    /// `Err(why)` when `/ready` must answer 503.
+    fn readiness(&self) -> Result<(), &'static str>;
     /// The Prometheus text exposition.
     fn render_metrics(&self) -> String;
 }
 
-impl Admin for Engine {
-    fn is_ready(&self) -> bool {
-        !self.is_draining()
+/// The sidecar's view: the engine and the supervisor of its background tasks.
+pub struct Sidecar {
+    pub engine: Arc<Engine>,
+    pub supervisor: Supervisor,
+}
+
+impl Admin for Sidecar {
+    fn readiness(&self) -> Result<(), &'static str> {
+        if self.engine.is_draining() {
+            Err("draining")
+        } else if self.supervisor.any_failed() {
+            Err("a background task died (see untaken_background_task_failures_total)")
+        } else {
+            Ok(())
+        }
     }
     fn render_metrics(&self) -> String {
-        self.metrics().render()
+        self.engine.metrics().render()
     }
 }
 
@@ -41,10 +55,9 @@ async fn live() -> &'static str {
 }
 
 async fn ready<A: Admin>(State(target): State<Arc<A>>) -> impl IntoResponse {
-    if target.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    match target.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

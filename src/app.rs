@@ -4,9 +4,11 @@
 //! Shutdown order (SIGTERM, SIGINT, or [`Running::shutdown`]): health says
 //! NOT_SERVING and `Mirror` answers UNAVAILABLE; in-flight shadow calls get the
 //! grace period; pairs still pending are published with the missing half named;
-//! the publisher delivers or spools everything it holds; the Kafka producer is
-//! flushed off the runtime (what it cannot deliver in time is purged back to us
-//! and spooled, never dropped with the producer); the spool is fsynced.
+//! the publisher delivers or spools everything it holds; the spool is fsynced;
+//! the Kafka producer is flushed off the runtime. A deadline armed at the start
+//! bounds it all: a second past the grace, the publisher spools every record it
+//! still holds and purges back (and spools) what Kafka has not acknowledged, so
+//! a slow Kafka never holds the exit and nothing is dropped with the producer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use crate::publisher::Publisher;
 use crate::server::MirrorService;
 use crate::sink::spool::Spool;
 use crate::sink::{Sink, SinkError};
+use crate::supervise::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -85,6 +88,7 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
 /// bound and `Mirror` answers; Kafka need not be reachable.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
     let grpc = bind(&config.server.listen).await?;
     let admin = bind(&config.server.admin_listen).await?;
     let tls = tls_config(&config)?;
@@ -93,11 +97,16 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let spool = match &config.spool.dir {
         Some(dir) => {
             let (spool, found) = Spool::open(dir, config.spool.max_bytes)?;
+            metrics.spool_max_bytes.set(config.spool.max_bytes as i64);
             if found.records > 0 || found.corrupt > 0 {
-                tracing::warn!(records = found.records, bytes = found.bytes, corrupt = found.corrupt, "spool holds records from an earlier run; replaying");
-            }
-            if found.corrupt > 0 {
-                metrics.pairs_dropped.get_or_create(&Reason { reason: "spool_corrupt" }).inc_by(found.corrupt);
+                // Corrupt regions are skipped on replay and counted when their segment is deleted.
+                tracing::warn!(
+                    records = found.records,
+                    bytes = found.bytes,
+                    corrupt_regions = found.corrupt,
+                    corrupt_bytes = found.corrupt_bytes,
+                    "spool holds records from an earlier run; replaying"
+                );
             }
             metrics.spool_bytes.set(found.bytes as i64);
             metrics.spool_records.set(found.records as i64);
@@ -115,7 +124,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
-    let delivery_timeout = config.sink.kafka.delivery_timeout;
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
     let stall = match sink.as_ref() {
         Sink::Kafka(_) => config.sink.kafka.stall_timeout,
@@ -124,18 +132,18 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
 
     let shutdown = CancellationToken::new();
+    let supervisor = Supervisor::new(metrics.clone(), shutdown.clone());
     let stop_background = CancellationToken::new();
     let stop_publisher = CancellationToken::new();
-    let dispatcher = tokio::spawn(engine.clone().run_dispatcher(channels.jobs));
-    let expiry = tokio::spawn(engine.clone().run_expiry(stop_background.clone()));
-    let publishing = tokio::spawn(publisher.clone().run(channels.records, stop_publisher.clone()));
-    let spooling = tokio::spawn(publisher.clone().run_spool(fsync, stop_background.clone()));
-    let marker = config.spool.dir.clone().map(|dir| {
-        tokio::spawn(pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
-        dir
+    let dispatcher = supervisor.spawn("dispatcher", engine.clone().run_dispatcher(channels.jobs));
+    let expiry = supervisor.spawn("expiry", engine.clone().run_expiry(stop_background.clone()));
+    let publishing = supervisor.spawn("publisher", publisher.clone().run(channels.records, stop_publisher.clone()));
+    let spooling = supervisor.spawn("spool", publisher.clone().run_spool(fsync, stop_background.clone()));
+    let marker = config.spool.dir.clone().inspect(|dir| {
+        supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
     });
     if let Some(path) = config_path {
-        tokio::spawn(reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
+        supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }
     if let Sink::Kafka(k) = sink.as_ref() {
         let (brokers, topic) = (k.brokers().to_string(), k.topic().to_string());
@@ -145,20 +153,34 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MirrorServer<MirrorService>>().await;
+    {
+        // A dead background task makes the readiness probe (gRPC health) fail, as /ready does.
+        let (supervisor, reporter, shutdown) = (supervisor.clone(), health_reporter.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = supervisor.failed() => reporter.set_not_serving::<MirrorServer<MirrorService>>().await,
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
     let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen.clone(), source })?;
 
     let grpc_stop = CancellationToken::new();
-    let grpc_task = tokio::spawn(crate::server::serve(
-        grpc,
-        engine.clone(),
-        health,
-        token,
-        tls,
-        grpc_stop.clone().cancelled_owned(),
-    ));
+    let grpc_serve = crate::server::serve(grpc, engine.clone(), health, token, tls, grpc_stop.clone().cancelled_owned());
+    let grpc_task = supervisor.spawn("grpc_server", async move {
+        if let Err(e) = grpc_serve.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(crate::admin::serve(admin, engine.clone(), admin_stop.clone().cancelled_owned()));
+    let sidecar = Arc::new(crate::admin::Sidecar { engine: engine.clone(), supervisor: supervisor.clone() });
+    let admin_serve = crate::admin::serve(admin, sidecar, admin_stop.clone().cancelled_owned());
+    let admin_task = supervisor.spawn("admin_server", async move {
+        if let Err(e) = admin_serve.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
     let sink_description = sink.describe();
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, sink = %sink_description, "untaken started");
 
@@ -174,33 +196,39 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             // The gRPC server keeps running through the drain: `Mirror` answers
             // UNAVAILABLE, health says NOT_SERVING, and `Complete` still joins pairs
             // whose shadow call is finishing.
+            // Past the grace (plus a second for the pairs the grace cut short), nothing
+            // waits for Kafka: the publisher spools what it holds and what Kafka has not
+            // acknowledged is purged back and spooled, again every 100 ms until the
+            // publisher is done. So the whole drain ends within the grace plus a fixed
+            // margin however slowly Kafka acknowledges (a throttled broker).
+            let deadline = {
+                let publisher = publisher.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace + KAFKA_AFTER_GRACE).await;
+                    tracing::warn!("shutdown grace over; spooling what Kafka has not acknowledged");
+                    loop {
+                        publisher.divert_to_spool();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
             engine.drain(grace).await;
             grpc_stop.cancel();
-            let mut grpc_task = grpc_task;
-            if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
-                // A client holding a stream open (health watch, reflection) must not hold the exit.
-                grpc_task.abort();
-            }
+            let grpc_closing = tokio::spawn(async move {
+                let mut grpc_task = grpc_task;
+                if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
+                    // A client holding a stream open (health watch, reflection) must not hold the exit.
+                    grpc_task.abort();
+                }
+            });
             dispatcher.abort();
             stop_background.cancel();
             let _ = expiry.await;
             stop_publisher.cancel();
-            // Deliveries still in flight (and a replay under way) wait for Kafka up to the
-            // delivery timeout; past the grace, purge them so they come back as errors
-            // and go to the spool.
-            let budget = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(1)).min(delivery_timeout);
-            let mut finishing = tokio::spawn(async move {
-                let _ = publishing.await;
-                let _ = spooling.await;
-            });
-            if tokio::time::timeout(budget, &mut finishing).await.is_err() {
-                tracing::warn!("kafka slow at shutdown; spooling what is still in flight");
-                publisher.divert_to_spool();
-                if let Sink::Kafka(k) = publisher.sink().as_ref() {
-                    k.purge();
-                }
-                let _ = finishing.await;
-            }
+            let _ = publishing.await;
+            let _ = spooling.await;
+            deadline.abort();
+            let _ = grpc_closing.await;
             // Only now is every record either acknowledged or in the spool: fsync it.
             if let Some(spool) = publisher.spool().cloned() {
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
@@ -220,6 +248,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     };
     Ok(Running { grpc_addr, admin_addr, engine, sink_description, shutdown, done })
 }
+
+/// How long after the shutdown grace Kafka may still take records before everything
+/// left is spooled: pairs whose shadow call the grace cut short are built after it.
+const KAFKA_AFTER_GRACE: Duration = Duration::from_secs(1);
 
 const PENDING_MARKER: &str = "pending-pairs";
 
@@ -294,6 +326,20 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
+/// `file` with the restart-only sections of `running`: what a reload applies, so that
+/// a restart-only key (e.g. `server.max_body_bytes`, which `Mirror` reads live) keeps
+/// its running value until a restart, as the reload's log line says.
+fn keep_restart_only(running: &Config, file: Config) -> Config {
+    Config {
+        server: running.server.clone(),
+        sink: running.sink.clone(),
+        spool: running.spool.clone(),
+        queue: running.queue.clone(),
+        log: running.log.clone(),
+        ..file
+    }
+}
+
 /// Reloads on SIGHUP and when the file changes (a ConfigMap update swaps it).
 async fn reload_loop(engine: Arc<Engine>, path: PathBuf, mut current: Config, stop: CancellationToken) {
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -320,11 +366,15 @@ async fn reload_loop(engine: Arc<Engine>, path: PathBuf, mut current: Config, st
         }
         last = now;
         let metrics = engine.metrics().clone();
-        match crate::config::load(Some(&path)).and_then(|c| engine.reload(c.clone()).map(|_| c)) {
+        let loaded = crate::config::load(Some(&path)).map(|file| {
+            for key in restart_only_changes(&current, &file) {
+                tracing::warn!(key, "changed in the config file but only takes effect after a restart");
+            }
+            keep_restart_only(&current, file)
+        });
+        match loaded.and_then(|c| engine.reload(c.clone()).map(|_| c)) {
             Ok(new) => {
-                for key in restart_only_changes(&current, &new) {
-                    tracing::warn!(key, "changed in the config file but only takes effect after a restart");
-                }
+                metrics.set_budgets(new.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
                 current = new;
                 metrics.config_reloads.get_or_create(&Reason { reason: "ok" }).inc();
                 tracing::info!(path = %path.display(), "config reloaded");
@@ -343,5 +393,25 @@ pub async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_every_section_it_says_needs_a_restart() {
+        let base = "[routes.r]\nurl = \"http://127.0.0.1:1/\"\nmodel = \"m\"\n";
+        let running = crate::config::from_toml(base).unwrap();
+        let file = crate::config::from_toml(&format!(
+            "{base}[server]\nmax_body_bytes = 100\n[log]\nlevel = \"debug\"\n[queue]\ncapacity = 7\n\
+             [sink.file]\npath = \"other.jsonl\"\n[spool]\nmax_bytes = 8192\n[sampling]\ndefault_rate = 0.5\n"
+        ))
+        .unwrap();
+        assert_eq!(restart_only_changes(&running, &file).len(), 5);
+        let applied = keep_restart_only(&running, file.clone());
+        assert!(restart_only_changes(&running, &applied).is_empty(), "every section named in the warning keeps its value");
+        assert_eq!(applied.sampling.default_rate, 0.5, "the rest is applied");
     }
 }

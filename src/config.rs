@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use humantime_serde::re::humantime::format_duration;
 use serde::{Deserialize, Serialize};
 
 /// A configuration mistake, naming the key a user has to fix.
@@ -304,8 +305,9 @@ pub struct KafkaConfig {
     /// not fill while the delivery timeout runs out) until a replay succeeds.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
-    /// Extra librdkafka settings, passed through as given. Put no secret here.
-    pub librdkafka: BTreeMap<String, String>,
+    /// Extra librdkafka settings, passed through as given. Put no secret here (use
+    /// `librdkafka_files`); values of keys naming a password or secret never print.
+    pub librdkafka: PassThrough,
     /// librdkafka settings whose values are read from files, for secrets such as
     /// `"ssl.key.password"` or `"sasl.oauthbearer.client.secret"`.
     pub librdkafka_files: BTreeMap<String, PathBuf>,
@@ -320,7 +322,7 @@ impl Default for KafkaConfig {
             sasl_password_env: None,
             delivery_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(2),
-            librdkafka: BTreeMap::new(),
+            librdkafka: PassThrough::default(),
             librdkafka_files: BTreeMap::new(),
         }
     }
@@ -354,6 +356,38 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         Self { dir: Some(PathBuf::from("untaken-spool")), max_bytes: 256 * 1024 * 1024, fsync_interval: Duration::from_secs(1) }
+    }
+}
+
+/// `[sink.kafka.librdkafka]`: settings passed to librdkafka as given. Its `Debug`
+/// output hides the value of any key containing `password` or `secret`, so a
+/// secret put here by mistake never reaches a log.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PassThrough(BTreeMap<String, String>);
+
+impl std::ops::Deref for PassThrough {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PassThrough {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |k: &str| {
+            let k = k.to_ascii_lowercase();
+            k.contains("password") || k.contains("secret")
+        };
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if secret(k) { "[redacted]" } else { v.as_str() })))
+            .finish()
     }
 }
 
@@ -494,9 +528,7 @@ impl Config {
                     return Err(ConfigError::new(format!("{key}.counterfactual"), "a route cannot shadow itself"));
                 }
             }
-            if route.timeout.is_zero() {
-                return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than 0"));
-            }
+            check_duration(&format!("{key}.timeout"), route.timeout, MIN_POSITIVE)?;
             for (field, price) in
                 [("input_usd_per_mtok", route.input_usd_per_mtok), ("output_usd_per_mtok", route.output_usd_per_mtok)]
             {
@@ -523,9 +555,12 @@ impl Config {
             }
             route.api_key(name)?;
         }
-        if self.pairing.timeout.is_zero() {
-            return Err(ConfigError::new("pairing.timeout", "must be greater than 0"));
-        }
+        check_duration("server.shutdown_grace", self.server.shutdown_grace, Duration::ZERO)?;
+        check_duration("pairing.timeout", self.pairing.timeout, MIN_POSITIVE)?;
+        // librdkafka refuses a message timeout not above `linger.ms` (5 ms), and 0 means "forever".
+        check_duration("sink.kafka.delivery_timeout", self.sink.kafka.delivery_timeout, Duration::from_millis(100))?;
+        check_duration("sink.kafka.stall_timeout", self.sink.kafka.stall_timeout, MIN_POSITIVE)?;
+        check_duration("spool.fsync_interval", self.spool.fsync_interval, MIN_POSITIVE)?;
         if self.pairing.max_pending == 0 {
             return Err(ConfigError::new("pairing.max_pending", "must be greater than 0"));
         }
@@ -547,9 +582,6 @@ impl Config {
                     ));
                 }
             }
-            if self.sink.kafka.stall_timeout.is_zero() {
-                return Err(ConfigError::new("sink.kafka.stall_timeout", "must be greater than 0"));
-            }
             self.sink.kafka.sasl_password()?;
             self.sink.kafka.file_settings()?;
         }
@@ -563,6 +595,25 @@ impl Config {
 
 pub fn check_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| ConfigError::new(key, format!("`{value}` is not an IP:port address")))
+}
+
+/// The smallest duration a timer or timeout may be set to: a zero one would panic a
+/// timer (`tokio::time::interval`) or time everything out at once.
+const MIN_POSITIVE: Duration = Duration::from_millis(1);
+/// The largest duration any setting accepts: a week is past every sensible timeout,
+/// and far below what `Instant + Duration` or librdkafka's millisecond settings overflow at.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_duration(key: &str, value: Duration, min: Duration) -> Result<(), ConfigError> {
+    if value < min {
+        let bound = if min == MIN_POSITIVE { "greater than 0".to_string() } else { format!("at least {}", format_duration(min)) };
+        return Err(ConfigError::new(key, format!("must be {bound} (got {})", format_duration(value))));
+    }
+    if value > MAX_DURATION {
+        let (max, got) = (format_duration(MAX_DURATION), format_duration(value));
+        return Err(ConfigError::new(key, format!("must be at most {max} (got {got})")));
+    }
+    Ok(())
 }
 
 fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
@@ -719,6 +770,45 @@ mod tests {
             assert_eq!(load(Some(&path)).unwrap_err().key, "sampling.defualt_rate", "a misspelt setting is an error");
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_duration_is_validated_and_named() {
+        let kafka = format!("{TWO_ROUTES}\n[sink.kafka]\nbrokers = \"127.0.0.1:9092\"\n");
+        let cases = [
+            ("[spool]\nfsync_interval = \"0s\"", "spool.fsync_interval"),
+            ("[pairing]\ntimeout = \"0s\"", "pairing.timeout"),
+            ("[sink.kafka]\ndelivery_timeout = \"0s\"", "sink.kafka.delivery_timeout"),
+            ("[sink.kafka]\ndelivery_timeout = \"3ms\"", "sink.kafka.delivery_timeout"),
+            ("[sink.kafka]\nstall_timeout = \"0s\"", "sink.kafka.stall_timeout"),
+            // Past any sensible bound (and past what `Instant + Duration` or librdkafka accept).
+            ("[pairing]\ntimeout = \"1000years\"", "pairing.timeout"),
+            ("[server]\nshutdown_grace = \"1000years\"", "server.shutdown_grace"),
+            ("[sink.kafka]\ndelivery_timeout = \"30days\"", "sink.kafka.delivery_timeout"),
+        ];
+        for (section, key) in cases {
+            let text = match section.strip_prefix("[sink.kafka]\n") {
+                Some(line) => format!("{kafka}{line}\n"),
+                None => format!("{TWO_ROUTES}\n{section}\n"),
+            };
+            let e = err(&text);
+            assert_eq!(e.key, key, "{section}: {e}");
+        }
+        let e = err(&TWO_ROUTES.replace("timeout = \"90s\"", "timeout = \"100years\""));
+        assert_eq!(e.key, "routes.reasoning.timeout", "{e}");
+        // A zero grace is allowed: shadow calls are cut at once and their pairs published.
+        assert!(from_toml(&format!("{TWO_ROUTES}\n[server]\nshutdown_grace = \"0s\"\n")).is_ok());
+    }
+
+    #[test]
+    fn librdkafka_secrets_passed_through_never_print() {
+        let mut cfg = KafkaConfig::default();
+        cfg.librdkafka.insert("sasl.oauthbearer.client.secret".into(), "oauth-s3cr3t".into());
+        cfg.librdkafka.insert("ssl.key.Password".into(), "key-pw-123".into());
+        cfg.librdkafka.insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("oauth-s3cr3t") && !shown.contains("key-pw-123"), "{shown}");
+        assert!(shown.contains("SASL_SSL") && shown.contains("sasl.oauthbearer.client.secret"), "{shown}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, RouteLimits, Ticket};
+use crate::admission::{Admission, Ticket};
 use crate::config::{Config, ConfigError, Encoding};
 use crate::metrics::{Metrics, RouteLabel, RouteOutcome, Status};
 use crate::pairing::{self, InsertError, Ready, Table};
@@ -26,7 +26,6 @@ use crate::redact::Redactor;
 use crate::routes::{Catalog, Route, RouteError};
 use crate::sampling::Sampler;
 use crate::upstream;
-use crate::usage::Usage;
 
 /// A request label that opts the request out: never shadowed, never published.
 pub const OPT_OUT_LABEL: &str = "untaken.no_shadow";
@@ -76,7 +75,6 @@ impl Live {
 pub struct Job {
     request_id: String,
     route: Arc<Route>,
-    limits: Arc<RouteLimits>,
     body: Bytes,
     traceparent: String,
     ticket: Ticket,
@@ -111,7 +109,7 @@ pub struct Channels {
 impl Engine {
     pub fn new(config: Config, encoding: Encoding, metrics: Arc<Metrics>) -> Result<(Arc<Self>, Channels), ConfigError> {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue.capacity);
-        let (rec_tx, rec_rx) = mpsc::channel(1024);
+        let (rec_tx, rec_rx) = mpsc::channel(RECORDS_CHANNEL);
         let table = Table::new(config.pairing.max_pending, config.pairing.timeout);
         let client = upstream::Client::new(config.server.max_body_bytes);
         let engine = Arc::new(Self {
@@ -212,7 +210,9 @@ impl Engine {
         };
         let shadow_name = shadow.info.name.clone();
         let route_limits = live.admission.route(&shadow.info.name).expect("catalog and admission agree").clone();
-        let ticket = match route_limits.admit(live.admission.minute()) {
+        let (body, prices) = (&req.request_body, &shadow.info);
+        let estimate = || crate::admission::estimate_cost(body, prices.input_usd_per_mtok, prices.output_usd_per_mtok);
+        let ticket = match route_limits.admit(live.admission.minute(), estimate) {
             Ok(t) => t,
             Err(shed) => {
                 self.metrics.mirror("shed", shed.reason(), &req.slice);
@@ -235,9 +235,22 @@ impl Engine {
             traceparent: traceparent.to_string(),
             kind: if control { PairKind::Control } else { PairKind::Pair },
         };
-        let body = meta.request_body.clone();
+        let job = Job {
+            request_id: req.request_id.clone(),
+            route: shadow,
+            body: meta.request_body.clone(),
+            traceparent: traceparent.to_string(),
+            ticket,
+        };
         {
+            // Accept-or-refuse is atomic with the drain, which sets `draining` and then
+            // empties the table under this lock: a pair inserted here is drained (published
+            // with its missing half named), or the call is refused. The job is queued under
+            // the lock too, so a pair the drain published was never answered `queue_full`.
             let mut table = self.table.lock().expect("pairing lock");
+            if self.is_draining() {
+                return Err(RequestError::Draining);
+            }
             if table.len() + self.finishing.load(Ordering::Relaxed) >= live.config.pairing.max_pending {
                 self.metrics.mirror("shed", "pairing_full", &req.slice);
                 return Ok(not("pairing_full", decision.rate));
@@ -250,22 +263,16 @@ impl Engine {
                     return Ok(not("pairing_full", decision.rate));
                 }
             }
+            // Counted before the hand-off, so the dispatcher's decrement never runs first.
+            self.metrics.queue_depth.inc();
+            if self.jobs.try_send(job).is_err() {
+                self.metrics.queue_depth.dec();
+                table.remove(&req.request_id);
+                self.metrics.mirror("shed", "queue_full", &req.slice);
+                return Ok(not("queue_full", decision.rate));
+            }
             self.metrics.pending_pairs.set(table.len() as i64);
         }
-        let job = Job {
-            request_id: req.request_id.clone(),
-            route: shadow,
-            limits: route_limits,
-            body,
-            traceparent: traceparent.to_string(),
-            ticket,
-        };
-        if self.jobs.try_send(job).is_err() {
-            self.table.lock().expect("pairing lock").remove(&req.request_id);
-            self.metrics.mirror("shed", "queue_full", &req.slice);
-            return Ok(not("queue_full", decision.rate));
-        }
-        self.metrics.queue_depth.inc();
         self.metrics.mirror("sampled", if control { "control" } else { "" }, &req.slice);
         Ok(MirrorResponse { sampled: true, pair_id, reason: String::new(), rate: decision.rate, shadow_route: shadow_name, control })
     }
@@ -284,12 +291,7 @@ impl Engine {
     }
 
     fn complete_inner(self: &Arc<Self>, req: CompleteRequest) -> Result<CompleteResponse, RequestError> {
-        if req.request_id.is_empty() {
-            return Err(RequestError::invalid("request_id", "must not be empty"));
-        }
-        if req.request_id.len() > MAX_ID_BYTES {
-            return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
-        }
+        check_request_id(&req.request_id)?;
         let Some(primary) = req.primary else {
             return Err(RequestError::invalid("primary", "is required"));
         };
@@ -317,7 +319,26 @@ impl Engine {
         self.finish_tasks.spawn(async move {
             // Build and encode first, then wait for the publisher holding only the encoded
             // record: the halves, the metadata and the config snapshot are freed before the wait.
-            let encoded = engine.encode(ready);
+            // Redaction, building and encoding are CPU work. A big pair goes off the
+            // runtime's workers, so it never stalls a `Mirror` queued behind it; a small
+            // one is cheaper to build here than to hand to another thread.
+            let bytes = ready.meta.request_body.len()
+                + [&ready.primary, &ready.counterfactual].iter().filter_map(|h| h.as_ref()).map(|h| h.body.len()).sum::<usize>();
+            let builder = engine.clone();
+            let built = if bytes <= crate::INLINE_CPU_BYTES {
+                Ok(builder.encode(ready))
+            } else {
+                tokio::task::spawn_blocking(move || builder.encode(ready)).await
+            };
+            let encoded = match built {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    tracing::error!(error = %e, "building a record panicked; the pair is lost");
+                    engine.metrics.pairs_dropped.get_or_create(&crate::metrics::Reason { reason: "build_failed" }).inc();
+                    engine.finishing.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            };
             // The publisher only stops after every finish task is done, so this cannot fail
             // while a record is in hand; if it ever did, count it rather than lose it silently.
             if engine.records.send(encoded).await.is_err() {
@@ -348,7 +369,7 @@ impl Engine {
             PairStatus::Unspecified => "unspecified",
         };
         self.metrics.pairs_built.get_or_create(&Status { status }).inc();
-        record::encode(&rec, self.encoding)
+        record::encode(rec, self.encoding)
     }
 
     /// Runs queued shadow jobs until the queue closes. One task per call; the
@@ -369,16 +390,22 @@ impl Engine {
 
     async fn shadow(self: Arc<Self>, job: Job) {
         let route = &job.route.info.name;
-        self.metrics.shadow_inflight.inc();
+        // Lowered on drop, so a call the drain cancels mid-flight is not counted forever.
+        let in_flight = GaugeHeld::raise(&self.metrics.shadow_inflight);
         let half = self.client.call(&job.route, &job.body, &job.request_id, &job.traceparent).await;
-        self.metrics.shadow_inflight.dec();
-        drop(job.ticket);
+        drop(in_flight);
         let outcome = upstream::outcome(&half);
         self.metrics.shadow_calls.get_or_create(&RouteOutcome { route: route.clone(), outcome }).inc();
         self.metrics.shadow_latency.get_or_create(&RouteLabel { route: route.clone() }).observe(half.latency_ms / 1000.0);
-        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&half.body) {
-            let cost = Usage::from_json(&body).cost_usd(job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
-            job.limits.charge(cost, self.live.load().admission.minute());
+        let prices = (job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
+        let cost = match crate::usage::read(&half.body) {
+            crate::usage::BodyKind::Object(usage) => Some(usage.cost_usd(prices.0, prices.1)),
+            _ => None,
+        };
+        // The actual cost replaces the estimate reserved at admission (nothing when the
+        // answer carries no usage), and the concurrency slot is freed.
+        job.ticket.settle(cost.unwrap_or(0.0), self.live.load().admission.minute());
+        if let Some(cost) = cost {
             self.metrics.shadow_cost.get_or_create(&RouteLabel { route: route.clone() }).observe(cost);
             self.metrics.shadow_cost_total.get_or_create(&RouteLabel { route: route.clone() }).inc_by(cost);
         }
@@ -441,6 +468,22 @@ impl Engine {
     }
 }
 
+/// One unit of a gauge, held until dropped.
+struct GaugeHeld<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeHeld<'a> {
+    fn raise(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeHeld<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
     let mut half = Half {
         body: Bytes::from(a.body),
@@ -456,10 +499,29 @@ fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
     half
 }
 
+/// Encoded records handed to the publisher and not yet taken. Records waiting beyond
+/// it wait in their finish task, counted against `pairing.max_pending`.
+pub const RECORDS_CHANNEL: usize = 16;
+
 /// Longest request_id or sampling_key accepted.
 pub const MAX_ID_BYTES: usize = 512;
 /// Longest route name or slice accepted (slices become Kafka headers and metric labels).
 pub const MAX_NAME_BYTES: usize = 128;
+
+/// A request_id is the Kafka key and the shadow call's `x-request-id` header: not
+/// empty, bounded, and free of control characters (which no header may carry).
+fn check_request_id(id: &str) -> Result<(), RequestError> {
+    if id.is_empty() {
+        return Err(RequestError::invalid("request_id", "must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(RequestError::invalid("request_id", "must not contain control characters"));
+    }
+    Ok(())
+}
 
 /// Checks a `Mirror` request; the error names the field.
 pub fn validate_request(
@@ -468,12 +530,7 @@ pub fn validate_request(
     max_labels: usize,
     max_label_bytes: usize,
 ) -> Result<(), RequestError> {
-    if req.request_id.is_empty() {
-        return Err(RequestError::invalid("request_id", "must not be empty"));
-    }
-    if req.request_id.len() > MAX_ID_BYTES {
-        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
-    }
+    check_request_id(&req.request_id)?;
     for (field, value, max) in [
         ("sampling_key", &req.sampling_key, MAX_ID_BYTES),
         ("route_taken", &req.route_taken, MAX_NAME_BYTES),
@@ -556,5 +613,41 @@ mod tests {
         assert_eq!(field(MirrorRequest { route_taken: "r".repeat(129), ..req() }), "route_taken");
         assert_eq!(field(MirrorRequest { sampling_key: "k".repeat(513), ..req() }), "sampling_key");
         assert_eq!(field(MirrorRequest { request_id: "i".repeat(513), ..req() }), "request_id");
+        // It travels as an HTTP header to the shadow upstream, where a control character
+        // would fail every call.
+        assert_eq!(field(MirrorRequest { request_id: "r1\r\nx-evil: 1".into(), ..req() }), "request_id");
+        assert_eq!(field(MirrorRequest { request_id: "r\u{7f}".into(), ..req() }), "request_id");
+    }
+
+    /// A `Mirror` that raced the drain: it was on its way when the drain set `draining`
+    /// and emptied the table (which the drain does under the table lock, held here).
+    /// It must come out refused, or with its pair among those the drain took; it used
+    /// to pass the draining check first and insert into the emptied table afterwards,
+    /// a pair accepted and never published.
+    #[test]
+    fn a_mirror_racing_the_drain_is_refused_or_drained() {
+        let config = crate::config::from_toml(
+            "[sampling]\ndefault_rate = 1.0\n\
+             [routes.fast]\nurl = \"http://127.0.0.1:9/\"\nmodel = \"f\"\ncounterfactual = \"slow\"\n\
+             [routes.slow]\nurl = \"http://127.0.0.1:9/\"\nmodel = \"s\"\n",
+        )
+        .unwrap();
+        let (engine, _channels) = Engine::new(config, Encoding::Json, Arc::new(Metrics::new())).unwrap();
+        let mut table = engine.table.lock().unwrap();
+        let call = std::thread::spawn({
+            let engine = engine.clone();
+            move || engine.mirror(req(), "")
+        });
+        // Let the call run up to the table lock (there is no signal for "blocked on a lock").
+        std::thread::sleep(Duration::from_millis(200));
+        engine.start_drain();
+        let drained: Vec<String> = table.drain("shutdown").into_iter().map(|r| r.meta.pair_id).collect();
+        drop(table);
+        match call.join().unwrap() {
+            Err(RequestError::Draining) => {}
+            Ok(r) if r.sampled => assert!(drained.contains(&r.pair_id), "accepted {} after the table was drained", r.pair_id),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.table.lock().unwrap().is_empty(), "nothing is left behind the drain");
     }
 }

@@ -10,6 +10,10 @@
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
 //! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
+//! - [`memory`]: the worst-case memory a config allows (pure).
+//! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
+//!   log lines that repeat per record, at most one a second.
+//! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,20 +21,29 @@ pub mod admission;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod log_limit;
 pub mod engine;
 pub mod judge;
+pub mod memory;
 pub mod metrics;
 pub mod pairing;
 pub mod publisher;
 pub mod record;
 pub mod redact;
+pub mod report;
 pub mod routes;
 pub mod sampling;
 pub mod server;
 pub mod simulate;
+pub mod supervise;
 pub mod sink;
 pub mod upstream;
 pub mod usage;
+
+/// Bodies up to this size are rewritten, redacted and encoded on the runtime's
+/// workers (microseconds); larger ones on the blocking pool, so no `Mirror` waits
+/// behind them.
+pub const INLINE_CPU_BYTES: usize = 64 * 1024;
 
 /// Generated code for `proto/untaken/v1`.
 pub mod proto {

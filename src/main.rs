@@ -1,4 +1,4 @@
-//! Command line: `serve`, `judge`, `check-config`, `demo`. Everything else lives in the library.
+//! Command line: `serve`, `judge`, `report`, `check-config`, `demo`. Everything else lives in the library.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Run the sidecar.
     Serve {
@@ -39,22 +40,87 @@ enum Command {
         grades: Option<PathBuf>,
     },
     /// Validate a config file and exit (0 when valid, 64 when not). A file with a
-    /// top-level [judge] table is checked as a judge config.
+    /// top-level [judge] table is checked as a judge config; a sidecar config also
+    /// prints the worst-case memory it allows.
     CheckConfig { file: PathBuf },
-    /// Run the whole loop locally: fake upstreams, the sidecar, a synthetic router.
+    /// The whole story locally: a router, the sidecar, the judge and the report, on simulated models.
     Demo {
         /// Number of router requests to send.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 20_000)]
         requests: usize,
         /// JSON-lines file for the pairs (when no --brokers).
         #[arg(long, default_value = "untaken-demo-pairs.jsonl")]
         out: PathBuf,
-        /// Kafka bootstrap servers; pairs go to Kafka instead of the file.
+        /// JSON-lines file for the grades.
+        #[arg(long, default_value = "untaken-demo-grades.jsonl")]
+        grades: PathBuf,
+        /// The report as one self-contained HTML page.
+        #[arg(long, default_value = "untaken-demo-report.html")]
+        html: PathBuf,
+        /// Kafka bootstrap servers; pairs go to Kafka instead of the file (and the demo stops there).
         #[arg(long)]
         brokers: Option<String>,
         #[arg(long, default_value = "untaken.pairs")]
         topic: String,
     },
+    /// Per-slice statistics from grades; exit 0 when no regression is flagged, 2 when one
+    /// is, 1 when the report could not be made, 64 for a bad flag or config value.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// JSON-lines grade file (`-` for stdin).
+    #[arg(long, conflicts_with = "brokers")]
+    grades: Option<PathBuf>,
+    /// Kafka bootstrap servers to read grades from (with --topic).
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    /// Grades topic.
+    #[arg(long, requires = "brokers")]
+    topic: Option<String>,
+    /// Kafka: first record time (RFC 3339), e.g. 2026-11-30T00:00:00Z.
+    #[arg(long, requires = "brokers", conflicts_with = "from_offset")]
+    since: Option<String>,
+    /// Kafka: last record time (RFC 3339).
+    #[arg(long, requires = "brokers")]
+    until: Option<String>,
+    /// Kafka: `beginning` or an offset applied to every partition (default: beginning).
+    #[arg(long, requires = "brokers")]
+    from_offset: Option<String>,
+    /// report.toml: labels, human and eligibility labels, q, noise band, min pairs, Kafka client settings.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Also write the report as JSON to this file (`-`: JSON on stdout instead of the table).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the report as a self-contained HTML page to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Overall effect in points treated as "no change" (hidden-regression test).
+    #[arg(long)]
+    noise_band: Option<f64>,
+    /// Benjamini–Hochberg false-discovery rate across all tested groups.
+    #[arg(long)]
+    q: Option<f64>,
+    /// Label to slice by (repeatable); added to the config's labels.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Label carrying a human verdict in [-1, 1].
+    #[arg(long)]
+    human_label: Option<String>,
+    /// Label carrying a reasoning-eligibility score in [0, 1].
+    #[arg(long)]
+    eligibility_label: Option<String>,
+    /// Route the eligibility score is about.
+    #[arg(long)]
+    reasoning_route: Option<String>,
+    /// Groups with fewer graded pairs are shown but not tested.
+    #[arg(long)]
+    min_pairs: Option<u64>,
+    /// Do not slice by prompt length, turns and tools.
+    #[arg(long)]
+    no_features: bool,
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -72,8 +138,86 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// Parses the report flags over the optional report.toml into options.
+fn report_options(args: &ReportArgs) -> Result<untaken::report::ReportOptions, ConfigError> {
+    use untaken::report::{KafkaSource, KafkaStart, ReportConfig, Source};
+    let mut cfg = match &args.config {
+        Some(path) => ReportConfig::load(path)?,
+        None => ReportConfig::default(),
+    };
+    cfg.labels.extend(args.labels.iter().cloned());
+    cfg.human_label = args.human_label.clone().or(cfg.human_label);
+    cfg.eligibility_label = args.eligibility_label.clone().or(cfg.eligibility_label);
+    cfg.reasoning_route = args.reasoning_route.clone().unwrap_or(cfg.reasoning_route);
+    cfg.q = args.q.unwrap_or(cfg.q);
+    cfg.noise_band = args.noise_band.unwrap_or(cfg.noise_band);
+    cfg.min_pairs = args.min_pairs.unwrap_or(cfg.min_pairs);
+    cfg.features &= !args.no_features;
+    let time = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|t| humantime::parse_rfc3339_weak(t).map_err(|e| ConfigError::new(flag, format!("{t:?} is not an RFC 3339 time: {e}"))))
+            .transpose()
+    };
+    let source = match (&args.grades, &args.brokers, &args.topic) {
+        (Some(p), _, _) if p.as_os_str() == "-" => Source::Stdin,
+        (Some(p), _, _) => Source::File(p.clone()),
+        (None, Some(brokers), Some(topic)) => {
+            let start = match (time("--since", &args.since)?, args.from_offset.as_deref()) {
+                (Some(t), _) => KafkaStart::Since(t),
+                (None, None | Some("beginning")) => KafkaStart::Beginning,
+                (None, Some(o)) => KafkaStart::Offset(o.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| ConfigError::new("--from-offset", format!("{o:?} is neither `beginning` nor an offset ≥ 0")))?),
+            };
+            Source::Kafka(KafkaSource { topic: topic.clone(), start, until: time("--until", &args.until)?, kafka: cfg.kafka.client(brokers), timeout: cfg.kafka.timeout })
+        }
+        _ => return Err(ConfigError::new("--grades", "give a grade file (--grades FILE, or - for stdin) or Kafka (--brokers B --topic T)")),
+    };
+    cfg.into_options(source)
+}
+
+fn report(args: ReportArgs) -> ExitCode {
+    let opts = match report_options(&args) {
+        Ok(o) => o,
+        Err(e) => return config_error(&e),
+    };
+    let report = match untaken::report::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("untaken report: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let json_stdout = args.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    let json = serde_json::to_string_pretty(&report).expect("the report serialises");
+    if json_stdout {
+        println!("{json}");
+    } else {
+        print!("{}", untaken::report::render_text::render(&report));
+    }
+    let outputs = [(args.json.as_ref().filter(|_| !json_stdout), json), (args.html.as_ref(), untaken::report::render_html::render(&report))];
+    for (path, text) in outputs {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("untaken report: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::from(report.exit_code())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64, not clap's 2: `report` uses 2 for "regression flagged".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Command::Report(args) = cli.command {
+        return report(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
         Command::CheckConfig { file } if untaken::judge::config::is_judge_config(&file) => {
@@ -88,6 +232,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match config::load(Some(&file)) {
             Ok(c) => {
                 println!("{}: ok ({} routes, sink {:?})", file.display(), c.routes.len(), c.sink.effective_kind());
+                print!("{}", untaken::memory::ceiling(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
@@ -128,9 +273,10 @@ fn main() -> ExitCode {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
-        Command::Demo { requests, out, brokers, topic } => {
+        Command::Report(_) => unreachable!("handled above"),
+        Command::Demo { requests, out, grades, html, brokers, topic } => {
             init_logging("warn", LogFormat::Text);
-            match runtime.block_on(untaken::demo::run(untaken::demo::DemoOptions { requests, out, brokers, topic })) {
+            match runtime.block_on(untaken::demo::run(untaken::demo::DemoOptions { requests, out, grades, html, brokers, topic })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("untaken demo: {e:#}");

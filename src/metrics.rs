@@ -42,6 +42,11 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Status {
     pub status: &'static str,
 }
@@ -55,6 +60,8 @@ pub struct Metrics {
     pub shadow_latency: Family<RouteLabel, Histogram>,
     pub shadow_cost: Family<RouteLabel, Histogram>,
     pub shadow_cost_total: Family<RouteLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// `routes.<name>.budget_usd_per_hour`, for "spend against budget"; routes without a budget have no series.
+    pub shadow_budget: Family<RouteLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub shadow_inflight: Gauge,
     pub pairs_built: Family<Status, Counter>,
     pub pairs_published: Counter,
@@ -66,10 +73,14 @@ pub struct Metrics {
     pub pending_pairs: Gauge,
     pub spool_bytes: Gauge,
     pub spool_records: Gauge,
+    pub spool_corrupt_bytes: Counter,
+    /// `spool.max_bytes`, so that "spool filling" is a ratio (0 without a spool).
+    pub spool_max_bytes: Gauge,
     pub kafka_delivery_seconds: Histogram,
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
     pub lost_in_crash: Counter,
+    pub task_failures: Family<TaskLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +100,7 @@ impl Metrics {
             shadow_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 14))),
             shadow_cost: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 4.0, 12))),
             shadow_cost_total: Family::default(),
+            shadow_budget: Family::default(),
             shadow_inflight: Gauge::default(),
             pairs_built: Family::default(),
             pairs_published: Counter::default(),
@@ -100,10 +112,13 @@ impl Metrics {
             pending_pairs: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_records: Gauge::default(),
+            spool_corrupt_bytes: Counter::default(),
+            spool_max_bytes: Gauge::default(),
             kafka_delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
             lost_in_crash: Counter::default(),
+            task_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register("mirror_requests", "Mirror calls by decision, reason and slice", m.mirror_requests.clone());
@@ -112,6 +127,7 @@ impl Metrics {
         r.register("shadow_latency_seconds", "Shadow call latency by route", m.shadow_latency.clone());
         r.register("shadow_cost_usd", "Cost of one shadow call by route, in USD", m.shadow_cost.clone());
         r.register("shadow_spend_usd", "Shadow spend by route, in USD", m.shadow_cost_total.clone());
+        r.register("shadow_budget_usd_per_hour", "Shadow spend budget per rolling hour by route, in USD (routes.*.budget_usd_per_hour)", m.shadow_budget.clone());
         r.register("shadow_inflight", "Shadow calls in flight", m.shadow_inflight.clone());
         r.register("pairs_built", "Pair records built, by status", m.pairs_built.clone());
         r.register("pairs_published", "Pair records acknowledged by the sink", m.pairs_published.clone());
@@ -126,7 +142,13 @@ impl Metrics {
         r.register("queue_depth", "Shadow jobs waiting for a worker", m.queue_depth.clone());
         r.register("pending_pairs", "Pairs waiting for a half", m.pending_pairs.clone());
         r.register("spool_bytes", "Bytes in the disk spool", m.spool_bytes.clone());
-        r.register("spool_records", "Records in the disk spool", m.spool_records.clone());
+        r.register("spool_records", "Records in the disk spool not yet delivered", m.spool_records.clone());
+        r.register(
+            "spool_corrupt_bytes",
+            "Bytes of torn or corrupted spool frames skipped and deleted with their segment",
+            m.spool_corrupt_bytes.clone(),
+        );
+        r.register("spool_max_bytes", "Capacity of the disk spool in bytes (spool.max_bytes; 0 without a spool)", m.spool_max_bytes.clone());
         r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
         r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
@@ -134,6 +156,11 @@ impl Metrics {
             "pairs_lost_in_crash",
             "Pairs pending at the last crash (counted from the spool's journal on start)",
             m.lost_in_crash.clone(),
+        );
+        r.register(
+            "background_task_failures",
+            "Background tasks that panicked or ended before shutdown, by task (/ready is 503 after one)",
+            m.task_failures.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -154,6 +181,17 @@ impl Metrics {
 
     pub fn mirror(&self, decision: &'static str, reason: &'static str, slice: &str) {
         self.mirror_requests.get_or_create(&MirrorLabels { decision, reason, slice: self.slice(slice) }).inc();
+    }
+
+    /// Publishes the configured per-route shadow budgets (at start and after a reload;
+    /// a route whose budget was removed loses its series).
+    pub fn set_budgets<'a>(&self, budgets: impl IntoIterator<Item = (&'a str, Option<f64>)>) {
+        self.shadow_budget.clear();
+        for (route, budget) in budgets {
+            if let Some(usd) = budget {
+                self.shadow_budget.get_or_create(&RouteLabel { route: route.to_string() }).set(usd);
+            }
+        }
     }
 
     /// Prometheus text exposition.
@@ -184,6 +222,19 @@ mod tests {
         assert!(text.contains("untaken_pairs_published_total 1"));
         assert!(text.contains("# TYPE untaken_shadow_latency_seconds histogram"), "{text}");
         assert!(text.contains(r#"untaken_shadow_latency_seconds_count{route="reasoning"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn budgets_follow_the_config() {
+        let m = Metrics::new();
+        m.set_budgets([("fast", Some(2.5)), ("cheap", None)]);
+        let text = m.render();
+        assert!(text.contains(r#"untaken_shadow_budget_usd_per_hour{route="fast"} 2.5"#), "{text}");
+        assert!(!text.contains(r#"route="cheap""#), "{text}");
+        m.set_budgets([("reasoning", Some(1.0))]);
+        let text = m.render();
+        assert!(!text.contains(r#"route="fast""#), "a removed budget keeps no series: {text}");
+        assert!(text.contains(r#"untaken_shadow_budget_usd_per_hour{route="reasoning"} 1.0"#), "{text}");
     }
 
     #[test]

@@ -11,10 +11,10 @@ use prost::Message;
 
 use crate::config::Encoding;
 use crate::proto::v1::{AnswerRecord, PairKind, PairRecord, PairStatus, RouteRef};
-use crate::usage::Usage;
+use crate::usage::{read, BodyKind, Usage};
 
 /// Bumped on incompatible changes to `PairRecord`; also sent as a Kafka header.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 pub const SCHEMA_NAME: &str = "untaken.v1.PairRecord";
 
 /// Where an answer came from.
@@ -85,7 +85,10 @@ pub fn build(
         (false, _) => PairStatus::PrimaryMissing,
         (true, false) => PairStatus::CounterfactualMissing,
     };
-    let (request, request_parsed) = body(&meta.request_body);
+    let (request_json, request, request_is_text) = match read(&meta.request_body) {
+        BodyKind::Object(_) | BodyKind::OtherJson => (utf8(&meta.request_body), None, false),
+        BodyKind::Text => (String::new(), Some(text_value(&meta.request_body)), true),
+    };
     PairRecord {
         schema_version: SCHEMA_VERSION,
         pair_id: meta.pair_id.clone(),
@@ -99,8 +102,9 @@ pub fn build(
         sampling_weight: if meta.rate > 0.0 { 1.0 / meta.rate } else { 0.0 },
         route_taken: Some(route_ref(&meta.route_taken)),
         route_not_taken: Some(route_ref(&meta.route_not_taken)),
-        request: Some(request),
-        request_is_text: request_parsed.is_none(),
+        request,
+        request_json,
+        request_is_text,
         primary: Some(answer(primary, &meta.route_taken)),
         counterfactual: Some(answer(counterfactual, &meta.route_not_taken)),
         status: status as i32,
@@ -119,47 +123,31 @@ fn route_ref(r: &RouteInfo) -> RouteRef {
     RouteRef { name: r.name.clone(), model: r.model.clone() }
 }
 
-/// A body as a JSON value when it parses (returned parsed too), else as a string.
-fn body(raw: &[u8]) -> (pbjson_types::Value, Option<serde_json::Value>) {
-    match serde_json::from_slice::<serde_json::Value>(raw) {
-        Ok(value) => (to_proto_value(&value), Some(value)),
-        Err(_) => (String::from_utf8_lossy(raw).into_owned().into(), None),
-    }
+/// A JSON body's text. `read` has validated it as JSON, and JSON is UTF-8.
+fn utf8(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
 }
 
-/// JSON → google.protobuf.Value, total: numbers become doubles (as the Value type
-/// defines them), so an integer beyond 2^53 such as a 64-bit `seed` loses precision
-/// instead of failing. (pbjson's own conversion refuses such integers.)
-fn to_proto_value(v: &serde_json::Value) -> pbjson_types::Value {
-    use pbjson_types::value::Kind;
-    use serde_json::Value as J;
-    let kind = match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(*b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        J::String(s) => Kind::StringValue(s.clone()),
-        J::Array(a) => Kind::ListValue(pbjson_types::ListValue { values: a.iter().map(to_proto_value).collect() }),
-        J::Object(o) => Kind::StructValue(pbjson_types::Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), to_proto_value(v))).collect(),
-        }),
-    };
-    pbjson_types::Value { kind: Some(kind) }
+/// A body that is not JSON, as a string value.
+fn text_value(raw: &[u8]) -> pbjson_types::Value {
+    String::from_utf8_lossy(raw).into_owned().into()
 }
 
 fn answer(half: Option<&Half>, route: &RouteInfo) -> AnswerRecord {
     let Some(half) = half else {
         return AnswerRecord { present: false, ..Default::default() };
     };
-    let (body, parsed) = if half.body.is_empty() { (None, None) } else {
-        let (b, parsed) = body(&half.body);
-        (Some(b), parsed)
+    let (body, body_json, usage) = match read(&half.body) {
+        _ if half.body.is_empty() => (None, String::new(), Usage::default()),
+        BodyKind::Object(usage) => (None, utf8(&half.body), usage),
+        BodyKind::OtherJson => (None, utf8(&half.body), Usage::default()),
+        BodyKind::Text => (Some(text_value(&half.body)), String::new(), Usage::default()),
     };
-    let body_is_text = body.is_some() && parsed.is_none();
-    let usage = parsed.as_ref().map(Usage::from_json).unwrap_or_default();
     AnswerRecord {
         present: true,
+        body_is_text: body.is_some(),
         body,
-        body_is_text,
+        body_json,
         status_code: half.status_code,
         latency_ms: half.latency_ms,
         error: half.error.clone(),
@@ -169,6 +157,15 @@ fn answer(half: Option<&Half>, route: &RouteInfo) -> AnswerRecord {
         tool_calls: usage.tool_calls,
         source: half.source.as_str().to_string(),
     }
+}
+
+/// A request or answer body as a JSON value, from either encoding: the JSON text
+/// of a protobuf record, or the value of a JSON record. For consumers (the judge).
+pub fn body_value(json_text: &str, value: Option<&pbjson_types::Value>) -> Option<serde_json::Value> {
+    if !json_text.is_empty() {
+        return serde_json::from_str(json_text).ok();
+    }
+    value.and_then(|v| serde_json::to_value(v).ok())
 }
 
 /// A record ready for a sink: key, headers and payload.
@@ -189,10 +186,11 @@ pub fn content_type(encoding: Encoding) -> &'static str {
     }
 }
 
-/// Encodes a record and its Kafka headers.
-pub fn encode(record: &PairRecord, encoding: Encoding) -> Encoded {
+/// Encodes a record and its Kafka headers. JSON bodies are spliced into the JSON
+/// encoding as their original text, never re-serialised.
+pub fn encode(mut record: PairRecord, encoding: Encoding) -> Encoded {
     let payload = match encoding {
-        Encoding::Json => serde_json::to_vec(record).expect("PairRecord always serializes"),
+        Encoding::Json => json_payload(&mut record),
         Encoding::Protobuf => record.encode_to_vec(),
     };
     let route_taken = record.route_taken.as_ref().map(|r| r.name.clone()).unwrap_or_default();
@@ -207,7 +205,54 @@ pub fn encode(record: &PairRecord, encoding: Encoding) -> Encoded {
             ("untaken-route-taken", route_taken),
         ],
         payload,
-        slice: record.slice.clone(),
+        slice: record.slice,
+    }
+}
+
+/// The proto3 JSON mapping of `record`, with `request` and each `body` written as
+/// the JSON text they arrived as. The record's JSON text fields are emptied.
+fn json_payload(record: &mut PairRecord) -> Vec<u8> {
+    let request = std::mem::take(&mut record.request_json);
+    let halves = [record.primary.take(), record.counterfactual.take()];
+    let mut out = Vec::with_capacity(request.len() + 1024 + halves.iter().flatten().map(|h| h.body_json.len()).sum::<usize>());
+    out.push(b'{');
+    if !request.is_empty() {
+        field(&mut out, "request", request.as_bytes());
+    }
+    for (name, half) in ["primary", "counterfactual"].into_iter().zip(halves) {
+        if let Some(mut half) = half {
+            let body = std::mem::take(&mut half.body_json);
+            let mut inner = vec![b'{'];
+            if !body.is_empty() {
+                field(&mut inner, "body", body.as_bytes());
+            }
+            close(&mut inner, &serde_json::to_vec(&half).expect("AnswerRecord always serializes"));
+            field(&mut out, name, &inner);
+        }
+    }
+    close(&mut out, &serde_json::to_vec(&*record).expect("PairRecord always serializes"));
+    out
+}
+
+/// Appends `"name":value,` to an object being written.
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    out.push(b',');
+}
+
+/// Finishes an object being written with the fields of `rest`, itself a JSON object.
+fn close(out: &mut Vec<u8>, rest: &[u8]) {
+    let inner = &rest[1..]; // skip `{`; what is left ends with `}`
+    if inner == b"}" {
+        if out.last() == Some(&b',') {
+            out.pop();
+        }
+        out.push(b'}');
+    } else {
+        out.extend_from_slice(inner);
     }
 }
 
@@ -251,7 +296,7 @@ mod tests {
     const SHADOW: &str = r#"{"choices":[{"message":{"role":"assistant","content":"42"}}],"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#;
 
     fn json_of(rec: &PairRecord) -> Value {
-        serde_json::from_slice(&encode(rec, Encoding::Json).payload).unwrap()
+        serde_json::from_slice(&encode(rec.clone(), Encoding::Json).payload).unwrap()
     }
 
     #[test]
@@ -296,34 +341,68 @@ mod tests {
     }
 
     #[test]
-    fn integers_beyond_double_precision_do_not_lose_the_pair() {
+    fn bodies_are_carried_verbatim() {
         let mut m = meta();
-        m.request_body = Bytes::from_static(br#"{"seed":12345678901234567890,"n":-9223372036854775808,"messages":[]}"#);
-        let rec = build(&m, Some(&half(SHADOW, Source::Router)), None, "r", SystemTime::now());
+        let request = r#"{"seed":12345678901234567890,"n":-9223372036854775808,"z":1,"a":[1.50,2e3],"messages":[]}"#;
+        m.request_body = Bytes::from_static(request.as_bytes());
+        let answer = r#"{"id":"x","created":1700000000,"choices":[{"message":{"content":"42"}}],"usage":{"prompt_tokens":335,"completion_tokens":7}}"#;
+        let rec = build(&m, Some(&half(answer, Source::Router)), None, "r", SystemTime::now());
+        let text = String::from_utf8(encode(rec.clone(), Encoding::Json).payload).unwrap();
+        assert!(text.contains(&format!("\"request\":{request}")), "request verbatim: {text}");
+        assert!(text.contains(&format!("\"body\":{answer}")), "answer verbatim: {text}");
+        let j: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(j["primary"]["input_tokens"], 335);
+        assert_eq!(j["primary"]["status_code"], 200);
+        assert!(j.get("request_json").is_none() && j["primary"].get("body_json").is_none());
+        // Protobuf carries the same text.
+        let back = PairRecord::decode(encode(rec, Encoding::Protobuf).payload.as_slice()).unwrap();
+        assert_eq!(back.request_json, request);
+        assert_eq!(back.primary.unwrap().body_json, answer);
+    }
+
+    #[test]
+    fn deeply_nested_bodies_decode_from_protobuf() {
+        let deep = format!("{}{}", "{\"a\":".repeat(60), "1".to_string() + &"}".repeat(60));
+        let mut m = meta();
+        m.request_body = Bytes::from(format!("{{\"messages\":[],\"x\":{deep}}}"));
+        let rec = build(&m, Some(&half(&deep, Source::Router)), None, "r", SystemTime::now());
+        let back = PairRecord::decode(encode(rec.clone(), Encoding::Protobuf).payload.as_slice()).expect("prost decodes it");
+        assert_eq!(back.primary.as_ref().unwrap().body_json, deep);
         let j = json_of(&rec);
-        assert!((j["request"]["seed"].as_f64().unwrap() - 1.2345678901234567e19).abs() < 1e4);
-        assert_eq!(j["request"]["n"].as_f64().unwrap(), -9.223372036854776e18);
-        assert!(!rec.request_is_text);
-        PairRecord::decode(encode(&rec, Encoding::Protobuf).payload.as_slice()).unwrap();
+        assert_eq!(j["primary"]["body"].pointer(&format!("{}", "/a".repeat(60))).unwrap(), 1);
     }
 
     #[test]
     fn protobuf_round_trips_and_headers_name_the_record() {
         let rec = build(&meta(), Some(&half(SHADOW, Source::Router)), Some(&half(SHADOW, Source::Untaken)), "", SystemTime::now());
-        let enc = encode(&rec, Encoding::Protobuf);
+        let enc = encode(rec.clone(), Encoding::Protobuf);
         assert_eq!(PairRecord::decode(enc.payload.as_slice()).unwrap(), rec);
         assert_eq!(enc.key, "req-1");
         let h: HashMap<_, _> = enc.headers.iter().cloned().collect();
         assert_eq!(h["content-type"], "application/x-protobuf");
         assert_eq!(h["untaken-slice"], "multi_step");
         assert_eq!(h["untaken-route-taken"], "fast");
-        assert_eq!(h["untaken-schema-version"], "1");
+        assert_eq!(h["untaken-schema-version"], "2");
     }
 
     #[test]
     fn json_round_trips_through_the_proto3_mapping() {
         let rec = build(&meta(), Some(&half(SHADOW, Source::Router)), Some(&half(SHADOW, Source::Untaken)), "", SystemTime::now());
-        let back: PairRecord = serde_json::from_slice(&encode(&rec, Encoding::Json).payload).unwrap();
-        assert_eq!(back, rec);
+        let back: PairRecord = serde_json::from_slice(&encode(rec.clone(), Encoding::Json).payload).unwrap();
+        // JSON carries bodies as values; everything else is the same record.
+        let value = |text: &str| serde_json::from_str::<pbjson_types::Value>(text).unwrap();
+        let mut expected = rec.clone();
+        expected.request = Some(value(&std::mem::take(&mut expected.request_json)));
+        for h in [expected.primary.as_mut().unwrap(), expected.counterfactual.as_mut().unwrap()] {
+            h.body = Some(value(&std::mem::take(&mut h.body_json)));
+        }
+        assert_eq!(back, expected);
+        // A consumer reads the body the same way from either encoding (a proto3 JSON
+        // parser turns numbers into doubles; a plain JSON parser keeps the integers).
+        for a in [back.counterfactual.as_ref().unwrap(), rec.counterfactual.as_ref().unwrap()] {
+            let v = body_value(&a.body_json, a.body.as_ref()).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], "42");
+            assert_eq!(v["usage"]["prompt_tokens"].as_f64(), Some(1000.0));
+        }
     }
 }

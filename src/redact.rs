@@ -135,6 +135,13 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_body_keeps_its_key_order_and_integers() {
+        let body = Bytes::from_static(br#"{"z":1,"messages":[{"content":"mail bob@example.com"}],"a":12345678901234567,"m":2}"#);
+        let out = String::from_utf8(pii().apply(&body).to_vec()).unwrap();
+        assert_eq!(out, r#"{"z":1,"messages":[{"content":"mail [REDACTED:email]"}],"a":12345678901234567,"m":2}"#);
+    }
+
+    #[test]
     fn untouched_when_nothing_matches_or_no_rules() {
         let body = Bytes::from_static(br#"{"content":"what is 2+2?"}"#);
         assert_eq!(pii().apply(&body), body);

@@ -3,7 +3,8 @@
 //!
 //! Handlers only translate: the engine decides, and [`status`] maps each engine
 //! error to its gRPC status, in this one place. Optional bearer-token auth runs
-//! as an interceptor, before any handler.
+//! as an interceptor, before any handler of `Mirror` and of reflection (health
+//! stays open for the probes).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,13 +66,20 @@ pub struct BearerAuth {
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = &self.token else { return Ok(req) };
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_token);
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("invalid bearer token")),
             None => Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")),
         }
     }
+}
+
+/// The token of an `authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 7235), as gRPC clients and proxies may send `bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -92,7 +100,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor sets are valid");
-    let mirror = MirrorServer::with_interceptor(MirrorService { engine }, BearerAuth { token });
+    // Reflection describes the service, so it is behind the token too; health is not:
+    // the kubelet's probe carries no token.
+    let auth = BearerAuth { token };
+    let reflection = tonic::service::interceptor::InterceptedService::new(reflection, auth.clone());
+    let mirror = MirrorServer::with_interceptor(MirrorService { engine }, auth);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -105,4 +117,18 @@ pub async fn serve(
         // for the peer's delayed ACK (tens of ms on the router's request path).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }

@@ -1,12 +1,12 @@
 //! Simulated peers for `untaken demo` and the integration tests: OpenAI-compatible
-//! upstreams that answer, stall, fail or reset on demand, and a synthetic router.
+//! upstreams that answer, stall, fail or reset on demand, or play a model of the demo's world.
 //!
 //! They speak real HTTP and gRPC on loopback; nothing here is used by `serve`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,8 +16,6 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::proto::v1::mirror_client::MirrorClient;
-use crate::proto::v1::{Answer, CompleteRequest, MirrorRequest};
 
 /// How a fake upstream answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +28,8 @@ pub enum Behaviour {
     Status500,
     /// HTTP 200 with a body that is not JSON.
     NotJson,
+    /// Answers the demo's arithmetic questions with a model's accuracy and latency.
+    Model(crate::demo::world::Profile),
 }
 
 /// What a fake upstream saw of one request (for tests to assert on).
@@ -102,9 +102,21 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
                 .into_response()
         }
         Behaviour::NotJson => (StatusCode::OK, "<html>gateway says hi</html>").into_response(),
+        Behaviour::Model(profile) => {
+            let model = parsed["model"].as_str().unwrap_or("unknown").to_string();
+            let (content, ms) = crate::demo::world::answer(&profile, &model, &body, &parsed);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            axum::Json(completion_with(&model, &parsed, content)).into_response()
+        }
         Behaviour::Answer { delay } => {
             tokio::time::sleep(delay).await;
-            axum::Json(completion(&state.name, &parsed)).into_response()
+            let answer = completion(&state.name, &parsed);
+            if parsed["stream"] == json!(true) {
+                let sse = stream_events(&answer, parsed["stream_options"]["include_usage"] == json!(true));
+                ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+            } else {
+                axum::Json(answer).into_response()
+            }
         }
     }
 }
@@ -113,11 +125,54 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
 /// usage counts roughly 4 characters a token.
 pub fn completion(upstream: &str, request: &Value) -> Value {
     let model = request["model"].as_str().unwrap_or("unknown");
-    let prompt_chars: usize = request["messages"]
+    let content = format!("[{upstream}/{model}] considered {} characters and concluded: 42.", prompt_chars(request));
+    completion_with(model, request, content)
+}
+
+/// `answer` as an OpenAI server streams it when the request says `"stream": true`:
+/// server-sent events of `chat.completion.chunk`s (role, the content in a few
+/// pieces, the finish reason, usage when asked for), then `data: [DONE]`.
+pub fn stream_events(answer: &Value, include_usage: bool) -> String {
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut rest = content;
+    while !rest.is_empty() {
+        // Pieces of up to 12 bytes, cut on a char boundary.
+        let mut end = rest.len().min(12);
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        events.push(chunk(json!({"content": &rest[..end]}), Value::Null));
+        rest = &rest[end..];
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = answer["usage"].clone();
+        events.push(last);
+    }
+    let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+fn prompt_chars(request: &Value) -> usize {
+    request["messages"]
         .as_array()
         .map(|m| m.iter().filter_map(|x| x["content"].as_str()).map(str::len).sum())
-        .unwrap_or(0);
-    let content = format!("[{upstream}/{model}] considered {prompt_chars} characters and concluded: 42.");
+        .unwrap_or(0)
+}
+
+/// A chat completion carrying `content`, usage counted at about 4 characters a token.
+pub fn completion_with(model: &str, request: &Value, content: String) -> Value {
+    let prompt_tokens = prompt_chars(request) / 4 + 8;
     json!({
         "id": format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
         "object": "chat.completion",
@@ -125,9 +180,9 @@ pub fn completion(upstream: &str, request: &Value) -> Value {
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {
-            "prompt_tokens": prompt_chars / 4 + 8,
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": content.len() / 4,
-            "total_tokens": prompt_chars / 4 + 8 + content.len() / 4
+            "total_tokens": prompt_tokens + content.len() / 4
         }
     })
 }
@@ -145,9 +200,6 @@ pub async fn start_resetting_server() -> std::io::Result<SocketAddr> {
     });
     Ok(addr)
 }
-
-/// The slices the synthetic router's queries fall into, with their share of traffic.
-pub const SLICES: [(&str, u32); 4] = [("simple_qa", 70), ("multi_step", 15), ("ambiguous", 10), ("out_of_distribution", 5)];
 
 /// A chat-completions request for query `i`, about 2 KB like a real one with a system prompt.
 pub fn chat_request(i: usize, slice: &str, model: &str) -> Vec<u8> {
@@ -170,81 +222,25 @@ pub fn chat_request(i: usize, slice: &str, model: &str) -> Vec<u8> {
     .expect("static JSON")
 }
 
-pub fn slice_of(i: usize) -> &'static str {
-    let total: u32 = SLICES.iter().map(|s| s.1).sum();
-    let mut x = (crate::sampling::hash(b"slice", &i.to_string()) % u64::from(total)) as u32;
-    for (name, share) in SLICES {
-        if x < share {
-            return name;
-        }
-        x -= share;
-    }
-    SLICES[0].0
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What the synthetic router did.
-#[derive(Debug, Default, Clone)]
-pub struct RouterReport {
-    pub requests: usize,
-    pub sampled: usize,
-    pub completed: usize,
-    pub by_slice: HashMap<String, (usize, usize)>,
-    pub reasons: HashMap<String, usize>,
-    pub max_mirror_latency: Duration,
-}
-
-/// Sends `n` requests like a latency-tuned router: everything to `fast`, calling
-/// `Mirror` for each; even requests use one-phase pairing, odd ones two-phase.
-pub async fn run_router(grpc: SocketAddr, fast: &FakeUpstream, n: usize) -> Result<RouterReport, Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = MirrorClient::connect(format!("http://{grpc}")).await?;
-    let http = reqwest::Client::new();
-    let mut report = RouterReport::default();
-    for i in 0..n {
-        let slice = slice_of(i);
-        let body = chat_request(i, slice, "fast-model");
-        let request_id = format!("demo-{i:05}");
-        let call_primary = || async {
-            let started = Instant::now();
-            let resp = http.post(fast.url()).header("content-type", "application/json").body(body.clone()).send().await?;
-            let status = resp.status().as_u16() as u32;
-            let bytes = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(Answer {
-                body: bytes.to_vec(),
-                status_code: status,
-                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-                error: String::new(),
-            })
-        };
-        let one_phase = i % 2 == 0;
-        let primary = if one_phase { Some(call_primary().await?) } else { None };
-        let started = Instant::now();
-        let resp = client
-            .mirror(MirrorRequest {
-                request_id: request_id.clone(),
-                route_taken: "fast".into(),
-                request_body: body.clone(),
-                slice: slice.into(),
-                labels: HashMap::from([("tenant".into(), format!("tenant-{}", i % 3)), ("router_version".into(), "demo-1".into())]),
-                primary,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        report.max_mirror_latency = report.max_mirror_latency.max(started.elapsed());
-        report.requests += 1;
-        let e = report.by_slice.entry(slice.to_string()).or_default();
-        e.0 += 1;
-        if resp.sampled {
-            report.sampled += 1;
-            e.1 += 1;
-            if !one_phase {
-                let answer = call_primary().await?;
-                client.complete(CompleteRequest { request_id, primary: Some(answer) }).await?;
-                report.completed += 1;
-            }
-        } else {
-            *report.reasons.entry(resp.reason).or_default() += 1;
-        }
+    #[test]
+    fn streamed_pieces_reassemble_into_the_answer() {
+        let answer = completion_with("m", &json!({"messages": [{"content": "héllo wörld, a question"}]}), "Ünïcode answer, long enough to split".into());
+        let sse = stream_events(&answer, true);
+        assert!(sse.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = sse
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, answer["choices"][0]["message"]["content"].as_str().unwrap());
+        assert!(chunks.len() > 4, "the content comes in several pieces");
+        assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
+        assert!(!stream_events(&answer, false).contains("usage"));
     }
-    Ok(report)
 }

@@ -46,10 +46,17 @@ impl Client {
 
     /// Sends the shadow request and waits for the answer (network; runs off the
     /// request path). Never fails: errors are recorded in the returned half.
-    pub async fn call(&self, route: &Route, request_body: &[u8], request_id: &str, traceparent: &str) -> Half {
+    pub async fn call(&self, route: &Route, request_body: &Bytes, request_id: &str, traceparent: &str) -> Half {
         let start = Instant::now();
         let mut half = Half { body: Bytes::new(), status_code: 0, latency_ms: 0.0, error: String::new(), source: Source::Untaken };
-        let body = match prepare_body(request_body, &route.info.model) {
+        let prepared = if request_body.len() <= crate::INLINE_CPU_BYTES {
+            prepare_body(request_body, &route.info.model)
+        } else {
+            // A big body takes milliseconds to rewrite: not on a runtime worker.
+            let (raw, model) = (request_body.clone(), route.info.model.clone());
+            tokio::task::spawn_blocking(move || prepare_body(&raw, &model)).await.expect("prepare_body does not panic")
+        };
+        let body = match prepared {
             Ok(b) => b,
             Err(e) => {
                 half.error = format!("request body not JSON: {e}");

@@ -3,8 +3,75 @@
 //! Pure. Tolerates both the chat-completions names (`prompt_tokens`,
 //! `completion_tokens`) and the Responses API names (`input_tokens`,
 //! `output_tokens`); a body without `usage` costs 0 and says so by having no tokens.
+//! [`read`] parses a body once, without building a tree: it validates the JSON and
+//! reads the usage in the same pass.
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
+
+/// What a body is, read in one pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BodyKind {
+    /// A JSON object, with the usage it reports.
+    Object(Usage),
+    /// Valid JSON that is not an object (kept verbatim, no usage).
+    OtherJson,
+    /// Not JSON.
+    Text,
+}
+
+#[derive(Deserialize)]
+struct AnswerView {
+    #[serde(default)]
+    usage: Option<UsageView>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceView>>,
+}
+
+#[derive(Deserialize)]
+struct UsageView {
+    prompt_tokens: Option<Value>,
+    completion_tokens: Option<Value>,
+    input_tokens: Option<Value>,
+    output_tokens: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView {
+    #[serde(default)]
+    message: Option<MessageView>,
+}
+
+#[derive(Deserialize)]
+struct MessageView {
+    #[serde(default)]
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
+/// Parses `body` once: is it a JSON object, and what usage does it report?
+pub fn read(body: &[u8]) -> BodyKind {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        if let Ok(view) = serde_json::from_slice::<AnswerView>(body) {
+            return BodyKind::Object(Usage::from_view(&view));
+        }
+        // An object whose `usage` or `choices` has an unexpected shape: read it the slow way.
+        if let Ok(value) = serde_json::from_slice::<Value>(body) {
+            return BodyKind::Object(Usage::from_json(&value));
+        }
+        return BodyKind::Text;
+    }
+    if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+        BodyKind::OtherJson
+    } else {
+        BodyKind::Text
+    }
+}
+
+fn tokens(v: Option<&Value>) -> Option<u32> {
+    v.and_then(Value::as_u64).map(|t| u32::try_from(t).unwrap_or(u32::MAX))
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
@@ -15,6 +82,22 @@ pub struct Usage {
 }
 
 impl Usage {
+    fn from_view(v: &AnswerView) -> Self {
+        let u = v.usage.as_ref();
+        let pick = |a: Option<&Value>, b: Option<&Value>| tokens(a).or(tokens(b)).unwrap_or(0);
+        let tool_calls: usize = v
+            .choices
+            .iter()
+            .flatten()
+            .filter_map(|c| c.message.as_ref()?.tool_calls.as_ref().map(Vec::len))
+            .sum();
+        Self {
+            input_tokens: u.map_or(0, |u| pick(u.prompt_tokens.as_ref(), u.input_tokens.as_ref())),
+            output_tokens: u.map_or(0, |u| pick(u.completion_tokens.as_ref(), u.output_tokens.as_ref())),
+            tool_calls: u32::try_from(tool_calls).unwrap_or(u32::MAX),
+        }
+    }
+
     pub fn from_json(body: &Value) -> Self {
         let usage = body.get("usage");
         let tokens = |names: &[&str]| {
@@ -72,6 +155,27 @@ mod tests {
     fn reads_responses_api_names() {
         let u = Usage::from_json(&json!({"usage": {"input_tokens": 7, "output_tokens": 9}}));
         assert_eq!((u.input_tokens, u.output_tokens), (7, 9));
+    }
+
+    #[test]
+    fn one_pass_read_agrees_with_the_tree() {
+        let bodies = [
+            json!({"choices": [{"message": {"tool_calls": [{"id": "a"}]}}, {"message": {"content": "x"}}],
+                   "usage": {"prompt_tokens": 12, "completion_tokens": 3}}),
+            json!({"usage": {"input_tokens": 7, "output_tokens": 9}}),
+            json!({"usage": {"prompt_tokens": "many"}, "choices": "odd"}),
+            json!({"usage": {"prompt_tokens": 5_000_000_000u64}}),
+            json!({}),
+        ];
+        for b in bodies {
+            let raw = serde_json::to_vec(&b).unwrap();
+            assert_eq!(read(&raw), BodyKind::Object(Usage::from_json(&b)), "{b}");
+        }
+        assert_eq!(read(b"[1, 2]"), BodyKind::OtherJson);
+        assert_eq!(read(b"\"text\""), BodyKind::OtherJson);
+        assert_eq!(read(b"<html>"), BodyKind::Text);
+        assert_eq!(read(b"{\"a\": 1"), BodyKind::Text, "truncated JSON is text");
+        assert_eq!(read(b""), BodyKind::Text);
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn check_config_exits_64_naming_the_key() {
         ("default_rate = 1.0", "default_rate = 2.0", "sampling.default_rate"),
         ("counterfactual = \"fast\"", "counterfactual = \"fastest\"", "routes.reasoning.counterfactual"),
         ("[log]", "[log]\nverbosity = 3", "log.verbosity"),
+        // A zero interval used to panic the spool task at start-up, after which nothing replayed.
+        ("[spool]\n", "[spool]\nfsync_interval = \"0s\"\n", "spool.fsync_interval"),
     ];
     for (from, to, key) in cases {
         let bad_text = base.replace(from, to);

@@ -86,7 +86,7 @@ async fn produce(bootstrap: &str, topic: &str, records: Vec<Encoded>) {
 }
 
 fn encoded(pairs: &[PairRecord], encoding: Encoding) -> Vec<Encoded> {
-    pairs.iter().map(|p| record::encode(p, encoding)).collect()
+    pairs.iter().map(|p| record::encode(p.clone(), encoding)).collect()
 }
 
 fn garbage(i: usize) -> Encoded {
@@ -557,7 +557,7 @@ fn file_mode_grades_a_pairs_file_without_kafka() {
     let mut lines = String::new();
     for i in 0..20 {
         let p = pair(i, "Paris", if i < 5 { "Paris" } else { "Rome" }, Some("paris"), 200);
-        lines.push_str(std::str::from_utf8(&record::encode(&p, Encoding::Json).payload).unwrap());
+        lines.push_str(std::str::from_utf8(&record::encode(p.clone(), Encoding::Json).payload).unwrap());
         lines.push('\n');
         if i == 3 {
             lines.push_str("this line is not a pair\n\n");
@@ -589,7 +589,7 @@ async fn run_file_is_the_library_entry_point_the_demo_uses() {
     let dir = tempfile::tempdir().unwrap();
     let (pairs_file, grades_file) = (dir.path().join("pairs.jsonl"), dir.path().join("grades.jsonl"));
     let p = pair(1, "41", "42", Some("42"), 200);
-    let line = String::from_utf8(record::encode(&p, Encoding::Json).payload).unwrap();
+    let line = String::from_utf8(record::encode(p.clone(), Encoding::Json).payload).unwrap();
     std::fs::write(&pairs_file, format!("{line}\n{line}\n{{}}oops\n")).unwrap();
     let cfg = untaken::judge::config::from_toml(REFERENCE).unwrap();
     let s = untaken::judge::run_file(&cfg, &pairs_file, &grades_file).await.unwrap();

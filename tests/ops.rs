@@ -98,8 +98,53 @@ async fn bearer_token_is_required_when_configured() {
     let mut good = tonic::Request::new(mirror_req("a-3", "fast", Some(primary_answer("p"))));
     good.metadata_mut().insert("authorization", "Bearer s3cret-token".parse().unwrap());
     assert!(t.client.mirror(good).await.unwrap().into_inner().sampled);
+    // The scheme is case-insensitive (RFC 7235): `bearer` and `BEARER` are the same.
+    for (i, scheme) in ["bearer", "BEARER"].iter().enumerate() {
+        let mut req = tonic::Request::new(mirror_req(&format!("a-case-{i}"), "fast", Some(primary_answer("p"))));
+        req.metadata_mut().insert("authorization", format!("{scheme} s3cret-token").parse().unwrap());
+        assert!(t.client.mirror(req).await.expect(scheme).into_inner().sampled);
+    }
+
+    // Reflection describes the service: it needs the token too.
+    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.app.grpc_addr)).unwrap().connect().await.unwrap();
+    let list = || ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut refl = ServerReflectionClient::new(channel.clone());
+    let denied = match refl.server_reflection_info(tokio_stream::iter(vec![list()])).await {
+        Err(status) => status,
+        Ok(resp) => resp.into_inner().message().await.expect_err("reflection without a token must be refused"),
+    };
+    assert_eq!(denied.code(), Code::Unauthenticated, "{denied:?}");
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![list()]));
+    req.metadata_mut().insert("authorization", "Bearer s3cret-token".parse().unwrap());
+    let mut stream = refl.server_reflection_info(req).await.expect("reflection with the token").into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    // Health stays open: the kubelet's probe carries no token.
+    assert_eq!(mirror_health(channel).await, ServingStatus::Serving as i32);
     t.app.shutdown();
     t.app.wait().await;
+}
+
+/// Shadow calls cut off by the drain leave `untaken_shadow_inflight` at 0, not at
+/// the number that was hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_inflight_returns_to_zero_when_the_drain_cancels_calls() {
+    let t = spawn_app("inflight", "[server]\nshutdown_grace = \"200ms\"\n").await;
+    t.reasoning.set(Behaviour::Hang);
+    let mut client = t.client.clone();
+    for i in 0..3 {
+        assert!(client.mirror(mirror_req(&format!("h-{i}"), "fast", Some(primary_answer("p")))).await.unwrap().into_inner().sampled);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&metrics(&t.app).await, "untaken_shadow_inflight") < 3.0 {
+        assert!(std::time::Instant::now() < deadline, "3 shadow calls never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let engine = t.app.engine.clone();
+    t.app.shutdown();
+    t.app.wait().await;
+    assert_eq!(engine.metrics().shadow_inflight.get(), 0, "the gauge counts the cancelled calls as done");
+    assert_eq!(engine.metrics().queue_depth.get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +181,21 @@ async fn hot_reload_changes_the_rate_and_a_bad_reload_keeps_the_old_config() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(reloaded, "the new rate took effect without a restart");
+
+    // A restart-only key changed in the file (server.max_body_bytes): the reload applies
+    // the rest and keeps the running value, as its log line says, until a restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = std::fs::read_to_string(&path).unwrap().replacen("[server]\n", "[server]\nmax_body_bytes = 100\n", 1);
+    std::fs::write(&path, text).unwrap();
+    for _ in 0..60 {
+        if metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#) >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#), 2.0);
+    let r = client.mirror(mirror_req("restart-only", "fast", Some(primary_answer("p")))).await;
+    assert!(r.expect("a 2 KB body is within the running limit until a restart").into_inner().sampled);
 
     // A bad file is rejected, counted, and the old config (rate 1.0) stays in force.
     tokio::time::sleep(Duration::from_millis(1100)).await;

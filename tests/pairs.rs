@@ -34,13 +34,15 @@ async fn one_phase_pair_reaches_kafka_with_both_answers() {
     assert_eq!(got[0].header("content-type"), Some(&b"application/json"[..]));
     assert_eq!(got[0].header("untaken-slice"), Some(&b"multi_step"[..]));
     assert_eq!(got[0].header("untaken-route-taken"), Some(&b"fast"[..]));
-    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"1"[..]));
+    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"2"[..]));
     assert_eq!(r["pair_id"], resp.pair_id);
     assert_eq!(r["status"], "PAIR_STATUS_COMPLETE");
     assert_eq!(r["primary"]["body"]["choices"][0]["message"]["content"], "fast says 41");
     let shadow = r["counterfactual"]["body"]["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(shadow.starts_with("[reasoning/reasoning-model]"), "{shadow}");
     assert_eq!(r["route_not_taken"]["model"], "reasoning-model");
+    assert!(r["counterfactual"]["body"]["usage"]["prompt_tokens"].is_u64(), "bodies verbatim: integers stay integers");
+    assert!(r["counterfactual"]["body"]["created"].is_u64());
     assert_eq!(r["request"]["model"], "fast-model", "the record keeps the router's request as sent");
     assert_eq!(r["labels"]["tenant"], "acme");
     assert_eq!(r["sampling_weight"], 1.0);
@@ -186,8 +188,13 @@ async fn protobuf_records_decode_with_the_published_schema() {
     let rec = PairRecord::decode(got[0].payload.as_slice()).expect("valid protobuf PairRecord");
     assert_eq!(rec.request_id, "pb-1");
     assert_eq!(rec.route_not_taken.unwrap().model, "reasoning-model");
-    let body = serde_json::to_value(rec.counterfactual.unwrap().body.unwrap()).unwrap();
+    // Schema version 2: JSON bodies travel as their original text.
+    assert_eq!(got[0].header("untaken-schema-version"), Some(&b"2"[..]));
+    let request: Value = serde_json::from_str(&rec.request_json).expect("request_json is the request's JSON");
+    assert_eq!(request["model"], "fast-model");
+    let body: Value = serde_json::from_str(&rec.counterfactual.unwrap().body_json).expect("body_json is the answer's JSON");
     assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("reasoning-model"));
+    assert!(body["usage"]["prompt_tokens"].is_u64(), "integers stay integers: {body}");
     t.app.shutdown();
     t.app.wait().await;
 }
@@ -218,6 +225,46 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_published
     let m = metrics(&t.app).await;
     assert_eq!(metric(&m, r#"untaken_mirror_requests_total{decision="rejected",reason="request_body",slice=""}"#), 2.0, "{m}");
     assert_eq!(metric(&m, r#"untaken_mirror_requests_total{decision="rejected",reason="labels",slice=""}"#), 1.0);
+    t.app.shutdown();
+    t.app.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_pairs_ask_the_route_taken_again() {
+    let mut t = spawn_app("control", "[sampling]\ndefault_rate = 1.0\ncontrol_rate = 0.5\n").await;
+    let n = 60;
+    let mut control_ids = Vec::new();
+    for i in 0..n {
+        let id = format!("ctl-{i}");
+        let resp = t.client.mirror(mirror_req(&id, "fast", Some(primary_answer("fast says 41")))).await.unwrap().into_inner();
+        assert!(resp.sampled, "{resp:?}");
+        // The documented rule, recomputed here: an independent draw on the request id.
+        let expected = (untaken::sampling::hash(b"untaken/control", &id) as u128) < untaken::sampling::threshold(0.5);
+        assert_eq!(resp.control, expected, "{id}");
+        assert_eq!(resp.shadow_route, if expected { "fast" } else { "reasoning" });
+        if expected {
+            control_ids.push(id);
+        }
+    }
+    assert!(!control_ids.is_empty() && control_ids.len() < n, "some but not all are controls: {}", control_ids.len());
+    let got = consume_async(&t.bootstrap, &t.topic, n, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), n);
+    for c in &got {
+        let r = json(c);
+        let id = r["request_id"].as_str().unwrap();
+        let is_control = control_ids.iter().any(|c| c == id);
+        if is_control {
+            assert_eq!(r["kind"], "PAIR_KIND_CONTROL", "{r}");
+            assert_eq!(r["route_not_taken"]["name"], "fast");
+            let shadow = r["counterfactual"]["body"]["choices"][0]["message"]["content"].as_str().unwrap();
+            assert!(shadow.starts_with("[fast/fast-model]"), "{shadow}");
+        } else {
+            assert!(r.get("kind").is_none(), "PAIR is the default and omitted: {r}");
+            assert_eq!(r["route_not_taken"]["name"], "reasoning");
+        }
+    }
+    assert_eq!(t.fast.seen().len(), control_ids.len(), "the route taken is called once per control pair, and only then");
+    assert_eq!(metric(&metrics(&t.app).await, "untaken_mirror_requests_total{decision=\"sampled\",reason=\"control\",slice=\"multi_step\"}"), control_ids.len() as f64);
     t.app.shutdown();
     t.app.wait().await;
 }

@@ -253,7 +253,7 @@ pub struct JudgeKafkaConfig {
     /// Environment variable holding `sasl.password`.
     pub sasl_password_env: Option<String>,
     /// Extra librdkafka settings for both the consumer and the producer. No secrets here.
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: crate::config::PassThrough,
     /// librdkafka settings whose values are read from files (secrets).
     pub librdkafka_files: BTreeMap<String, PathBuf>,
 }
@@ -273,7 +273,7 @@ impl Default for JudgeKafkaConfig {
             delivery_timeout: Duration::from_secs(30),
             sasl_password_file: None,
             sasl_password_env: None,
-            librdkafka: BTreeMap::new(),
+            librdkafka: Default::default(),
             librdkafka_files: BTreeMap::new(),
         }
     }

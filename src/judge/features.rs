@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use crate::proto::v1::{AnswerRecord, HalfSummary, PairRecord, RequestFeatures};
 
-/// A `google.protobuf.Value` as plain JSON (the proto3 JSON mapping is plain JSON).
-pub fn to_json(v: Option<&pbjson_types::Value>) -> Value {
-    v.and_then(|v| serde_json::to_value(v).ok()).unwrap_or(Value::Null)
+/// A request or answer body as plain JSON, from either record encoding (text in a
+/// protobuf record, a value in a JSON record); Null when absent or unreadable.
+pub fn to_json(json_text: &str, v: Option<&pbjson_types::Value>) -> Value {
+    crate::record::body_value(json_text, v).unwrap_or(Value::Null)
 }
 
 /// The text of a message's `content`: a string, or the text parts of a content array.
@@ -28,29 +29,10 @@ pub fn content_text(content: &Value) -> String {
 
 /// The answer an upstream gave: `choices[0].message.content`, and when the model
 /// asked for tools instead, its tool calls as JSON (so a judge can compare them).
-/// Reads the body's `google.protobuf.Value` tree in place: only the message is converted.
-pub fn answer_text(body: &pbjson_types::Value) -> String {
-    use pbjson_types::value::Kind;
-    fn field<'a>(v: &'a pbjson_types::Value, name: &str) -> Option<&'a pbjson_types::Value> {
-        match &v.kind {
-            Some(Kind::StructValue(s)) => s.fields.get(name),
-            _ => None,
-        }
-    }
-    fn first(v: &pbjson_types::Value) -> Option<&pbjson_types::Value> {
-        match &v.kind {
-            Some(Kind::ListValue(l)) => l.values.first(),
-            _ => None,
-        }
-    }
-    let Some(message) = field(body, "choices").and_then(first).and_then(|c| field(c, "message")) else {
-        return String::new();
-    };
-    let text = field(message, "content").map(|c| content_text(&to_json(Some(c)))).unwrap_or_default();
-    let calls = field(message, "tool_calls")
-        .filter(|t| matches!(&t.kind, Some(Kind::ListValue(l)) if !l.values.is_empty()))
-        .map(|t| to_json(Some(t)));
-    match calls {
+pub fn answer_text(body: &Value) -> String {
+    let message = body.pointer("/choices/0/message");
+    let text = message.and_then(|m| m.get("content")).map(content_text).unwrap_or_default();
+    match message.and_then(|m| m.get("tool_calls")).filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
         Some(calls) if text.is_empty() => format!("[tool calls] {calls}"),
         Some(calls) => format!("{text}\n[tool calls] {calls}"),
         None => text,
@@ -98,7 +80,7 @@ pub fn half_summary(a: Option<&AnswerRecord>, answer: &str) -> HalfSummary {
 pub fn half_text(pair: &PairRecord, counterfactual: bool) -> String {
     let half = if counterfactual { pair.counterfactual.as_ref() } else { pair.primary.as_ref() };
     match half {
-        Some(a) if a.present && !a.body_is_text => a.body.as_ref().map(answer_text).unwrap_or_default(),
+        Some(a) if a.present && !a.body_is_text => answer_text(&to_json(&a.body_json, a.body.as_ref())),
         _ => String::new(),
     }
 }
@@ -124,20 +106,14 @@ mod tests {
         assert!(!request_features(&json!({"messages": [], "tools": []}), 0).tools_present);
     }
 
-    fn answer(v: Value) -> String {
-        answer_text(&serde_json::from_value(v).unwrap())
-    }
-
     #[test]
     fn answer_text_reads_content_and_tool_calls() {
-        assert_eq!(answer(json!({"choices": [{"message": {"content": "42"}}, {"message": {"content": "no"}}]})), "42");
-        assert_eq!(answer(json!({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]})), "a\nb");
-        let t = answer(json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "a"}]}}]}));
+        assert_eq!(answer_text(&json!({"choices": [{"message": {"content": "42"}}]})), "42");
+        let t = answer_text(&json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "a"}]}}]}));
         assert_eq!(t, r#"[tool calls] [{"id":"a"}]"#);
-        let t = answer(json!({"choices": [{"message": {"content": "let me", "tool_calls": [{"id": "a"}]}}]}));
-        assert_eq!(t, "let me\n[tool calls] [{\"id\":\"a\"}]");
-        assert_eq!(answer(json!({"error": "x"})), "");
-        assert_eq!(answer(json!({"choices": []})), "");
+        assert_eq!(answer_text(&json!({"error": "x"})), "");
+        assert_eq!(answer_text(&json!({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]})), "a\nb");
+        assert_eq!(answer_text(&json!({"choices": [{"message": {"content": "let me", "tool_calls": [{"id": "a"}]}}]})), "let me\n[tool calls] [{\"id\":\"a\"}]");
     }
 
     #[test]

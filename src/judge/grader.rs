@@ -62,7 +62,7 @@ impl Grader {
 
     /// Grades one pair (network for a pairwise judge; waits for admission).
     pub async fn grade(&self, pair: &PairRecord, origin: &Origin) -> GradeRecord {
-        let request = to_json(pair.request.as_ref());
+        let request = to_json(&pair.request_json, pair.request.as_ref());
         let (primary_text, cf_text) = (half_text(pair, false), half_text(pair, true));
         let summary = Summary {
             features: request_features(&request, pair.primary.as_ref().map_or(0, |p| p.input_tokens)),

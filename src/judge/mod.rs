@@ -171,8 +171,12 @@ struct AdminView {
 }
 
 impl crate::admin::Admin for AdminView {
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    fn readiness(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not consuming (starting, or draining)")
+        }
     }
     fn render_metrics(&self) -> String {
         self.metrics.render()

@@ -157,7 +157,7 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         // a few hundred records ahead at most, so a smaller buffer keeps RSS low.
         .set("queued.max.messages.kbytes", "8192")
         .set("reconnect.backoff.max.ms", "1000");
-    crate::sink::kafka::apply_user_settings(&mut c, &k.client())?;
+    crate::sink::kafka::apply_user_settings(&mut c, &k.client()).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)
 }
 

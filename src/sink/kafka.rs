@@ -1,8 +1,8 @@
 //! Kafka sink: an idempotent rdkafka producer (acks=all) writing one message per pair.
 //!
 //! Key: request_id. Headers: content type, schema, slice, route taken. Delivery
-//! reports are read for every record; failures are counted and logged with the
-//! pair id and error only, never the payload. This module never retries forever:
+//! reports are read for every record; failures are counted, and logged (at most
+//! once a second) with the pair id and error only, never the payload. This module never retries forever:
 //! a record Kafka did not take within `delivery_timeout` comes back as an error
 //! for the publisher to spool.
 
@@ -16,8 +16,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::SinkError;
 use crate::config::KafkaConfig;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Reason};
 use crate::record::Encoded;
+
+/// librdkafka's own queue of records not yet acknowledged (`queue.buffering.max.kbytes`).
+pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct KafkaSink {
     producer: FutureProducer,
@@ -25,6 +29,8 @@ pub struct KafkaSink {
     brokers: String,
     delivery_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Delivery failures come one per record during an outage: one log line a second.
+    failure_log: LogLimit,
 }
 
 /// The librdkafka settings untaken relies on, before the user's passthrough map.
@@ -40,28 +46,28 @@ pub fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
         .set("linger.ms", "5")
         .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "32768")
+        .set("queue.buffering.max.kbytes", (LIBRDKAFKA_QUEUE_BYTES / 1024).to_string())
         // A pair carries up to three bodies; the topic should allow 4 MiB too (see deploy/).
         .set("message.max.bytes", "4194304")
         .set("client.id", "untaken")
         // Reconnect within a second of a broker coming back (librdkafka's default backs off
         // to 10 s), so records after an outage go to Kafka rather than the spool.
         .set("reconnect.backoff.max.ms", "1000");
-    apply_user_settings(&mut c, config)?;
+    apply_user_settings(&mut c, config).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)
 }
 
-/// Applies what the user configured on top of untaken's defaults: the passthrough
-/// map, then the SASL password and the file-held settings. Shared with the judge's
-/// consumer, so both clients connect the same way.
-pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result<(), SinkError> {
-    for (k, v) in &config.librdkafka {
+/// The user's librdkafka passthrough, then the secrets read from files or the environment
+/// (`sasl.password`, `librdkafka_files`). Shared by every Kafka client untaken creates
+/// (the sidecar's producer, the judge's consumer and producer, the report's consumer).
+pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result<(), crate::config::ConfigError> {
+    for (k, v) in config.librdkafka.iter() {
         c.set(k, v);
     }
-    if let Some(password) = config.sasl_password().map_err(|e| SinkError::Config(e.to_string()))? {
+    if let Some(password) = config.sasl_password()? {
         c.set("sasl.password", password.expose());
     }
-    for (k, v) in config.file_settings().map_err(|e| SinkError::Config(e.to_string()))? {
+    for (k, v) in config.file_settings()? {
         c.set(k, v.expose());
     }
     Ok(())
@@ -99,6 +105,7 @@ impl KafkaSink {
             brokers: config.brokers.clone(),
             delivery_timeout: config.delivery_timeout,
             metrics,
+            failure_log: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
@@ -154,7 +161,15 @@ impl KafkaSink {
         );
         let label = if permanent { "permanent" } else { "transient" };
         self.metrics.kafka_delivery_errors.get_or_create(&Reason { reason: label }).inc();
-        tracing::warn!(pair_id = %record.pair_id, error = %e, permanent, "kafka delivery failed");
+        if let Some(held_back) = self.failure_log.allow() {
+            tracing::warn!(
+                pair_id = %record.pair_id,
+                error = %e,
+                permanent,
+                held_back,
+                "kafka delivery failed (logged at most once a second; see untaken_kafka_delivery_errors_total)"
+            );
+        }
         if permanent {
             SinkError::Permanent(e)
         } else {

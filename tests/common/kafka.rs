@@ -637,6 +637,45 @@ pub fn record_count(bootstrap: &str, topic: &str) -> i64 {
 // ----- internals -----------------------------------------------------------
 
 /// Runs `broker.sh fetch` once per process (Maven, first time only).
+/// Sets Kafka's own client quota `producer_byte_rate` (bytes a second) for producers
+/// with `client.id` = `client_id`, with the kafka-configs tool (Admin API), and waits
+/// until the broker reports it. The broker then throttles them: they are acknowledged,
+/// slowly, as by a broker under load.
+pub fn set_producer_byte_rate(bootstrap: &str, client_id: &str, bytes_per_second: u64) {
+    fetch_jars();
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("configs")
+            .arg(bootstrap)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kafka harness: cannot run kafka-configs: {e}"));
+        assert!(out.status.success(), "kafka harness: kafka-configs {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quota = format!("producer_byte_rate={bytes_per_second}");
+    run(&["--alter", "--add-config", &quota, "--entity-type", "clients", "--entity-name", client_id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = run(&["--describe", "--entity-type", "clients", "--entity-name", client_id]);
+        if described.contains(&quota) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "kafka harness: quota {quota} for {client_id} not in force: {described}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// [`set_producer_byte_rate`] on Tokio's blocking pool.
+pub async fn set_producer_byte_rate_async(bootstrap: &str, client_id: &str, bytes_per_second: u64) {
+    let (b, c) = (bootstrap.to_string(), client_id.to_string());
+    tokio::task::spawn_blocking(move || set_producer_byte_rate(&b, &c, bytes_per_second))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+}
+
 fn fetch_jars() {
     static LIBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let libs = LIBS.get_or_init(|| {
@@ -743,8 +782,19 @@ fn free_port_pair() -> (u16, u16) {
     ports
 }
 
-/// A KRaft cluster id: 16 random bytes, base64url without padding.
+/// A KRaft cluster id: 16 random bytes, base64url without padding, never starting
+/// with `-` (kafka-storage's argument parser would read it as an option: 1 start in 64
+/// used to fail with a usage message).
 fn cluster_id() -> String {
+    loop {
+        let id = random_cluster_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes: [u8; 16] = rand::random();
     let mut bits = 0u32;

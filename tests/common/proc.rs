@@ -25,6 +25,21 @@ pub fn dead_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
+/// A command for `program` that runs as a child of this test process and is
+/// SIGKILLed within about a second once the test process is gone, however it died.
+/// The child's pid is the program's (see the module header); add its arguments.
+pub fn watched(program: &str) -> Command {
+    // $$ is the wrapper's pid, which becomes the program's on exec. The watcher
+    // also stops by itself once the program is gone.
+    let script = r#"tp=$1; shift
+( while kill -0 "$tp" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done
+  kill -0 "$tp" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+exec "$@""#;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(script).arg("watched-wrapper").arg(std::process::id().to_string()).arg(program);
+    cmd
+}
+
 /// A running `untaken serve --config FILE`.
 pub struct Sidecar {
     child: Option<Child>,
@@ -49,19 +64,8 @@ impl Sidecar {
     fn spawn_command(subcommand: &str, config: &Path, grpc: SocketAddr, admin: SocketAddr, log: &Path) -> Sidecar {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open sidecar log");
         let err = out.try_clone().expect("dup sidecar log");
-        // $$ is the wrapper's pid, which becomes the sidecar's on exec. The watcher
-        // also stops by itself once the sidecar is gone.
-        let script = r#"tp=$1; shift
-( while kill -0 "$tp" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done
-  kill -0 "$tp" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-exec "$@""#;
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(script)
-            .arg("untaken-wrapper")
-            .arg(std::process::id().to_string())
-            .arg(env!("CARGO_BIN_EXE_untaken"))
-            .arg(subcommand)
+        let mut cmd = watched(env!("CARGO_BIN_EXE_untaken"));
+        cmd.arg(subcommand)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())

@@ -14,6 +14,12 @@
 #       (kafka.tools.StorageTool format --standalone). No-op if the log dir
 #       already holds meta.properties, so a restart keeps its data.
 #
+#   broker.sh configs BOOTSTRAP ARGS...
+#       Kafka's own kafka-configs tool (kafka.admin.ConfigCommand) against
+#       BOOTSTRAP, e.g. a client quota:
+#       configs 127.0.0.1:9092 --alter --add-config producer_byte_rate=100000
+#         --entity-type clients --entity-name untaken
+#
 #   broker.sh run WORKDIR [WATCH_PID]
 #       exec the broker in the foreground: java -cp "$LIBS/*" kafka.Kafka
 #       WORKDIR/server.properties, logging to WORKDIR/broker.log. Because it
@@ -169,12 +175,24 @@ cmd_run() {
   exec "$java" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$props"
 }
 
+cmd_configs() {
+  local bootstrap="${1:?usage: broker.sh configs BOOTSTRAP ARGS...}"
+  shift
+  local java
+  java="$(java_bin)"
+  fetched || die "Kafka jars not fetched yet: run '$0 fetch' first"
+  "$java" -Xmx128m -XX:+UseSerialGC -Dlog4j2.configurationFile="$HERE/log4j2.xml" \
+    -Duntaken.kafka.log="${TMPDIR:-/tmp}/untaken-kafka-configs.log" \
+    -cp "$LIBS/*" kafka.admin.ConfigCommand --bootstrap-server "$bootstrap" "$@"
+}
+
 case "${1:-}" in
   fetch) cmd_fetch ;;
   format) shift && cmd_format "$@" ;;
   run) shift && cmd_run "$@" ;;
+  configs) shift && cmd_configs "$@" ;;
   *)
-    echo "usage: $0 fetch | format WORKDIR CLUSTER_ID | run WORKDIR [WATCH_PID]" >&2
+    echo "usage: $0 fetch | format WORKDIR CLUSTER_ID | run WORKDIR [WATCH_PID] | configs BOOTSTRAP ARGS..." >&2
     exit 2
     ;;
 esac
