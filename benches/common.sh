@@ -30,6 +30,20 @@ cleanup() {
   exit "$rc"
 }
 
+ensure_kcat() { # installs kcat with apt-get when missing (needs root)
+  if ! command -v kcat >/dev/null; then
+    log "installing kcat (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >"$WORK/kcat-install.log" 2>&1; then
+      apt-get update -qq >>"$WORK/kcat-install.log" 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >>"$WORK/kcat-install.log" 2>&1 ||
+        {
+          tail -n 20 "$WORK/kcat-install.log" >&2
+          die "apt-get install kcat failed"
+        }
+    fi
+  fi
+}
+
 forget_pid() { # remove a pid we stopped ourselves from the cleanup list
   local p out=()
   for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || out+=("$p"); done

@@ -17,10 +17,14 @@
 #   BENCH_JUDGE_PAIRS=30000       pairs produced and graded
 #   BENCH_JUDGE_DELAY_MS=200      fake judge latency per call
 #   BENCH_JUDGE_CONCURRENCY=512   [limits] max_concurrency (judge calls in flight)
-#   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed)
+#   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed; the default)
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
+#   BENCH_JUDGE_MALLOC_ARENA_MAX  what-if: glibc MALLOC_ARENA_MAX for the worker (unset: glibc's default)
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
+#
+# Installs kcat with apt-get if missing (needs root). Every process it starts is
+# killed on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,12 +42,13 @@ PEER="$ROOT/target/release/examples/judge_peer"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-judge-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
+# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-command -v kcat >/dev/null || die "kcat is required (apt-get install kcat)"
+ensure_kcat
+for t in curl awk ss; do command -v "$t" >/dev/null || die "$t not found"; done
 if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
   log "building untaken and examples/judge_peer (release)"
   cargo build --release --locked --bin untaken --example judge_peer >&2
@@ -107,10 +112,14 @@ now() { date +%s.%N; }
 
 log "(j) untaken judge grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
 T0=$(now)
-"$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+if [[ -n "${BENCH_JUDGE_MALLOC_ARENA_MAX:-}" ]]; then
+  MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+else
+  "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
+fi
 WPID=$!
 PIDS+=("$WPID")
-T10="" T90="" TEND=""
+T10="" T90="" TEND="" MAX_IN_FLIGHT=0
 while :; do
   kill -0 "$WPID" 2>/dev/null || {
     tail -n 30 "$WORK/worker.log" >&2
@@ -118,6 +127,9 @@ while :; do
   }
   p=$(published)
   t=$(now)
+  f=$(awk '$1 == "untaken_judge_in_flight" { print $2 }' "$WORK/metrics.txt")
+  [[ -n "$f" && "$f" -gt "$MAX_IN_FLIGHT" ]] && MAX_IN_FLIGHT=$f
+  echo "$t $p ${f:-0} $(awk '/^VmRSS:/ { print $2 }' "/proc/$WPID/status" 2>/dev/null || echo 0)" >>"$WORK/progress.txt"
   [[ -z "$T10" && "$p" -ge $((N / 10)) ]] && T10=$t
   [[ -z "$T90" && "$p" -ge $((N * 9 / 10)) ]] && T90=$t
   if [[ "$p" -ge "$N" ]]; then
@@ -137,14 +149,14 @@ CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s
 # --- report -------------------------------------------------------------------------
 awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" \
   -v t0="$T0" -v t10="$T10" -v t90="$T90" -v tend="$TEND" -v ticks="$W_TICKS" -v tck="$TCK" -v hwm="$W_HWM" \
-  -v graded="$G_COUNT" -v calls="$CALLS" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
+  -v graded="$G_COUNT" -v calls="$CALLS" -v maxfl="$MAX_IN_FLIGHT" -v window="$IN_FLIGHT" -v arena="${BENCH_JUDGE_MALLOC_ARENA_MAX:+, MALLOC_ARENA_MAX=$BENCH_JUDGE_MALLOC_ARENA_MAX}" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
   steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
-  printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d\n\n", n, bytes, parts, delay, conc
+  printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d, in_flight %d%s\n\n", n, bytes, parts, delay, conc, window, arena
   printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
   printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
   printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10
   printf "| (j) untaken judge, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", overall, tend - t0, wcpu, wcpu * 1e6 / n, hwm / 1024
-  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair).\n", graded, n, calls, calls / n
+  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair); most records uncommitted at once: %d (in_flight = %d).\n", graded, n, calls, calls / n, maxfl, window
   printf "\nTargets: >= 500 pairs/s: %s (steady %.0f); <= 100 µs CPU a pair: %s (%.1f); RSS < 64 MiB: %s (%.1f).\n", \
     (steady >= 500 ? "met" : "MISSED"), steady, (wcpu * 1e6 / n <= 100 ? "met" : "MISSED"), wcpu * 1e6 / n, (hwm < 65536 ? "met" : "MISSED"), hwm / 1024
 }'

@@ -73,7 +73,7 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, rss_kib, start_broker
+# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, rss_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -105,17 +105,7 @@ install_tools() {
         die "go install ghz failed"
       }
   fi
-  if ! command -v kcat >/dev/null; then
-    log "installing kcat (apt-get)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >"$WORK/kcat-install.log" 2>&1; then
-      apt-get update -qq >>"$WORK/kcat-install.log" 2>&1 || true
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >>"$WORK/kcat-install.log" 2>&1 ||
-        {
-          tail -n 20 "$WORK/kcat-install.log" >&2
-          die "apt-get install kcat failed"
-        }
-    fi
-  fi
+  ensure_kcat
   for t in jq ss curl awk; do command -v "$t" >/dev/null || die "$t not found"; done
 }
 

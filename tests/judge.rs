@@ -107,6 +107,7 @@ fn pairwise(url: &str, extra: &str) -> String {
 
 /// A judge config reading `pairs` in `group`, writing `grades`; `judge` is the
 /// [judge] section, `extra` more sections ([limits]...), `kafka_extra` lines of [kafka].
+#[allow(clippy::too_many_arguments)] // every argument is one line of the config
 fn judge_toml(bootstrap: &str, pairs: &str, grades: &str, group: &str, admin: SocketAddr, judge: &str, extra: &str, kafka_extra: &str) -> String {
     format!(
         "{judge}\n{extra}\n[kafka]\nbrokers = \"{bootstrap}\"\npairs_topic = \"{pairs}\"\ngrades_topic = \"{grades}\"\ngroup_id = \"{group}\"\ncommit_interval = \"200ms\"\n{kafka_extra}\n[server]\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n[log]\nformat = \"text\"\n"

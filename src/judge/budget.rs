@@ -82,34 +82,27 @@ impl JudgeLimits {
 mod tests {
     use super::*;
 
-    fn limits(budget: Option<f64>, window_secs: u64, conc: u32) -> JudgeLimits {
-        JudgeLimits::new(&LimitsConfig {
-            max_rps: None,
-            max_concurrency: conc,
-            budget_usd_per_hour: budget,
-            budget_window: Duration::from_secs(window_secs),
-        })
+    fn limits(budget: Option<f64>, window: Duration, conc: u32) -> JudgeLimits {
+        JudgeLimits::new(&LimitsConfig { max_rps: None, max_concurrency: conc, budget_usd_per_hour: budget, budget_window: window })
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn spent_budget_makes_calls_wait_until_the_window_moves_on() {
-        let l = limits(Some(1.0), 60, 4);
+        // A 600 ms window: buckets of 10 ms, so the charge leaves it after ~600 ms.
+        let l = limits(Some(1.0), Duration::from_millis(600), 4);
         drop(l.acquire().await);
         l.charge(1.5);
         assert!(l.exhausted());
-        let started = tokio::time::Instant::now();
-        let waited = tokio::spawn(async move {
-            drop(l.acquire().await);
-            tokio::time::Instant::now() - started
-        });
-        // A 60 s window has 1 s buckets: the charge leaves the window after 60 s.
-        let waited = waited.await.unwrap();
-        assert!(waited >= Duration::from_secs(59) && waited <= Duration::from_secs(62), "{waited:?}");
+        let started = Instant::now();
+        drop(l.acquire().await);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(550) && waited <= Duration::from_secs(3), "{waited:?}");
+        assert!(!l.exhausted());
     }
 
     #[tokio::test]
     async fn concurrency_cap_makes_calls_wait_not_fail() {
-        let l = Arc::new(limits(None, 3600, 1));
+        let l = Arc::new(limits(None, Duration::from_secs(3600), 1));
         let first = l.acquire().await;
         let l2 = l.clone();
         let second = tokio::spawn(async move { drop(l2.acquire().await) });

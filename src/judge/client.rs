@@ -12,12 +12,14 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::Rng;
 use serde_json::{json, Value};
 
 use super::budget::JudgeLimits;
 use super::config::PairwiseConfig;
 use super::metrics::JudgeMetrics;
+use super::prompt::ChatMessage;
 use super::verdict::{self, Raw};
 use crate::config::Secret;
 use crate::usage::Usage;
@@ -48,6 +50,20 @@ pub struct JudgeClient {
     http: reqwest::Client,
     config: PairwiseConfig,
     api_key: Option<Secret>,
+    /// The `response_format` asking for a structured verdict, when configured.
+    response_format: Option<Value>,
+}
+
+/// A chat-completions request, serialised without an intermediate JSON tree.
+#[derive(serde::Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage<'a>],
+    temperature: f64,
+    max_tokens: u32,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a Value>,
 }
 
 impl JudgeClient {
@@ -58,20 +74,8 @@ impl JudgeClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("static reqwest configuration is valid");
-        Self { http, config: config.clone(), api_key }
-    }
-
-    /// The chat-completions request for `messages`.
-    pub fn request_body(&self, messages: &Value) -> Value {
-        let mut body = json!({
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-            "stream": false,
-        });
-        if self.config.structured_output {
-            body["response_format"] = json!({
+        let response_format = config.structured_output.then(|| {
+            json!({
                 "type": "json_schema",
                 "json_schema": {
                     "name": "verdict",
@@ -83,14 +87,27 @@ impl JudgeClient {
                         "additionalProperties": false
                     }
                 }
-            });
-        }
-        body
+            })
+        });
+        Self { http, config: config.clone(), api_key, response_format }
+    }
+
+    /// The chat-completions request body for `messages`.
+    pub fn request_body(&self, messages: &[ChatMessage<'_>]) -> Bytes {
+        let request = ChatRequest {
+            model: &self.config.model,
+            messages,
+            temperature: self.config.temperature,
+            max_tokens: self.config.max_tokens,
+            stream: false,
+            response_format: self.response_format.as_ref(),
+        };
+        Bytes::from(serde_json::to_vec(&request).expect("a chat request serializes"))
     }
 
     /// Asks for one verdict (network; waits for admission, retries within bounds).
-    pub async fn verdict(&self, messages: &Value, limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
-        let body = serde_json::to_vec(&self.request_body(messages)).expect("a JSON value serializes");
+    pub async fn verdict(&self, messages: &[ChatMessage<'_>], limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
+        let body = self.request_body(messages);
         let start = Instant::now();
         let mut out = VerdictCall { raw: Err(String::new()), attempts: 0, latency_ms: 0.0, cost_usd: 0.0 };
         let mut last_malformed = None;
@@ -122,20 +139,21 @@ impl JudgeClient {
     }
 
     /// One answer's content, retrying transient failures; the error says what failed last.
-    async fn call_with_retries(&self, body: &[u8], limits: &JudgeLimits, metrics: &JudgeMetrics, out: &mut VerdictCall) -> Result<String, String> {
+    async fn call_with_retries(&self, body: &Bytes, limits: &JudgeLimits, metrics: &JudgeMetrics, out: &mut VerdictCall) -> Result<String, String> {
         let mut retry = 0;
         loop {
             out.attempts += 1;
             let permit = limits.acquire().await;
             let started = Instant::now();
             let (call, cost) = self.call_once(body).await;
-            drop(permit);
             metrics.judge_call_seconds.observe(started.elapsed().as_secs_f64());
             if cost > 0.0 {
                 limits.charge(cost);
                 metrics.judge_spend_usd.inc_by(cost);
                 out.cost_usd += cost;
             }
+            // Charged before the slot frees, so the next call sees this call's spend.
+            drop(permit);
             match call {
                 Call::Content(c) => return Ok(c),
                 Call::Permanent(label, e) => {
@@ -162,13 +180,13 @@ impl JudgeClient {
         base.mul_f64(rand::rng().random_range(0.75..1.25))
     }
 
-    async fn call_once(&self, body: &[u8]) -> (Call, f64) {
+    async fn call_once(&self, body: &Bytes) -> (Call, f64) {
         let mut req = self
             .http
             .post(&self.config.url)
             .timeout(self.config.timeout)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
+            .body(body.clone());
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose());
         }
@@ -232,11 +250,15 @@ mod tests {
     #[test]
     fn structured_output_asks_for_a_json_schema_verdict() {
         let c = JudgeClient::new(&cfg(true), None);
-        let b = c.request_body(&json!([]));
+        let m = [ChatMessage { role: "user", content: "hi".into() }];
+        let b: Value = serde_json::from_slice(&c.request_body(&m)).unwrap();
         assert_eq!(b["response_format"]["type"], "json_schema");
         assert_eq!(b["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"], json!(["A", "B", "tie"]));
         assert_eq!(b["model"], "j");
-        assert!(JudgeClient::new(&cfg(false), None).request_body(&json!([])).get("response_format").is_none());
+        assert_eq!(b["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(b["stream"], false);
+        let plain: Value = serde_json::from_slice(&JudgeClient::new(&cfg(false), None).request_body(&m)).unwrap();
+        assert!(plain.get("response_format").is_none());
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl Default for JudgeKafkaConfig {
             group_id: "untaken-judge".into(),
             start_from: StartFrom::Earliest,
             encoding: Encoding::Json,
-            in_flight: 512,
+            in_flight: 1024,
             dedup_capacity: 100_000,
             commit_interval: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(30),

@@ -112,6 +112,8 @@ mod tests {
         let t = answer_text(&json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "a"}]}}]}));
         assert_eq!(t, r#"[tool calls] [{"id":"a"}]"#);
         assert_eq!(answer_text(&json!({"error": "x"})), "");
+        assert_eq!(answer_text(&json!({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]})), "a\nb");
+        assert_eq!(answer_text(&json!({"choices": [{"message": {"content": "let me", "tool_calls": [{"id": "a"}]}}]})), "let me\n[tool calls] [{\"id\":\"a\"}]");
     }
 
     #[test]

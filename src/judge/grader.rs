@@ -19,6 +19,8 @@ use super::reference;
 use crate::config::ConfigError;
 use crate::proto::v1::{GradeOutcome, GradeRecord, JudgeInfo, PairRecord};
 
+// One per worker: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Method {
     Pairwise { client: JudgeClient, prompt: Prompt, model: String, allow_self_judging: bool },
     Reference(ReferenceConfig),

@@ -202,3 +202,23 @@ pub async fn run_kafka(config: &JudgeConfig, stop: CancellationToken) -> Result<
     let _ = admin.await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::PairKind;
+
+    #[test]
+    fn pair_records_decode_by_content_type_with_json_as_the_default() {
+        let pair = PairRecord { pair_id: "p".into(), kind: PairKind::Control as i32, ..Default::default() };
+        let json = serde_json::to_vec(&pair).unwrap();
+        assert_eq!(decode_pair(&json, Some("application/json")).unwrap(), pair);
+        assert_eq!(decode_pair(&json, None).unwrap(), pair, "no header: JSON");
+        let proto = pair.encode_to_vec();
+        assert_eq!(decode_pair(&proto, Some("application/x-protobuf")).unwrap(), pair);
+        assert!(matches!(decode_pair(&proto, None), Err(DecodeError::Json(_))));
+        assert!(matches!(decode_pair(b"\xff\xff", Some("application/x-protobuf")), Err(DecodeError::Protobuf(_))));
+        let old: PairRecord = serde_json::from_str(r#"{"pair_id":"old"}"#).unwrap();
+        assert_eq!(old.kind(), PairKind::Pair, "records from before `kind` decode as PAIR");
+    }
+}

@@ -6,7 +6,9 @@
 //! of wording, rubric or format starts a new version in the grades (and a report
 //! never mixes verdicts from two prompts unknowingly). Pure.
 
-use serde_json::{json, Value};
+use std::borrow::Cow;
+
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::features::content_text;
@@ -24,6 +26,13 @@ const USER: &str = "[Conversation]\n{conversation}\n[End of conversation]\n\n\
 const FORMAT_MARKER: &str =
     "End your reply with exactly one line of the form [[VERDICT: A]], [[VERDICT: B]] or [[VERDICT: tie]].";
 const FORMAT_STRUCTURED: &str = "Reply with a JSON object {\"verdict\": \"A\" | \"B\" | \"tie\"}.";
+
+/// One chat message of a judge request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChatMessage<'a> {
+    pub role: &'static str,
+    pub content: Cow<'a, str>,
+}
 
 /// The prompt of one judge, ready to render pairs.
 #[derive(Debug, Clone)]
@@ -52,14 +61,14 @@ impl Prompt {
     }
 
     /// Chat messages asking for a verdict on `answer_a` against `answer_b`.
-    pub fn messages(&self, conversation: &str, answer_a: &str, answer_b: &str) -> Value {
+    pub fn messages(&self, conversation: &str, answer_a: &str, answer_b: &str) -> [ChatMessage<'_>; 2] {
         let user = render_user(
             conversation,
             &clip(answer_a, self.max_answer_chars),
             &clip(answer_b, self.max_answer_chars),
             self.format,
         );
-        json!([{"role": "system", "content": self.system}, {"role": "user", "content": user}])
+        [ChatMessage { role: "system", content: Cow::Borrowed(&self.system) }, ChatMessage { role: "user", content: Cow::Owned(user) }]
     }
 }
 
@@ -126,15 +135,17 @@ mod tests {
     fn messages_label_the_answers_and_keep_braces_in_answers() {
         let p = Prompt::new("R", false, 16);
         let m = p.messages("<user>\nq\n</user>", "{answer_b} one", "two two two two two");
-        let user = m[1]["content"].as_str().unwrap();
+        let user = &m[1].content;
         assert!(user.contains("[Answer A]\n{answer_b} one\n[End of answer A]"), "{user}");
         assert!(user.contains("[Answer B]\ntwo two two two \n[... answer cut at 16 characters]"), "{user}");
         assert!(user.ends_with("[[VERDICT: tie]]."));
-        assert!(m[0]["content"].as_str().unwrap().contains("Criteria: R"));
+        assert!(m[0].content.contains("Criteria: R"));
+        assert_eq!((m[0].role, m[1].role), ("system", "user"));
     }
 
     #[test]
     fn conversation_renders_every_message() {
+        use serde_json::json;
         let req = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]});
         assert_eq!(conversation(&req), "<system>\ns\n</system>\n<user>\nq\n</user>");
     }

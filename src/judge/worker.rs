@@ -24,7 +24,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -154,6 +153,9 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         // Only grades of committed (sidecar acks=all) records; no aborted transactions.
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000")
+        // librdkafka prefetches up to 64 MiB per consumer by default; the worker reads
+        // a few hundred records ahead at most, so a smaller buffer keeps RSS low.
+        .set("queued.max.messages.kbytes", "8192")
         .set("reconnect.backoff.max.ms", "1000");
     crate::sink::kafka::apply_user_settings(&mut c, &k.client()).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)
@@ -179,8 +181,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         stop: task_stop.clone(),
     });
     let window = config.kafka.in_flight;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Option<Ticket>>();
-    let mut tasks = JoinSet::new();
+    // A finished task stays in the set (with its output) until joined, so completions
+    // are read from the set itself: nothing accumulates.
+    let mut tasks: JoinSet<Option<Ticket>> = JoinSet::new();
     let mut backlog: VecDeque<Item> = VecDeque::new();
     let mut in_flight = 0usize;
     let mut paused = false;
@@ -198,11 +201,8 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                 continue; // revoked while waiting: the new owner reads it again
             }
             in_flight += 1;
-            let (shared, done) = (shared.clone(), done_tx.clone());
-            tasks.spawn(async move {
-                let t = grade_one(item, &shared).await;
-                let _ = done.send(t);
-            });
+            let shared = shared.clone();
+            tasks.spawn(async move { grade_one(item, &shared).await });
         }
         // The window counts every record read and not yet committed: exactly what a
         // crash now would have the next owner grade again.
@@ -219,7 +219,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             continue;
         }
         let exhausted = shared.grader.limits().exhausted();
-        let want_pause = uncommitted >= window || exhausted;
+        // Pausing drops what librdkafka prefetched (it is fetched again on resume), so
+        // once full, the window drains to three quarters before reading resumes.
+        let full = if paused { uncommitted > window * 3 / 4 } else { uncommitted >= window };
+        let want_pause = full || exhausted;
         if want_pause != paused {
             set_paused(&consumer, want_pause);
             paused = want_pause;
@@ -228,9 +231,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(done) = done_rx.recv() => {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 in_flight -= 1;
-                if let Some(t) = done {
+                if let Ok(Some(t)) = done {
                     if tracker.lock().expect("tracker lock").complete(&t) {
                         summary.records_completed += 1;
                     }
@@ -269,9 +272,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     while in_flight > 0 {
         tokio::select! {
             _ = &mut grace => break,
-            Some(done) = done_rx.recv() => {
+            Some(done) = tasks.join_next() => {
                 in_flight -= 1;
-                if let Some(t) = done {
+                if let Ok(Some(t)) = done {
                     if tracker.lock().expect("tracker lock").complete(&t) {
                         summary.records_completed += 1;
                     }
@@ -279,12 +282,19 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             }
         }
     }
+    // The rest stop at once (a stopped task returns no ticket: its offset stays open).
     task_stop.cancel();
-    tasks.shutdown().await;
+    let mut abandoned = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Some(t)) if tracker.lock().expect("tracker lock").complete(&t) => summary.records_completed += 1,
+            _ => abandoned += 1,
+        }
+    }
     let flush_shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || flush_shared.sink.flush_blocking(Duration::from_secs(5))).await;
     commit(&consumer, &tracker, &metrics).await;
-    tracing::info!(pairs_read = summary.pairs_read, completed = summary.records_completed, abandoned = in_flight, "judge worker stopped");
+    tracing::info!(pairs_read = summary.pairs_read, completed = summary.records_completed, abandoned, "judge worker stopped");
     // Closing the consumer leaves the group (revoking: offsets are already committed).
     tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
     Ok(summary)
