@@ -81,7 +81,9 @@ pub enum JudgeError {
 pub enum DecodeError {
     #[error("not a protobuf PairRecord: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("not a JSON PairRecord: {0}")]
+    /// Only the kind of error and where: serde's own message can quote the record's
+    /// text (`invalid type: string "…"`), and logs never carry prompt or answer text.
+    #[error("not a JSON PairRecord: {:?} error at line {}, column {}", .0.classify(), .0.line(), .0.column())]
     Json(#[from] serde_json::Error),
 }
 
@@ -217,6 +219,10 @@ mod tests {
         let proto = pair.encode_to_vec();
         assert_eq!(decode_pair(&proto, Some("application/x-protobuf")).unwrap(), pair);
         assert!(matches!(decode_pair(&proto, None), Err(DecodeError::Json(_))));
+        let quoting = br#"{"pair_id":"p","primary":"SECRET ANSWER TEXT from the model"}"#;
+        let e = decode_pair(quoting, Some("application/json")).unwrap_err().to_string();
+        assert!(!e.contains("SECRET"), "the error names where, never what: {e}");
+        assert!(e.contains("line 1, column"), "{e}");
         assert!(matches!(decode_pair(b"\xff\xff", Some("application/x-protobuf")), Err(DecodeError::Protobuf(_))));
         let old: PairRecord = serde_json::from_str(r#"{"pair_id":"old"}"#).unwrap();
         assert_eq!(old.kind(), PairKind::Pair, "records from before `kind` decode as PAIR");
