@@ -76,11 +76,16 @@ pub fn half_summary(a: Option<&AnswerRecord>, answer: &str) -> HalfSummary {
     }
 }
 
-/// The answer text of a half (empty when absent or not JSON).
+/// The answer text of a half: the message content of a JSON answer, the body itself
+/// when the answer was plain text (`body_is_text`), empty when absent.
 pub fn half_text(pair: &PairRecord, counterfactual: bool) -> String {
     let half = if counterfactual { pair.counterfactual.as_ref() } else { pair.primary.as_ref() };
     match half {
-        Some(a) if a.present && !a.body_is_text => answer_text(&to_json(&a.body_json, a.body.as_ref())),
+        Some(a) if a.present && a.body_is_text => match to_json("", a.body.as_ref()) {
+            Value::String(text) => text,
+            _ => String::new(),
+        },
+        Some(a) if a.present => answer_text(&to_json(&a.body_json, a.body.as_ref())),
         _ => String::new(),
     }
 }
@@ -89,6 +94,15 @@ pub fn half_text(pair: &PairRecord, counterfactual: bool) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_plain_text_answer_is_judged_as_its_text_not_as_empty() {
+        let text = AnswerRecord { present: true, body_is_text: true, body: Some("The result is 42.".to_string().into()), ..Default::default() };
+        let json = AnswerRecord { present: true, body_json: r#"{"choices":[{"message":{"content":"41"}}]}"#.into(), ..Default::default() };
+        let pair = PairRecord { primary: Some(text), counterfactual: Some(json), ..Default::default() };
+        assert_eq!(half_text(&pair, false), "The result is 42.");
+        assert_eq!(half_text(&pair, true), "41");
+    }
 
     #[test]
     fn features_count_turns_chars_and_tools() {
