@@ -143,6 +143,8 @@ pub struct BandAcc {
     pub reasoning_better: u64,
     /// Reasoning route's advantage (positive = reasoning better).
     pub advantage: Moments,
+    /// The same advantage with each grade's sampling weight, for the traffic-weighted mean.
+    pub weighted_advantage: WeightedSums,
 }
 
 /// Per slice, for "where a threshold would have sent it".
@@ -282,7 +284,7 @@ impl Accumulator {
             self.overall.add(w, grade.score);
             self.overall_scores.add(grade.score);
             self.add_human(grade, human);
-            self.add_calibration(grade);
+            self.add_calibration(grade, w);
         }
         if let Some(d) = human_minus_judge {
             self.overall_human_minus_judge.add(w, d);
@@ -358,7 +360,7 @@ impl Accumulator {
         }
     }
 
-    fn add_calibration(&mut self, grade: &GradeRecord) {
+    fn add_calibration(&mut self, grade: &GradeRecord, w: f64) {
         let (Some(acc), Some(label)) = (self.calibration.as_mut(), self.settings.eligibility_label.as_ref()) else { return };
         let reasoning = self.settings.reasoning_route.as_str();
         let taken = route_name(&grade.route_taken);
@@ -382,6 +384,7 @@ impl Accumulator {
         b.pairs += 1;
         b.reasoning_better += (advantage > 0.0) as u64;
         b.advantage.add(advantage);
+        b.weighted_advantage.add(w, advantage);
         let s = acc.slices.entry(grade.slice.clone()).or_default();
         s.pairs += 1;
         s.score_sum += score;

@@ -88,7 +88,7 @@ pub fn analyze(acc: &Accumulator, settings: &AnalysisSettings, input: InputSumma
         noise_floor,
         judge_health,
         human: human(acc),
-        calibration: calibration(acc),
+        calibration: calibration(acc, settings.min_pairs),
         groups,
     }
 }
@@ -424,7 +424,7 @@ fn human(acc: &Accumulator) -> Option<HumanAgreement> {
     })
 }
 
-fn calibration(acc: &Accumulator) -> Option<Calibration> {
+fn calibration(acc: &Accumulator, min_pairs: u64) -> Option<Calibration> {
     let c = acc.calibration.as_ref()?;
     let bands: Vec<CalibrationBand> = c
         .bands
@@ -435,14 +435,10 @@ fn calibration(acc: &Accumulator) -> Option<Calibration> {
             upper: (i + 1) as f64 / 10.0,
             pairs: b.pairs,
             reasoning_better_rate: wilson(b.reasoning_better, b.pairs),
-            reasoning_advantage_points: mean_points(&b.advantage),
+            reasoning_advantage_points: stats::hajek(&b.weighted_advantage, CONFIDENCE).map(points),
         })
         .collect();
-    // The lowest edge from which every band with data favours the reasoning route on average.
-    let favours = |b: &super::accumulate::BandAcc| b.advantage.mean().is_none_or(|m| m > 0.0);
-    let suggested = (0..10)
-        .find(|&i| c.bands[i..].iter().all(favours) && c.bands[i..].iter().any(|b| b.pairs > 0))
-        .map(|i| i as f64 / 10.0);
+    let suggested = suggested_threshold(&c.bands, min_pairs);
     let slices = c
         .slices
         .iter()
@@ -463,6 +459,21 @@ fn calibration(acc: &Accumulator) -> Option<Calibration> {
         suggested_threshold: suggested,
         slices,
     })
+}
+
+/// The lowest band edge from which the reasoning route is better on the traffic: its band
+/// has at least `min_pairs` pairs and a traffic-weighted (Hájek) advantage whose 95%
+/// interval lies above 0, and every band above it with `min_pairs` pairs has a positive
+/// advantage. Bands with fewer pairs say nothing either way. None when no edge qualifies.
+fn suggested_threshold(bands: &[super::accumulate::BandAcc; 10], min_pairs: u64) -> Option<f64> {
+    let enough = |b: &&super::accumulate::BandAcc| b.pairs >= min_pairs.max(2);
+    let advantage = |b: &super::accumulate::BandAcc| stats::hajek(&b.weighted_advantage, CONFIDENCE);
+    (0..bands.len())
+        .find(|&i| {
+            let clear = Some(&bands[i]).filter(enough).and_then(advantage).is_some_and(|a| a.lower > 0.0);
+            clear && bands[i + 1..].iter().filter(enough).all(|b| advantage(b).is_some_and(|a| a.estimate > 0.0))
+        })
+        .map(|i| i as f64 / 10.0)
 }
 
 fn trades(groups: &[GroupResult]) -> Vec<Trade> {

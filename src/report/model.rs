@@ -353,8 +353,9 @@ pub struct Calibration {
     pub unreadable_labels: u64,
     /// Ten bands of the score, [0, 0.1) … [0.9, 1.0].
     pub bands: Vec<CalibrationBand>,
-    /// The lowest band edge from which the reasoning route is, on the grades, better on average;
-    /// None when no such edge exists.
+    /// The lowest band edge whose band (with `min_pairs` pairs) has a traffic-weighted
+    /// advantage with a 95% interval above 0, every band above it with `min_pairs` pairs
+    /// favouring the reasoning route; None when no edge qualifies.
     pub suggested_threshold: Option<f64>,
     /// Per slice: its mean score, and where the suggested threshold would have sent it.
     pub slices: Vec<SliceEligibility>,
@@ -368,7 +369,8 @@ pub struct CalibrationBand {
     pub pairs: u64,
     /// How often the reasoning route was strictly better (Wilson interval).
     pub reasoning_better_rate: Option<Interval>,
-    /// Mean advantage of the reasoning route in points (positive = reasoning better).
+    /// Traffic-weighted (Hájek) mean advantage of the reasoning route in points (positive =
+    /// reasoning better).
     pub reasoning_advantage_points: Option<Interval>,
 }
 

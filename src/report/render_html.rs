@@ -205,8 +205,8 @@ fn calibration(o: &mut String, c: &Calibration) {
         c.pairs,
         escape(&c.reasoning_route),
         match c.suggested_threshold {
-            Some(t) => format!("The reasoning route is better on average from a score of {t:.1} up (the dashed line)."),
-            None => "No score threshold above which the reasoning route is better on average.".to_string(),
+            Some(t) => format!("The reasoning route is better on the traffic from a score of {t:.1} up (the dashed line): that band's traffic-weighted advantage has a 95% interval above 0, and every band above it with enough pairs favours the reasoning route too."),
+            None => "No threshold suggested: no score from which every band with enough pairs favours the reasoning route with a 95% interval above 0.".to_string(),
         },
         svg::calibration_chart(c)
     );

@@ -131,10 +131,10 @@ pub fn render(r: &Report) -> String {
         }
         match c.suggested_threshold {
             Some(t) => {
-                let _ = writeln!(o, "  the reasoning route is better on average from a score of {t:.1} up");
+                let _ = writeln!(o, "  the reasoning route is better on the traffic from a score of {t:.1} up (its band's traffic-weighted 95% interval above 0, every band above with enough pairs favouring it)");
             }
             None => {
-                let _ = writeln!(o, "  no score threshold above which the reasoning route is better on average");
+                let _ = writeln!(o, "  no threshold suggested: no score from which every band with enough pairs favours the reasoning route with a 95% interval above 0");
             }
         }
         for s in &c.slices {
