@@ -292,12 +292,12 @@ fn trades(o: &mut String, r: &Report) {
 }
 
 fn groups(o: &mut String, r: &Report) {
-    o.push_str("<section id=\"groups\"><h2>Every group</h2><div class=\"scroll\"><table><tr><th class=\"name\">dimension</th><th class=\"name\">group</th><th class=\"name\">taken → not taken</th><th>pairs</th><th>share</th><th>win/tie/loss</th><th>mean points [95% CI]</th><th>q</th><th>MDE</th><th>Δp50 ms</th><th>Δcost $</th><th class=\"name\">status</th></tr>");
+    let _ = write!(o, "<section id=\"groups\"><h2>Every group</h2><div class=\"scroll\"><table><tr><th class=\"name\">dimension</th><th class=\"name\">group</th><th class=\"name\">taken → not taken</th><th>pairs</th><th>share</th><th>win/tie/loss</th><th>mean points [95% CI]</th>{}<th>q</th><th>MDE</th><th>Δp50 ms</th><th>Δcost $</th><th class=\"name\">status</th></tr>", if r.human.is_some() { "<th>corrected with human verdicts (PPI) [95% CI]</th>" } else { "" });
     for g in &r.groups {
         let flagged = g.status == GroupStatus::Regression;
         let _ = write!(
             o,
-            "<tr{}><td class=\"name\">{}</td><td class=\"name\">{}</td><td class=\"name\">{} → {}</td><td>{}</td><td>{:.1}%</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>",
+            "<tr{}><td class=\"name\">{}</td><td class=\"name\">{}</td><td class=\"name\">{} → {}</td><td>{}</td><td>{:.1}%</td><td>{}/{}/{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>",
             if flagged { " class=\"flagged\"" } else { "" },
             escape(&g.dimension),
             escape(&g.group),
@@ -309,6 +309,7 @@ fn groups(o: &mut String, r: &Report) {
             g.ties,
             g.losses,
             ci(&g.mean_points),
+            if r.human.is_some() { format!("<td>{}</td>", ci(&g.ppi_points)) } else { String::new() },
             g.q_value.map_or("-".to_string(), fmt_p),
             g.mde_points.map_or("-".to_string(), |m| format!("{m:.1}")),
             opt(g.latency.diff_p50_ms, 0),
@@ -449,5 +450,24 @@ mod tests {
         assert!(html.contains("<svg id=\"forest-plot\" role=\"img\"") && html.contains("<svg id=\"calibration-chart\" role=\"img\""));
         assert_eq!(html.matches("<svg ").count(), html.matches("<svg id=\"").count());
         assert!(html.matches("<title").count() >= 3, "a page title and one per plot");
+    }
+
+    /// With a human-verdict label, the group table carries the PPI-corrected estimate.
+    #[test]
+    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+        let mut s = Scenario::essay();
+        s.human_share = 0.3;
+        let opts = ReportOptions { human_label: Some(scenario::HUMAN_LABEL.into()), ..Default::default() };
+        let mut p = Pipeline::new(&opts);
+        s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
+        let r = p.finish("simulation".into(), String::new()).unwrap();
+        let page = render(&r);
+        let table = &page[page.find("<section id=\"groups\">").unwrap()..];
+        let table = &table[..table.find("</section>").unwrap()];
+        assert!(table.contains("<th>corrected with human verdicts (PPI) [95% CI]</th>"), "{table}");
+        let g = r.groups.iter().find(|g| g.dimension == "slice" && g.group == "multi_step" && g.route_taken == "fast").unwrap();
+        let row = table.split("<tr").find(|row| row.contains(">multi_step<") && row.contains("fast → reasoning")).unwrap();
+        assert!(row.contains(&format!("<td>{}</td><td>{}</td>", ci(&g.mean_points), ci(&g.ppi_points))) && g.ppi_points.is_some(), "{row}");
+        assert!(!render(&essay_report(4)).contains("(PPI) [95% CI]</th>"), "no human label, no PPI column");
     }
 }

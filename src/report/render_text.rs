@@ -73,12 +73,14 @@ pub fn render(r: &Report) -> String {
     // Columns as wide as their longest entry, so long slice or label values stay aligned.
     let gw = r.groups.iter().map(|g| g.group.chars().count()).max().unwrap_or(0).max(14);
     let dw = r.groups.iter().map(|g| g.dimension.chars().count()).max().unwrap_or(0).max(9);
-    let _ = writeln!(o, "  {:<dw$} {:<gw$} {:<22} {:>6} {:>6} {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
+    // With human verdicts, the PPI-corrected mean beside the judge's.
+    let ppi = |x: String| if r.human.is_some() { format!(" {x:>22}") } else { String::new() };
+    let _ = writeln!(o, "  {:<dw$} {:<gw$} {:<22} {:>6} {:>6} {:>14} {:>22}{} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", ppi("PPI points [95% CI]".into()), "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
     for g in &r.groups {
         let fail = |x: &Option<Interval>| x.map_or("-".to_string(), |i| format!("{:.0}", i.estimate * 100.0));
         let _ = writeln!(
             o,
-            "  {:<dw$} {:<gw$} {:<22} {:>6} {:>5.1}% {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
+            "  {:<dw$} {:<gw$} {:<22} {:>6} {:>5.1}% {:>14} {:>22}{} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
             g.dimension,
             g.group,
             format!("{} → {}", g.route_taken, g.route_not_taken),
@@ -86,6 +88,7 @@ pub fn render(r: &Report) -> String {
             g.traffic_share * 100.0,
             format!("{}/{}/{}", g.wins, g.ties, g.losses),
             ci(&g.mean_points),
+            ppi(ci(&g.ppi_points)),
             g.q_value.map_or("-".to_string(), fmt_p),
             g.mde_points.map_or("-".to_string(), |m| format!("{m:.1}")),
             format!("{}/{}", fail(&g.taken_failure_rate), fail(&g.not_taken_failure_rate)),
@@ -179,5 +182,29 @@ mod tests {
         assert!(line.contains(&format!("{} pairs", g.pairs)) && line.contains(&format!("[95% CI {:.1}, {:.1}]", m.lower, m.upper)), "{line}");
         assert!(line.contains("overall only"), "{line}");
         assert!(text.contains("TO THINK OR NOT TO THINK"));
+    }
+
+    /// With a human-verdict label, every group's PPI-corrected estimate is in the table
+    /// (the column is absent without one).
+    #[test]
+    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+        let mut s = Scenario::essay();
+        s.human_share = 0.3;
+        let opts = ReportOptions { human_label: Some(scenario::HUMAN_LABEL.into()), ..Default::default() };
+        let mut p = Pipeline::new(&opts);
+        s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
+        let r = p.finish("simulation".into(), String::new()).unwrap();
+        let text = super::render(&r);
+        let header = text.lines().find(|l| l.contains("mean points [95% CI]")).expect(&text);
+        assert!(header.contains("PPI points [95% CI]"), "{header}");
+        let g = r.groups.iter().find(|g| g.dimension == "slice" && g.group == "multi_step" && g.route_taken == "fast").unwrap();
+        let row = text.lines().find(|l| l.trim_start().starts_with("slice") && l.contains(" multi_step ") && l.contains("fast → reasoning")).expect(&text);
+        assert!(row.contains(&super::ci(&g.ppi_points)) && g.ppi_points.is_some(), "{row}");
+        let without = super::render(&{
+            let mut p = Pipeline::new(&ReportOptions::default());
+            s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
+            p.finish("simulation".into(), String::new()).unwrap()
+        });
+        assert!(!without.contains("PPI points"), "no human label, no PPI column");
     }
 }
