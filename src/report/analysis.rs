@@ -119,23 +119,39 @@ fn floor_of(i: &Interval) -> f64 {
 }
 
 fn noise_floor(acc: &Accumulator, min_pairs: u64) -> NoiseFloor {
-    let overall = mean_points(&acc.controls.overall);
+    let overall = mean_points(&acc.controls.overall.scores);
     let mut per_slice: Vec<SliceNoise> = acc
         .controls
         .per_slice
         .iter()
-        .filter(|(_, m)| m.n >= min_pairs.max(2))
-        .filter_map(|(slice, m)| {
-            let points = mean_points(m)?;
-            Some(SliceNoise { slice: slice.clone(), control_pairs: m.n, floor_points: floor_of(&points), points })
+        .filter(|(_, c)| c.scores.n >= min_pairs.max(2))
+        .filter_map(|(slice, c)| {
+            let points = mean_points(&c.scores)?;
+            Some(SliceNoise { slice: slice.clone(), control_pairs: c.scores.n, floor_points: floor_of(&points), points, verdicts: control_verdicts(c) })
         })
         .collect();
     per_slice.sort_by(|a, b| a.slice.cmp(&b.slice));
     NoiseFloor {
-        control_pairs: acc.controls.overall.n,
+        control_pairs: acc.controls.overall.scores.n,
+        verdicts: control_verdicts(&acc.controls.overall),
         floor_points: overall.as_ref().map_or(0.0, floor_of),
         overall_points: overall,
         per_slice,
+    }
+}
+
+/// The same win/tie/loss statistics as a group's, on CONTROL grades: a judge comparing a
+/// route with itself should split wins and losses evenly.
+fn control_verdicts(c: &super::accumulate::ControlScores) -> ControlVerdicts {
+    let n = c.scores.n;
+    let sign = stats::sign_test(c.wins, c.losses);
+    ControlVerdicts {
+        wins: c.wins,
+        ties: c.ties,
+        losses: c.losses,
+        win_rate: wilson(c.wins, n),
+        loss_rate: wilson(c.losses, n),
+        sign_test: (n > 0).then_some(SignTest { non_ties: c.wins + c.losses, p_not_taken_better: sign.greater, p_taken_better: sign.less, p_two_sided: sign.two_sided }),
     }
 }
 
@@ -658,5 +674,36 @@ mod tests {
         // With a band below the overall figure, nothing hides it.
         let narrow = report(&ReportOptions { noise_band_points: 1.0, ..Default::default() }, grades);
         assert!(!narrow.regressions().find(|f| f.group == "rare").expect("flagged").hidden);
+    }
+
+    /// CONTROL grades get a group's statistics, and those with no slice set the floor of
+    /// the `(none)` slice group, like PAIR grades with no slice.
+    #[test]
+    fn controls_get_win_tie_loss_and_a_sign_test_and_an_empty_slice_keys_as_none() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let control = |rng: &mut StdRng, slice: &str, favour: f64| {
+            let mut g = grade(rng, slice, FAST, FAST);
+            g.kind = PairKind::Control as i32;
+            // A judge that prefers the second copy with probability `favour`, else a tie or a coin flip.
+            g.score = if rng.random_bool(favour) { 1.0 } else if rng.random_bool(0.5) { 0.0 } else if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            g
+        };
+        let mut grades: Vec<_> = (0..400).map(|i| grade(&mut rng, if i % 2 == 0 { "" } else { "chat" }, FAST, REASONING)).collect();
+        grades.extend((0..100).map(|_| control(&mut rng, "", 0.4)));
+        grades.extend((0..100).map(|_| control(&mut rng, "chat", 0.0)));
+        let r = report(&ReportOptions::default(), grades);
+        let n = &r.noise_floor;
+        let v = &n.verdicts;
+        assert_eq!((n.control_pairs, v.wins + v.ties + v.losses), (200, 200));
+        assert!(v.win_rate.unwrap().estimate > v.loss_rate.unwrap().estimate, "{v:?}");
+        let none = n.per_slice.iter().find(|s| s.slice == crate::report::dimensions::MISSING).expect("controls with no slice key as (none)");
+        assert_eq!(none.control_pairs, 100);
+        assert!(none.verdicts.sign_test.unwrap().p_not_taken_better < 0.001, "{:?}", none.verdicts);
+        let chat = n.per_slice.iter().find(|s| s.slice == "chat").unwrap();
+        assert!(chat.verdicts.sign_test.unwrap().p_two_sided > 0.01, "{:?}", chat.verdicts);
+        assert!(none.floor_points > n.floor_points, "the biased slice's floor {} vs overall {}", none.floor_points, n.floor_points);
+        assert_eq!(slice_group(&r, crate::report::dimensions::MISSING, "fast").noise_floor_points, none.floor_points);
+        let text = crate::report::render_text::render(&r);
+        assert!(text.contains(&format!("win/tie/loss {}/{}/{}", v.wins, v.ties, v.losses)), "{text}");
     }
 }

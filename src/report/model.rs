@@ -180,6 +180,9 @@ pub struct Overall {
 pub struct NoiseFloor {
     /// Graded CONTROL grades.
     pub control_pairs: u64,
+    /// Wins, ties and losses of all controls, with Wilson intervals and the sign test.
+    #[serde(flatten)]
+    pub verdicts: ControlVerdicts,
     /// Mean control score in points over all controls, with its interval.
     pub overall_points: Option<Interval>,
     /// Per slice, where a slice has at least `min_pairs` controls.
@@ -197,6 +200,21 @@ pub struct SliceNoise {
     pub points: Interval,
     /// Distance from 0 to `points` (0 when it contains 0): the floor applied to this slice's groups.
     pub floor_points: f64,
+    #[serde(flatten)]
+    pub verdicts: ControlVerdicts,
+}
+
+/// CONTROL grades judged like a group: "win" = the second copy of the route judged better.
+/// An unbiased judge splits wins and losses evenly (sign test p-values large).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ControlVerdicts {
+    pub wins: u64,
+    pub ties: u64,
+    pub losses: u64,
+    /// Wilson intervals of the win and loss rates over all controls (ties included in n).
+    pub win_rate: Option<Interval>,
+    pub loss_rate: Option<Interval>,
+    pub sign_test: Option<SignTest>,
 }
 
 /// What the flag rule concluded for a group.

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use super::analysis::{describe_group, fmt_p};
 use super::model::*;
-use super::render_text::{ci, opt, rate, status};
+use super::render_text::{ci, control_verdicts, opt, rate, status};
 use super::svg;
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -245,9 +245,10 @@ fn judge_and_noise(o: &mut String, r: &Report) {
     }
     let _ = write!(o, "<dt>CONTROL pairs (a route judged against itself)</dt><dd>{}</dd>", n.control_pairs);
     let _ = write!(o, "<dt>control mean</dt><dd id=\"noise-control\">{} points</dd>", ci(&n.overall_points));
+    let _ = write!(o, "<dt>control verdicts</dt><dd>{}</dd>", escape(&control_verdicts(&n.verdicts)));
     let _ = write!(o, "<dt>noise floor applied</dt><dd id=\"noise-floor\">{:.1} points</dd>", n.floor_points);
     for s in &n.per_slice {
-        let _ = write!(o, "<dt>slice {}</dt><dd>{} controls, {} points, floor {:.1}</dd>", escape(&s.slice), s.control_pairs, ci(&Some(s.points)), s.floor_points);
+        let _ = write!(o, "<dt>slice {}</dt><dd>{} controls, {} points, {}, floor {:.1}</dd>", escape(&s.slice), s.control_pairs, ci(&Some(s.points)), escape(&control_verdicts(&s.verdicts)), s.floor_points);
     }
     o.push_str("</dl>");
     if !j.warnings.is_empty() {

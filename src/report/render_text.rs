@@ -9,6 +9,19 @@ use std::fmt::Write as _;
 use super::analysis::{describe_group, fmt_p};
 use super::model::*;
 
+/// "win/tie/loss 3/40/5, wins 6% [2%, 17%], sign test p = 0.727".
+pub(super) fn control_verdicts(v: &ControlVerdicts) -> String {
+    format!(
+        "win/tie/loss {}/{}/{}, wins {}, losses {}, sign test p = {}",
+        v.wins,
+        v.ties,
+        v.losses,
+        rate(&v.win_rate),
+        rate(&v.loss_rate),
+        v.sign_test.map_or("-".to_string(), |s| fmt_p(s.p_two_sided))
+    )
+}
+
 pub(super) fn ci(i: &Option<Interval>) -> String {
     match i {
         Some(i) => format!("{:+.1} [{:+.1}, {:+.1}]", i.estimate, i.lower, i.upper),
@@ -64,9 +77,9 @@ pub fn render(r: &Report) -> String {
 
     let n = &r.noise_floor;
     let _ = writeln!(o, "\nNOISE FLOOR ({} graded CONTROL pairs: the judge comparing a route with itself)", n.control_pairs);
-    let _ = writeln!(o, "  control mean {} points; floor applied {:.1} points", ci(&n.overall_points), n.floor_points);
+    let _ = writeln!(o, "  control mean {} points; {}; floor applied {:.1} points", ci(&n.overall_points), control_verdicts(&n.verdicts), n.floor_points);
     for s in &n.per_slice {
-        let _ = writeln!(o, "  slice {}: {} controls, {} points, floor {:.1}", s.slice, s.control_pairs, ci(&Some(s.points)), s.floor_points);
+        let _ = writeln!(o, "  slice {}: {} controls, {} points, {}, floor {:.1}", s.slice, s.control_pairs, ci(&Some(s.points)), control_verdicts(&s.verdicts), s.floor_points);
     }
 
     let _ = writeln!(o, "\nGROUPS (every group of every dimension; tested when ≥ {} pairs, BH across all tested)", r.settings.min_pairs);
