@@ -456,12 +456,7 @@ mod tests {
     /// With a human-verdict label, the group table carries the PPI-corrected estimate.
     #[test]
     fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
-        let mut s = Scenario::essay();
-        s.human_share = 0.3;
-        let opts = ReportOptions { human_label: Some(scenario::HUMAN_LABEL.into()), ..Default::default() };
-        let mut p = Pipeline::new(&opts);
-        s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
-        let r = p.finish("simulation".into(), String::new()).unwrap();
+        let r = crate::report::render_text::tests::human_labelled_report(0.3);
         let page = render(&r);
         let table = &page[page.find("<section id=\"groups\">").unwrap()..];
         let table = &table[..table.find("</section>").unwrap()];

@@ -162,7 +162,7 @@ pub fn render(r: &Report) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -199,25 +199,26 @@ mod tests {
 
     /// With a human-verdict label, every group's PPI-corrected estimate is in the table
     /// (the column is absent without one).
-    #[test]
-    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+    /// A simulated essay day (seed 4) with a human verdict on 30% of the pairs, or on none.
+    pub(in crate::report) fn human_labelled_report(human_share: f64) -> crate::report::model::Report {
         let mut s = Scenario::essay();
-        s.human_share = 0.3;
-        let opts = ReportOptions { human_label: Some(scenario::HUMAN_LABEL.into()), ..Default::default() };
+        s.human_share = human_share;
+        let opts = ReportOptions { human_label: (human_share > 0.0).then(|| scenario::HUMAN_LABEL.into()), ..Default::default() };
         let mut p = Pipeline::new(&opts);
         s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
-        let r = p.finish("simulation".into(), String::new()).unwrap();
+        p.finish("simulation".into(), String::new()).unwrap()
+    }
+
+    #[test]
+    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+        let r = human_labelled_report(0.3);
         let text = super::render(&r);
         let header = text.lines().find(|l| l.contains("mean points [95% CI]")).expect(&text);
         assert!(header.contains("PPI points [95% CI]"), "{header}");
         let g = r.groups.iter().find(|g| g.dimension == "slice" && g.group == "multi_step" && g.route_taken == "fast").unwrap();
         let row = text.lines().find(|l| l.trim_start().starts_with("slice") && l.contains(" multi_step ") && l.contains("fast → reasoning")).expect(&text);
         assert!(row.contains(&super::ci(&g.ppi_points)) && g.ppi_points.is_some(), "{row}");
-        let without = super::render(&{
-            let mut p = Pipeline::new(&ReportOptions::default());
-            s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
-            p.finish("simulation".into(), String::new()).unwrap()
-        });
+        let without = super::render(&human_labelled_report(0.0));
         assert!(!without.contains("PPI points"), "no human label, no PPI column");
     }
 }
