@@ -96,6 +96,7 @@ const MEASURE: &str = r#"JSON.stringify((() => {
     calibration: box(document.querySelector('#calibration-chart')),
     calibrationPoints: document.querySelectorAll('#calibration-chart .band-rate').length,
     threshold: box(document.querySelector('#threshold-line')),
+    thresholdLabel: box(document.querySelector('#calibration-chart .threshold-label')),
     injected: window.__injected === undefined ? null : window.__injected,
     scripts: document.scripts.length,
     images: document.images.length,
@@ -189,6 +190,8 @@ fn the_page_shows_the_planted_regression_where_a_person_looks_and_fetches_nothin
     // Calibration chart, with one point per band that has pairs and the threshold drawn.
     assert!(x(&m["calibration"], "height") > 100.0 && m["calibrationPoints"].as_u64().unwrap() >= 5, "{}", m["calibration"]);
     assert!(m["threshold"].is_object(), "the essay's reasoning route is better from some score up");
+    let (label, chart) = (&m["thresholdLabel"], &m["calibration"]);
+    assert!(x(chart, "left") <= x(label, "left") && x(label, "right") <= x(chart, "right"), "the threshold label {label} is inside the chart {chart}");
 
     let fetched: Vec<String> = requests.lock().unwrap().iter().filter(|u| **u != page_url).cloned().collect();
     assert!(fetched.is_empty(), "the page made requests: {fetched:?}");

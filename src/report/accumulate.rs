@@ -105,8 +105,29 @@ pub struct GroupAcc {
 /// CONTROL grades: the judge comparing a route with itself.
 #[derive(Debug, Clone, Default)]
 pub struct ControlAcc {
-    pub overall: Moments,
-    pub per_slice: HashMap<String, Moments>,
+    pub overall: ControlScores,
+    /// Keyed like the `slice` dimension: an empty slice is `(none)`.
+    pub per_slice: HashMap<String, ControlScores>,
+}
+
+/// Graded CONTROL scores: their moments and their signs, as for a group.
+#[derive(Debug, Clone, Default)]
+pub struct ControlScores {
+    pub scores: Moments,
+    pub wins: u64,
+    pub ties: u64,
+    pub losses: u64,
+}
+
+impl ControlScores {
+    fn add(&mut self, score: f64) {
+        self.scores.add(score);
+        match sign(score) {
+            1 => self.wins += 1,
+            -1 => self.losses += 1,
+            _ => self.ties += 1,
+        }
+    }
 }
 
 /// Judge-health counters over every graded grade (PAIR and CONTROL).
@@ -143,6 +164,8 @@ pub struct BandAcc {
     pub reasoning_better: u64,
     /// Reasoning route's advantage (positive = reasoning better).
     pub advantage: Moments,
+    /// The same advantage with each grade's sampling weight, for the traffic-weighted mean.
+    pub weighted_advantage: WeightedSums,
 }
 
 /// Per slice, for "where a threshold would have sent it".
@@ -266,7 +289,8 @@ impl Accumulator {
             self.control_grades += 1;
             if graded {
                 self.controls.overall.add(grade.score);
-                self.controls.per_slice.entry(grade.slice.clone()).or_default().add(grade.score);
+                let slice = if grade.slice.is_empty() { dimensions::MISSING } else { grade.slice.as_str() };
+                self.controls.per_slice.entry(slice.to_string()).or_default().add(grade.score);
             }
             return;
         }
@@ -282,7 +306,7 @@ impl Accumulator {
             self.overall.add(w, grade.score);
             self.overall_scores.add(grade.score);
             self.add_human(grade, human);
-            self.add_calibration(grade);
+            self.add_calibration(grade, w);
         }
         if let Some(d) = human_minus_judge {
             self.overall_human_minus_judge.add(w, d);
@@ -358,7 +382,7 @@ impl Accumulator {
         }
     }
 
-    fn add_calibration(&mut self, grade: &GradeRecord) {
+    fn add_calibration(&mut self, grade: &GradeRecord, w: f64) {
         let (Some(acc), Some(label)) = (self.calibration.as_mut(), self.settings.eligibility_label.as_ref()) else { return };
         let reasoning = self.settings.reasoning_route.as_str();
         let taken = route_name(&grade.route_taken);
@@ -382,6 +406,7 @@ impl Accumulator {
         b.pairs += 1;
         b.reasoning_better += (advantage > 0.0) as u64;
         b.advantage.add(advantage);
+        b.weighted_advantage.add(w, advantage);
         let s = acc.slices.entry(grade.slice.clone()).or_default();
         s.pairs += 1;
         s.score_sum += score;
@@ -477,7 +502,7 @@ mod tests {
         acc.add(&pairwise);
         let code = &acc.groups[1]["code"][&0];
         assert_eq!((code.grades, code.taken.failed, code.scores.n), (2, 1, 1));
-        assert_eq!(acc.controls.overall.n, 1);
+        assert_eq!(acc.controls.overall.scores.n, 1);
         assert_eq!((acc.judge.both_orders, acc.judge.orders_agree), (1, 1));
         assert_eq!((acc.judge.decisive_verdicts, acc.judge.first_position_wins), (2, 1));
         // The counterfactual (300 chars) is longer and won; only the pairwise grade counts.

@@ -88,7 +88,7 @@ pub fn analyze(acc: &Accumulator, settings: &AnalysisSettings, input: InputSumma
         noise_floor,
         judge_health,
         human: human(acc),
-        calibration: calibration(acc),
+        calibration: calibration(acc, settings.min_pairs),
         groups,
     }
 }
@@ -119,23 +119,39 @@ fn floor_of(i: &Interval) -> f64 {
 }
 
 fn noise_floor(acc: &Accumulator, min_pairs: u64) -> NoiseFloor {
-    let overall = mean_points(&acc.controls.overall);
+    let overall = mean_points(&acc.controls.overall.scores);
     let mut per_slice: Vec<SliceNoise> = acc
         .controls
         .per_slice
         .iter()
-        .filter(|(_, m)| m.n >= min_pairs.max(2))
-        .filter_map(|(slice, m)| {
-            let points = mean_points(m)?;
-            Some(SliceNoise { slice: slice.clone(), control_pairs: m.n, floor_points: floor_of(&points), points })
+        .filter(|(_, c)| c.scores.n >= min_pairs.max(2))
+        .filter_map(|(slice, c)| {
+            let points = mean_points(&c.scores)?;
+            Some(SliceNoise { slice: slice.clone(), control_pairs: c.scores.n, floor_points: floor_of(&points), points, verdicts: control_verdicts(c) })
         })
         .collect();
     per_slice.sort_by(|a, b| a.slice.cmp(&b.slice));
     NoiseFloor {
-        control_pairs: acc.controls.overall.n,
+        control_pairs: acc.controls.overall.scores.n,
+        verdicts: control_verdicts(&acc.controls.overall),
         floor_points: overall.as_ref().map_or(0.0, floor_of),
         overall_points: overall,
         per_slice,
+    }
+}
+
+/// The same win/tie/loss statistics as a group's, on CONTROL grades: a judge comparing a
+/// route with itself should split wins and losses evenly.
+fn control_verdicts(c: &super::accumulate::ControlScores) -> ControlVerdicts {
+    let n = c.scores.n;
+    let sign = stats::sign_test(c.wins, c.losses);
+    ControlVerdicts {
+        wins: c.wins,
+        ties: c.ties,
+        losses: c.losses,
+        win_rate: wilson(c.wins, n),
+        loss_rate: wilson(c.losses, n),
+        sign_test: (n > 0).then_some(SignTest { non_ties: c.wins + c.losses, p_not_taken_better: sign.greater, p_taken_better: sign.less, p_two_sided: sign.two_sided }),
     }
 }
 
@@ -424,7 +440,7 @@ fn human(acc: &Accumulator) -> Option<HumanAgreement> {
     })
 }
 
-fn calibration(acc: &Accumulator) -> Option<Calibration> {
+fn calibration(acc: &Accumulator, min_pairs: u64) -> Option<Calibration> {
     let c = acc.calibration.as_ref()?;
     let bands: Vec<CalibrationBand> = c
         .bands
@@ -435,14 +451,10 @@ fn calibration(acc: &Accumulator) -> Option<Calibration> {
             upper: (i + 1) as f64 / 10.0,
             pairs: b.pairs,
             reasoning_better_rate: wilson(b.reasoning_better, b.pairs),
-            reasoning_advantage_points: mean_points(&b.advantage),
+            reasoning_advantage_points: stats::hajek(&b.weighted_advantage, CONFIDENCE).map(points),
         })
         .collect();
-    // The lowest edge from which every band with data favours the reasoning route on average.
-    let favours = |b: &super::accumulate::BandAcc| b.advantage.mean().is_none_or(|m| m > 0.0);
-    let suggested = (0..10)
-        .find(|&i| c.bands[i..].iter().all(favours) && c.bands[i..].iter().any(|b| b.pairs > 0))
-        .map(|i| i as f64 / 10.0);
+    let suggested = suggested_threshold(&c.bands, min_pairs);
     let slices = c
         .slices
         .iter()
@@ -463,6 +475,21 @@ fn calibration(acc: &Accumulator) -> Option<Calibration> {
         suggested_threshold: suggested,
         slices,
     })
+}
+
+/// The lowest band edge from which the reasoning route is better on the traffic: its band
+/// has at least `min_pairs` pairs and a traffic-weighted (Hájek) advantage whose 95%
+/// interval lies above 0, and every band above it with `min_pairs` pairs has a positive
+/// advantage. Bands with fewer pairs say nothing either way. None when no edge qualifies.
+fn suggested_threshold(bands: &[super::accumulate::BandAcc; 10], min_pairs: u64) -> Option<f64> {
+    let enough = |b: &&super::accumulate::BandAcc| b.pairs >= min_pairs.max(2);
+    let advantage = |b: &super::accumulate::BandAcc| stats::hajek(&b.weighted_advantage, CONFIDENCE);
+    (0..bands.len())
+        .find(|&i| {
+            let clear = Some(&bands[i]).filter(enough).and_then(advantage).is_some_and(|a| a.lower > 0.0);
+            clear && bands[i + 1..].iter().filter(enough).all(|b| advantage(b).is_some_and(|a| a.estimate > 0.0))
+        })
+        .map(|i| i as f64 / 10.0)
 }
 
 fn trades(groups: &[GroupResult]) -> Vec<Trade> {
@@ -489,4 +516,194 @@ pub fn outcome_counts(acc: &Accumulator) -> Vec<Count> {
         .iter()
         .map(|(&o, &count)| Count { name: GradeOutcome::try_from(o).map_or_else(|_| format!("outcome {o}"), |o| o.as_str_name().to_string()), count })
         .collect()
+}
+
+/// The finding rules on synthetic grades drawn with fixed seeds, through [`Pipeline`] (the
+/// same ingest, accumulators and analysis as `untaken report`).
+///
+/// [`Pipeline`]: crate::report::Pipeline
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::proto::v1::{GradeRecord, HalfSummary, JudgeInfo, PairKind, RouteRef, Verdict};
+    use crate::report::{Pipeline, ReportOptions};
+
+    /// A route's answers: latency (ms), cost (USD), length (chars) and accuracy.
+    #[derive(Clone, Copy)]
+    struct Route {
+        name: &'static str,
+        latency_ms: f64,
+        cost_usd: f64,
+        chars: u32,
+        accuracy: f64,
+    }
+
+    const FAST: Route = Route { name: "fast", latency_ms: 300.0, cost_usd: 0.0004, chars: 600, accuracy: 0.9 };
+    const REASONING: Route = Route { name: "reasoning", latency_ms: 2500.0, cost_usd: 0.008, chars: 1500, accuracy: 0.9 };
+
+    fn half(r: &Route, rng: &mut StdRng) -> HalfSummary {
+        let u: f64 = rng.random();
+        HalfSummary { present: true, status_code: 200, latency_ms: r.latency_ms * (0.8 + 0.4 * u), cost_usd: r.cost_usd, answer_chars: r.chars, ..Default::default() }
+    }
+
+    /// A reference-judged PAIR grade: score = correct(not taken) − correct(taken).
+    fn grade(rng: &mut StdRng, slice: &str, taken: Route, not_taken: Route) -> GradeRecord {
+        let score = rng.random_bool(not_taken.accuracy) as i32 as f64 - rng.random_bool(taken.accuracy) as i32 as f64;
+        GradeRecord {
+            pair_id: format!("{:032x}", rng.random::<u128>()),
+            slice: slice.into(),
+            sampling_weight: 1.0,
+            kind: PairKind::Pair as i32,
+            route_taken: Some(RouteRef { name: taken.name.into(), model: String::new() }),
+            route_not_taken: Some(RouteRef { name: not_taken.name.into(), model: String::new() }),
+            primary: Some(half(&taken, rng)),
+            counterfactual: Some(half(&not_taken, rng)),
+            outcome: GradeOutcome::Graded as i32,
+            judge: Some(JudgeInfo { kind: "reference".into(), model: "exact".into(), prompt_version: String::new() }),
+            score,
+            ..Default::default()
+        }
+    }
+
+    fn report(opts: &ReportOptions, grades: impl IntoIterator<Item = GradeRecord>) -> Report {
+        let mut p = Pipeline::new(opts);
+        grades.into_iter().for_each(|g| p.offer(g));
+        p.finish("test".into(), String::new()).expect("grades")
+    }
+
+    fn slice_group<'a>(r: &'a Report, slice: &str, taken: &str) -> &'a GroupResult {
+        r.groups.iter().find(|g| g.dimension == "slice" && g.group == slice && g.route_taken == taken).expect("group")
+    }
+
+    /// The router sends slice `hard` to the slow, costly route, which answers no better: a
+    /// "slow route for nothing" note exactly when the group shows no loss and no gain, never
+    /// for the fast route's slice.
+    #[test]
+    fn a_slow_route_that_gains_nothing_gets_a_note() {
+        let opts = ReportOptions::default();
+        let mut noted = 0;
+        for seed in 0..40 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let grades: Vec<_> = (0..600).map(|i| if i % 2 == 0 { grade(&mut rng, "hard", REASONING, FAST) } else { grade(&mut rng, "easy", FAST, REASONING) }).collect();
+            let r = report(&opts, grades);
+            let note = |slice: &str| r.findings.iter().find(|f| f.kind == FindingKind::SlowRouteForNothing && f.dimension == "slice" && f.group == slice);
+            let hard = slice_group(&r, "hard", "reasoning");
+            let expected = hard.status != GroupStatus::Regression && hard.status != GroupStatus::RouteTakenBetter && hard.mean_points.unwrap().estimate >= 0.0;
+            assert_eq!(note("hard").is_some(), expected, "seed {seed}: {:?} {:?}", hard.status, hard.mean_points);
+            assert!(note("easy").is_none(), "seed {seed}: the fast route is not slow: {:?}", r.findings);
+            if let Some(f) = note("hard") {
+                noted += 1;
+                assert!(f.message.contains("SLOW ROUTE FOR NOTHING") && f.message.contains("ms slower at p50"), "{}", f.message);
+                assert_eq!(f.route_taken, "reasoning");
+            }
+        }
+        assert!(noted >= 10, "a slow route that gains nothing was noted in {noted} of 40 data sets");
+    }
+
+    /// A pairwise judge's verdicts on `n` grades: the counterfactual (longer) answer wins
+    /// with probability `longer_wins`; with probability `first_wins` the verdict goes to the
+    /// answer shown first when the two orders would otherwise tie.
+    fn judged(seed: u64, n: usize, longer_wins: f64, first_wins: f64) -> Vec<GradeRecord> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let mut g = grade(&mut rng, "all", FAST, REASONING);
+                g.judge = Some(JudgeInfo { kind: "pairwise".into(), model: "judge".into(), prompt_version: "v1".into() });
+                let counterfactual_wins = rng.random_bool(longer_wins);
+                g.score = if counterfactual_wins { 1.0 } else { -1.0 };
+                // The verdict in each order: the first-shown answer wins with probability
+                // `first_wins`, whatever the quality.
+                let verdict = |order: &str, rng: &mut StdRng| {
+                    let counterfactual_first = order == "counterfactual_first";
+                    let first_won = rng.random_bool(first_wins);
+                    let result = if first_won == counterfactual_first { 1 } else { -1 };
+                    Verdict { order: order.into(), raw: String::new(), counterfactual_result: result, ..Default::default() }
+                };
+                g.verdicts = vec![verdict("primary_first", &mut rng), verdict("counterfactual_first", &mut rng)];
+                g.orders_agree = g.verdicts[0].counterfactual_result == g.verdicts[1].counterfactual_result;
+                g
+            })
+            .collect()
+    }
+
+    fn judge_warnings(r: &Report) -> Vec<&str> {
+        r.findings.iter().filter(|f| f.kind == FindingKind::JudgeWarning).map(|f| f.message.as_str()).collect()
+    }
+
+    /// Length bias is warned about above a fixed rate, position bias when its 95% interval
+    /// excludes ½: so a fair judge is warned about position in about 5% of data sets.
+    #[test]
+    fn a_judge_that_rewards_length_or_position_is_warned_about() {
+        let opts = ReportOptions::default();
+        let runs = 100;
+        let warned = |r: &Report, what: &str| judge_warnings(r).iter().any(|m| m.contains(what)) as u32;
+        let (mut length, mut position, mut fair_length, mut fair_position, mut cross) = (0, 0, 0, 0, 0);
+        for seed in 0..runs {
+            let long = report(&opts, judged(seed, 400, 0.85, 0.5));
+            let first = report(&opts, judged(1000 + seed, 400, 0.5, 0.7));
+            let fair = report(&opts, judged(2000 + seed, 400, 0.5, 0.5));
+            length += warned(&long, "longer answer wins");
+            position += warned(&first, "position bias");
+            cross += warned(&first, "longer answer wins");
+            fair_length += warned(&fair, "longer answer wins");
+            fair_position += warned(&fair, "position bias");
+        }
+        eprintln!("judge health: length {length}/{runs}, position {position}/{runs}; fair judge: length {fair_length}, position {fair_position}");
+        assert_eq!((length, position), (runs as u32, runs as u32), "biased judges warned about");
+        assert_eq!((fair_length, cross), (0, 0), "a judge that does not favour length was said to");
+        assert!(fair_position <= 10, "a fair judge was said to favour a position in {fair_position} of {runs} data sets");
+    }
+
+    /// A 20-point loss on a tenth of the traffic, parity elsewhere: the overall figure is
+    /// about 2 points with an interval that excludes 0, so only the noise band hides it.
+    #[test]
+    fn a_regression_is_hidden_when_the_overall_figure_is_inside_the_noise_band() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let worse = Route { accuracy: 0.7, ..FAST };
+        let perfect = |r: Route| Route { accuracy: 1.0, ..r };
+        let grades: Vec<_> = (0..4000).map(|i| if i % 10 == 0 { grade(&mut rng, "rare", worse, REASONING) } else { grade(&mut rng, "common", perfect(FAST), perfect(REASONING)) }).collect();
+        let wide = report(&ReportOptions { noise_band_points: 5.0, ..Default::default() }, grades.clone());
+        let o = wide.overall.weighted_points.unwrap();
+        assert!(!o.contains(0.0) && o.estimate.abs() < 5.0, "{o:?}");
+        let rare = wide.regressions().find(|f| f.group == "rare").expect("the rare slice is flagged");
+        assert!(rare.hidden, "{rare:?}");
+        assert!(rare.message.contains("(hidden)"), "{}", rare.message);
+        // With a band below the overall figure, nothing hides it.
+        let narrow = report(&ReportOptions { noise_band_points: 1.0, ..Default::default() }, grades);
+        assert!(!narrow.regressions().find(|f| f.group == "rare").expect("flagged").hidden);
+    }
+
+    /// CONTROL grades get a group's statistics, and those with no slice set the floor of
+    /// the `(none)` slice group, like PAIR grades with no slice.
+    #[test]
+    fn controls_get_win_tie_loss_and_a_sign_test_and_an_empty_slice_keys_as_none() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let control = |rng: &mut StdRng, slice: &str, favour: f64| {
+            let mut g = grade(rng, slice, FAST, FAST);
+            g.kind = PairKind::Control as i32;
+            // A judge that prefers the second copy with probability `favour`, else a tie or a coin flip.
+            g.score = if rng.random_bool(favour) { 1.0 } else if rng.random_bool(0.5) { 0.0 } else if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            g
+        };
+        let mut grades: Vec<_> = (0..400).map(|i| grade(&mut rng, if i % 2 == 0 { "" } else { "chat" }, FAST, REASONING)).collect();
+        grades.extend((0..100).map(|_| control(&mut rng, "", 0.4)));
+        grades.extend((0..100).map(|_| control(&mut rng, "chat", 0.0)));
+        let r = report(&ReportOptions::default(), grades);
+        let n = &r.noise_floor;
+        let v = &n.verdicts;
+        assert_eq!((n.control_pairs, v.wins + v.ties + v.losses), (200, 200));
+        assert!(v.win_rate.unwrap().estimate > v.loss_rate.unwrap().estimate, "{v:?}");
+        let none = n.per_slice.iter().find(|s| s.slice == crate::report::dimensions::MISSING).expect("controls with no slice key as (none)");
+        assert_eq!(none.control_pairs, 100);
+        assert!(none.verdicts.sign_test.unwrap().p_not_taken_better < 0.001, "{:?}", none.verdicts);
+        let chat = n.per_slice.iter().find(|s| s.slice == "chat").unwrap();
+        assert!(chat.verdicts.sign_test.unwrap().p_two_sided > 0.01, "{:?}", chat.verdicts);
+        assert!(none.floor_points > n.floor_points, "the biased slice's floor {} vs overall {}", none.floor_points, n.floor_points);
+        assert_eq!(slice_group(&r, crate::report::dimensions::MISSING, "fast").noise_floor_points, none.floor_points);
+        let text = crate::report::render_text::render(&r);
+        assert!(text.contains(&format!("win/tie/loss {}/{}/{}", v.wins, v.ties, v.losses)), "{text}");
+    }
 }

@@ -24,8 +24,21 @@ use crate::proto::v1::{GradeOutcome, GradeRecord, HalfSummary, JudgeInfo, PairKi
 pub fn decode(bytes: &[u8]) -> Result<GradeRecord, String> {
     match serde_json::from_slice::<Grade>(bytes).ok().and_then(Grade::into_record) {
         Some(g) => Ok(g),
-        None => serde_json::from_slice::<GradeRecord>(bytes).map_err(|e| e.to_string()),
+        None => serde_json::from_slice::<GradeRecord>(bytes).map_err(|e| describe(&e)),
     }
+}
+
+/// What went wrong and where, never the offending text: serde's own message quotes the
+/// record's content (an unknown enum value, a string where a number belongs), and record
+/// content (prompts, answers, labels) must not reach the report.
+fn describe(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable input",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "valid JSON but not a grade record (a field of the wrong type or value)",
+        serde_json::error::Category::Eof => "JSON cut short",
+    };
+    format!("{what} at line {}, column {}", e.line(), e.column())
 }
 
 /// A proto enum in JSON: its name or its number.
@@ -331,5 +344,20 @@ mod tests {
         let bad_time = r#"{"pair_id":"p","received_at":"yesterday","score":1}"#;
         assert!(serde_json::from_str::<GradeRecord>(bad_time).is_err());
         assert_eq!(decode(bad_time.as_bytes()).unwrap().score, 1.0);
+    }
+
+    #[test]
+    fn a_malformed_record_is_described_without_its_content() {
+        let secret = "the user asked about diabetes";
+        for (bad, what) in [
+            (format!(r#"{{"schema_version":1,"kind":"{secret}","score":0.5}}"#), "not a grade record"),
+            (format!(r#"{{"schema_version":1,"score":"{secret}"}}"#), "not a grade record"),
+            (format!(r#"{{"slice":"{secret}" "score":1}}"#), "not valid JSON"),
+            (format!(r#"{{"slice":"{secret}""#), "JSON cut short"),
+        ] {
+            let message = decode(bad.as_bytes()).unwrap_err();
+            assert!(message.contains(what) && message.contains("line 1, column"), "{message}");
+            assert!(!message.contains("diabetes"), "the message quotes the record: {message}");
+        }
     }
 }

@@ -240,4 +240,24 @@ mod simulations {
         assert_eq!(r.noise_floor.floor_points, distance);
         assert!(r.findings.iter().all(|f| f.kind != FindingKind::InputWarning), "{:?}", r.findings);
     }
+
+    /// The calibration's threshold follows the traffic: `multi_step` (scores 0.5–1.0, the
+    /// reasoning route 15 points better) is sent to reasoning, the parity slices are not.
+    #[test]
+    fn the_suggested_threshold_sends_multi_step_to_reasoning() {
+        let s = Scenario::essay();
+        let opts = ReportOptions { eligibility_label: Some(scenario::ELIGIBILITY_LABEL.into()), ..options() };
+        let runs = 100;
+        let (mut sent, mut parity_sent) = (0, 0);
+        for seed in 0..runs {
+            let r = report(&s, 30_000 + seed, &opts);
+            let c = r.calibration.expect("calibration");
+            let would = |slice: &str| c.slices.iter().find(|x| x.slice == slice).and_then(|x| x.would_send_to_reasoning).unwrap_or(0.0);
+            sent += (would("multi_step") >= 0.5) as u64;
+            parity_sent += (would("chat") > 0.0 || would("summarize") > 0.0) as u64;
+        }
+        eprintln!("calibration: multi_step sent to reasoning in {sent}/{runs}, chat or summarize in {parity_sent}");
+        assert!(sent as f64 / runs as f64 >= 0.90, "multi_step sent to reasoning in {sent} of {runs} data sets");
+        assert!(parity_sent as f64 / runs as f64 <= 0.10, "chat or summarize sent to reasoning in {parity_sent} of {runs}");
+    }
 }

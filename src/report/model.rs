@@ -180,6 +180,9 @@ pub struct Overall {
 pub struct NoiseFloor {
     /// Graded CONTROL grades.
     pub control_pairs: u64,
+    /// Wins, ties and losses of all controls, with Wilson intervals and the sign test.
+    #[serde(flatten)]
+    pub verdicts: ControlVerdicts,
     /// Mean control score in points over all controls, with its interval.
     pub overall_points: Option<Interval>,
     /// Per slice, where a slice has at least `min_pairs` controls.
@@ -197,6 +200,21 @@ pub struct SliceNoise {
     pub points: Interval,
     /// Distance from 0 to `points` (0 when it contains 0): the floor applied to this slice's groups.
     pub floor_points: f64,
+    #[serde(flatten)]
+    pub verdicts: ControlVerdicts,
+}
+
+/// CONTROL grades judged like a group: "win" = the second copy of the route judged better.
+/// An unbiased judge splits wins and losses evenly (sign test p-values large).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ControlVerdicts {
+    pub wins: u64,
+    pub ties: u64,
+    pub losses: u64,
+    /// Wilson intervals of the win and loss rates over all controls (ties included in n).
+    pub win_rate: Option<Interval>,
+    pub loss_rate: Option<Interval>,
+    pub sign_test: Option<SignTest>,
 }
 
 /// What the flag rule concluded for a group.
@@ -353,8 +371,9 @@ pub struct Calibration {
     pub unreadable_labels: u64,
     /// Ten bands of the score, [0, 0.1) … [0.9, 1.0].
     pub bands: Vec<CalibrationBand>,
-    /// The lowest band edge from which the reasoning route is, on the grades, better on average;
-    /// None when no such edge exists.
+    /// The lowest band edge whose band (with `min_pairs` pairs) has a traffic-weighted
+    /// advantage with a 95% interval above 0, every band above it with `min_pairs` pairs
+    /// favouring the reasoning route; None when no edge qualifies.
     pub suggested_threshold: Option<f64>,
     /// Per slice: its mean score, and where the suggested threshold would have sent it.
     pub slices: Vec<SliceEligibility>,
@@ -368,7 +387,8 @@ pub struct CalibrationBand {
     pub pairs: u64,
     /// How often the reasoning route was strictly better (Wilson interval).
     pub reasoning_better_rate: Option<Interval>,
-    /// Mean advantage of the reasoning route in points (positive = reasoning better).
+    /// Traffic-weighted (Hájek) mean advantage of the reasoning route in points (positive =
+    /// reasoning better).
     pub reasoning_advantage_points: Option<Interval>,
 }
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use super::analysis::{describe_group, fmt_p};
 use super::model::*;
-use super::render_text::{ci, opt, rate, status};
+use super::render_text::{ci, control_verdicts, opt, rate, status};
 use super::svg;
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -205,8 +205,8 @@ fn calibration(o: &mut String, c: &Calibration) {
         c.pairs,
         escape(&c.reasoning_route),
         match c.suggested_threshold {
-            Some(t) => format!("The reasoning route is better on average from a score of {t:.1} up (the dashed line)."),
-            None => "No score threshold above which the reasoning route is better on average.".to_string(),
+            Some(t) => format!("The reasoning route is better on the traffic from a score of {t:.1} up (the dashed line): that band's traffic-weighted advantage has a 95% interval above 0, and every band above it with enough pairs favours the reasoning route too."),
+            None => "No threshold suggested: no score from which every band with enough pairs favours the reasoning route with a 95% interval above 0.".to_string(),
         },
         svg::calibration_chart(c)
     );
@@ -245,9 +245,10 @@ fn judge_and_noise(o: &mut String, r: &Report) {
     }
     let _ = write!(o, "<dt>CONTROL pairs (a route judged against itself)</dt><dd>{}</dd>", n.control_pairs);
     let _ = write!(o, "<dt>control mean</dt><dd id=\"noise-control\">{} points</dd>", ci(&n.overall_points));
+    let _ = write!(o, "<dt>control verdicts</dt><dd>{}</dd>", escape(&control_verdicts(&n.verdicts)));
     let _ = write!(o, "<dt>noise floor applied</dt><dd id=\"noise-floor\">{:.1} points</dd>", n.floor_points);
     for s in &n.per_slice {
-        let _ = write!(o, "<dt>slice {}</dt><dd>{} controls, {} points, floor {:.1}</dd>", escape(&s.slice), s.control_pairs, ci(&Some(s.points)), s.floor_points);
+        let _ = write!(o, "<dt>slice {}</dt><dd>{} controls, {} points, {}, floor {:.1}</dd>", escape(&s.slice), s.control_pairs, ci(&Some(s.points)), escape(&control_verdicts(&s.verdicts)), s.floor_points);
     }
     o.push_str("</dl>");
     if !j.warnings.is_empty() {
@@ -292,12 +293,12 @@ fn trades(o: &mut String, r: &Report) {
 }
 
 fn groups(o: &mut String, r: &Report) {
-    o.push_str("<section id=\"groups\"><h2>Every group</h2><div class=\"scroll\"><table><tr><th class=\"name\">dimension</th><th class=\"name\">group</th><th class=\"name\">taken → not taken</th><th>pairs</th><th>share</th><th>win/tie/loss</th><th>mean points [95% CI]</th><th>q</th><th>MDE</th><th>Δp50 ms</th><th>Δcost $</th><th class=\"name\">status</th></tr>");
+    let _ = write!(o, "<section id=\"groups\"><h2>Every group</h2><div class=\"scroll\"><table><tr><th class=\"name\">dimension</th><th class=\"name\">group</th><th class=\"name\">taken → not taken</th><th>pairs</th><th>share</th><th>win/tie/loss</th><th>mean points [95% CI]</th>{}<th>q</th><th>MDE</th><th>Δp50 ms</th><th>Δcost $</th><th class=\"name\">status</th></tr>", if r.human.is_some() { "<th>corrected with human verdicts (PPI) [95% CI]</th>" } else { "" });
     for g in &r.groups {
         let flagged = g.status == GroupStatus::Regression;
         let _ = write!(
             o,
-            "<tr{}><td class=\"name\">{}</td><td class=\"name\">{}</td><td class=\"name\">{} → {}</td><td>{}</td><td>{:.1}%</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>",
+            "<tr{}><td class=\"name\">{}</td><td class=\"name\">{}</td><td class=\"name\">{} → {}</td><td>{}</td><td>{:.1}%</td><td>{}/{}/{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>",
             if flagged { " class=\"flagged\"" } else { "" },
             escape(&g.dimension),
             escape(&g.group),
@@ -309,6 +310,7 @@ fn groups(o: &mut String, r: &Report) {
             g.ties,
             g.losses,
             ci(&g.mean_points),
+            if r.human.is_some() { format!("<td>{}</td>", ci(&g.ppi_points)) } else { String::new() },
             g.q_value.map_or("-".to_string(), fmt_p),
             g.mde_points.map_or("-".to_string(), |m| format!("{m:.1}")),
             opt(g.latency.diff_p50_ms, 0),
@@ -449,5 +451,19 @@ mod tests {
         assert!(html.contains("<svg id=\"forest-plot\" role=\"img\"") && html.contains("<svg id=\"calibration-chart\" role=\"img\""));
         assert_eq!(html.matches("<svg ").count(), html.matches("<svg id=\"").count());
         assert!(html.matches("<title").count() >= 3, "a page title and one per plot");
+    }
+
+    /// With a human-verdict label, the group table carries the PPI-corrected estimate.
+    #[test]
+    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+        let r = crate::report::render_text::tests::human_labelled_report(0.3);
+        let page = render(&r);
+        let table = &page[page.find("<section id=\"groups\">").unwrap()..];
+        let table = &table[..table.find("</section>").unwrap()];
+        assert!(table.contains("<th>corrected with human verdicts (PPI) [95% CI]</th>"), "{table}");
+        let g = r.groups.iter().find(|g| g.dimension == "slice" && g.group == "multi_step" && g.route_taken == "fast").unwrap();
+        let row = table.split("<tr").find(|row| row.contains(">multi_step<") && row.contains("fast → reasoning")).unwrap();
+        assert!(row.contains(&format!("<td>{}</td><td>{}</td>", ci(&g.mean_points), ci(&g.ppi_points))) && g.ppi_points.is_some(), "{row}");
+        assert!(!render(&essay_report(4)).contains("(PPI) [95% CI]</th>"), "no human label, no PPI column");
     }
 }

@@ -9,6 +9,19 @@ use std::fmt::Write as _;
 use super::analysis::{describe_group, fmt_p};
 use super::model::*;
 
+/// "win/tie/loss 3/40/5, wins 6% [2%, 17%], sign test p = 0.727".
+pub(super) fn control_verdicts(v: &ControlVerdicts) -> String {
+    format!(
+        "win/tie/loss {}/{}/{}, wins {}, losses {}, sign test p = {}",
+        v.wins,
+        v.ties,
+        v.losses,
+        rate(&v.win_rate),
+        rate(&v.loss_rate),
+        v.sign_test.map_or("-".to_string(), |s| fmt_p(s.p_two_sided))
+    )
+}
+
 pub(super) fn ci(i: &Option<Interval>) -> String {
     match i {
         Some(i) => format!("{:+.1} [{:+.1}, {:+.1}]", i.estimate, i.lower, i.upper),
@@ -64,21 +77,23 @@ pub fn render(r: &Report) -> String {
 
     let n = &r.noise_floor;
     let _ = writeln!(o, "\nNOISE FLOOR ({} graded CONTROL pairs: the judge comparing a route with itself)", n.control_pairs);
-    let _ = writeln!(o, "  control mean {} points; floor applied {:.1} points", ci(&n.overall_points), n.floor_points);
+    let _ = writeln!(o, "  control mean {} points; {}; floor applied {:.1} points", ci(&n.overall_points), control_verdicts(&n.verdicts), n.floor_points);
     for s in &n.per_slice {
-        let _ = writeln!(o, "  slice {}: {} controls, {} points, floor {:.1}", s.slice, s.control_pairs, ci(&Some(s.points)), s.floor_points);
+        let _ = writeln!(o, "  slice {}: {} controls, {} points, {}, floor {:.1}", s.slice, s.control_pairs, ci(&Some(s.points)), control_verdicts(&s.verdicts), s.floor_points);
     }
 
     let _ = writeln!(o, "\nGROUPS (every group of every dimension; tested when ≥ {} pairs, BH across all tested)", r.settings.min_pairs);
     // Columns as wide as their longest entry, so long slice or label values stay aligned.
     let gw = r.groups.iter().map(|g| g.group.chars().count()).max().unwrap_or(0).max(14);
     let dw = r.groups.iter().map(|g| g.dimension.chars().count()).max().unwrap_or(0).max(9);
-    let _ = writeln!(o, "  {:<dw$} {:<gw$} {:<22} {:>6} {:>6} {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
+    // With human verdicts, the PPI-corrected mean beside the judge's.
+    let ppi = |x: String| if r.human.is_some() { format!(" {x:>22}") } else { String::new() };
+    let _ = writeln!(o, "  {:<dw$} {:<gw$} {:<22} {:>6} {:>6} {:>14} {:>22}{} {:>8} {:>6} {:>11} {:>9} {:>10}  status", "dimension", "group", "taken → not taken", "pairs", "share", "win/tie/loss", "mean points [95% CI]", ppi("PPI points [95% CI]".into()), "q", "MDE", "fail t/nt %", "Δp50 ms", "Δcost $");
     for g in &r.groups {
         let fail = |x: &Option<Interval>| x.map_or("-".to_string(), |i| format!("{:.0}", i.estimate * 100.0));
         let _ = writeln!(
             o,
-            "  {:<dw$} {:<gw$} {:<22} {:>6} {:>5.1}% {:>14} {:>22} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
+            "  {:<dw$} {:<gw$} {:<22} {:>6} {:>5.1}% {:>14} {:>22}{} {:>8} {:>6} {:>11} {:>9} {:>10}  {}",
             g.dimension,
             g.group,
             format!("{} → {}", g.route_taken, g.route_not_taken),
@@ -86,6 +101,7 @@ pub fn render(r: &Report) -> String {
             g.traffic_share * 100.0,
             format!("{}/{}/{}", g.wins, g.ties, g.losses),
             ci(&g.mean_points),
+            ppi(ci(&g.ppi_points)),
             g.q_value.map_or("-".to_string(), fmt_p),
             g.mde_points.map_or("-".to_string(), |m| format!("{m:.1}")),
             format!("{}/{}", fail(&g.taken_failure_rate), fail(&g.not_taken_failure_rate)),
@@ -131,10 +147,10 @@ pub fn render(r: &Report) -> String {
         }
         match c.suggested_threshold {
             Some(t) => {
-                let _ = writeln!(o, "  the reasoning route is better on average from a score of {t:.1} up");
+                let _ = writeln!(o, "  the reasoning route is better on the traffic from a score of {t:.1} up (its band's traffic-weighted 95% interval above 0, every band above with enough pairs favouring it)");
             }
             None => {
-                let _ = writeln!(o, "  no score threshold above which the reasoning route is better on average");
+                let _ = writeln!(o, "  no threshold suggested: no score from which every band with enough pairs favours the reasoning route with a 95% interval above 0");
             }
         }
         for s in &c.slices {
@@ -146,7 +162,7 @@ pub fn render(r: &Report) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -179,5 +195,30 @@ mod tests {
         assert!(line.contains(&format!("{} pairs", g.pairs)) && line.contains(&format!("[95% CI {:.1}, {:.1}]", m.lower, m.upper)), "{line}");
         assert!(line.contains("overall only"), "{line}");
         assert!(text.contains("TO THINK OR NOT TO THINK"));
+    }
+
+    /// With a human-verdict label, every group's PPI-corrected estimate is in the table
+    /// (the column is absent without one).
+    /// A simulated essay day (seed 4) with a human verdict on 30% of the pairs, or on none.
+    pub(in crate::report) fn human_labelled_report(human_share: f64) -> crate::report::model::Report {
+        let mut s = Scenario::essay();
+        s.human_share = human_share;
+        let opts = ReportOptions { human_label: (human_share > 0.0).then(|| scenario::HUMAN_LABEL.into()), ..Default::default() };
+        let mut p = Pipeline::new(&opts);
+        s.generate(&mut StdRng::seed_from_u64(4), |g| p.offer(g));
+        p.finish("simulation".into(), String::new()).unwrap()
+    }
+
+    #[test]
+    fn the_group_table_shows_the_ppi_estimate_when_humans_labelled_pairs() {
+        let r = human_labelled_report(0.3);
+        let text = super::render(&r);
+        let header = text.lines().find(|l| l.contains("mean points [95% CI]")).expect(&text);
+        assert!(header.contains("PPI points [95% CI]"), "{header}");
+        let g = r.groups.iter().find(|g| g.dimension == "slice" && g.group == "multi_step" && g.route_taken == "fast").unwrap();
+        let row = text.lines().find(|l| l.trim_start().starts_with("slice") && l.contains(" multi_step ") && l.contains("fast → reasoning")).expect(&text);
+        assert!(row.contains(&super::ci(&g.ppi_points)) && g.ppi_points.is_some(), "{row}");
+        let without = super::render(&human_labelled_report(0.0));
+        assert!(!without.contains("PPI points"), "no human label, no PPI column");
     }
 }

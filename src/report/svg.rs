@@ -341,7 +341,10 @@ pub fn calibration_chart(c: &Calibration) -> String {
             r#"<line id="threshold-line" class="threshold" x1="{tx:.1}" x2="{tx:.1}" y1="{:.1}" y2="{CAL_BOTTOM}"><title>suggested threshold {t:.1}</title></line>"#,
             CAL_TOP - 8.0
         );
-        let _ = write!(o, r#"<text class="threshold-label" x="{:.1}" y="{:.1}">suggested threshold {t:.1}</text>"#, tx + 4.0, CAL_TOP - 12.0);
+        // Beside the line, on the side with room: right-aligned in the chart's right half,
+        // so the label never runs past the chart's edge.
+        let (lx, anchor) = if tx > (CAL_LEFT + CAL_RIGHT) / 2.0 { (tx - 4.0, "end") } else { (tx + 4.0, "start") };
+        let _ = write!(o, r#"<text class="threshold-label" x="{lx:.1}" y="{:.1}" text-anchor="{anchor}">suggested threshold {t:.1}</text>"#, CAL_TOP - 12.0);
     }
     for b in &c.bands {
         let bx = x.at((b.lower + b.upper) / 2.0);
@@ -434,5 +437,33 @@ mod tests {
     fn long_labels_are_cut_with_an_ellipsis() {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("abcdefghijkl", 5), "abcd…");
+    }
+
+    /// The threshold label stays inside the chart wherever the line is, at the page's 15px
+    /// font (at most ~0.6 em per character).
+    #[test]
+    fn the_threshold_label_stays_inside_the_chart() {
+        let calibration = |t: f64| Calibration {
+            label: "score".into(),
+            reasoning_route: "reasoning".into(),
+            pairs: 0,
+            unreadable_labels: 0,
+            bands: Vec::new(),
+            suggested_threshold: Some(t),
+            slices: Vec::new(),
+        };
+        for tenth in 0..=10 {
+            let svg = calibration_chart(&calibration(tenth as f64 / 10.0));
+            let label = &svg[svg.find(r#"<text class="threshold-label""#).unwrap()..];
+            let label = &label[..label.find("</text>").unwrap()];
+            let attr = |name: &str| {
+                let rest = &label[label.find(&format!(r#" {name}=""#)).unwrap() + name.len() + 3..];
+                rest[..rest.find('"').unwrap()].to_string()
+            };
+            let x: f64 = attr("x").parse().unwrap();
+            let width = label[label.find('>').unwrap() + 1..].chars().count() as f64 * 15.0 * 0.6;
+            let (left, right) = if attr("text-anchor") == "end" { (x - width, x) } else { (x, x + width) };
+            assert!(left >= 0.0 && right <= CAL_WIDTH, "threshold {}: label spans {left:.0}..{right:.0} of {CAL_WIDTH}", tenth as f64 / 10.0);
+        }
     }
 }
