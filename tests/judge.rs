@@ -483,13 +483,18 @@ async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_not
     let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
 
-    // Two pairs spend $4: past the budget, the worker pauses.
+    // Two pairs spend $4: past the budget, the worker pauses. The budget is checked when a
+    // call is admitted and charged when it returns, so calls already in flight may finish
+    // one more pair (max_concurrency 2 = one pair's two calls): a known overshoot, bounded.
     let got = grades(&bootstrap, &grades_topic, 2, Duration::from_secs(20)).await;
-    assert_eq!(got.len(), 2);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(got.len() >= 2);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let m = worker.metrics().await;
     assert_eq!(metric(&m, "untaken_judge_paused"), 1.0, "paused while the budget is spent:\n{m}");
-    assert_eq!(published(&m), 2.0, "nothing graded while paused");
+    let at_pause = published(&m);
+    assert!((2.0..=3.0).contains(&at_pause), "the overshoot is at most the calls in flight: {at_pause} pairs graded");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(published(&worker.metrics().await), at_pause, "nothing graded while paused");
     assert!(start.elapsed() < Duration::from_secs(6), "checked inside the first window");
 
     // The window moves on: everything is graded in the end, nothing skipped.
