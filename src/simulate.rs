@@ -213,6 +213,11 @@ pub fn chat_request(i: usize, slice: &str, model: &str) -> Vec<u8> {
         "out_of_distribution" => format!("Translate the return policy into Old Norse runes, request {i}."),
         _ => format!("What is the return window for order {i}?"),
     };
+    chat_body(&system, &question, model)
+}
+
+/// A streaming chat-completions request: a system prompt and one user question.
+pub fn chat_body(system: &str, question: &str, model: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "model": model,
         "stream": true,

@@ -6,7 +6,7 @@
 //! (the request bytes, the model), so a run can be repeated exactly. What the
 //! demo prints is never read from here: it comes from the grades the judge writes.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::sampling::hash;
 
@@ -107,13 +107,7 @@ pub fn request(question: &str, model: &str) -> Vec<u8> {
     let system = "You are a careful assistant for an online retailer's operations team. Answer concisely and \
                   give the final number on its own at the end. "
         .repeat(4);
-    serde_json::to_vec(&json!({
-        "model": model,
-        "stream": true,
-        "temperature": 0.2,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    }))
-    .expect("static JSON")
+    crate::simulate::chat_body(&system, question, model)
 }
 
 /// What a model with `profile` answers to a chat request, and how long it takes.
