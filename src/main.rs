@@ -11,6 +11,10 @@ use untaken::config::{self, ConfigError, LogFormat};
 /// which is what our deployment tooling expects for "fix your config").
 const EXIT_CONFIG: u8 = 64;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "untaken", version, about = "Shadow a sample of LLM requests to the route the router did not take, and stream the paired answers to Kafka.")]
 struct Cli {
