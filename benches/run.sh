@@ -30,7 +30,7 @@
 #   BENCH_CONCURRENCY=16   ghz workers (-c)
 #   BENCH_CONNECTIONS=1    gRPC connections ghz opens (a router keeps one channel)
 #   BENCH_KAFKA_RECORDS=50000  records for the sink-vs-kcat comparison
-#   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, publisher.rs MAX_IN_FLIGHT)
+#   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, sidecar/publisher.rs MAX_IN_FLIGHT)
 #   BENCH_KAFKA_REPEATS=3  repeats of each Kafka producer run (median reported)
 #   BENCH_UPSTREAM_DELAY_MS=0  answer delay of the fast fake upstream
 #   BENCH_PARTITIONS=3     partitions of the auto-created topics
@@ -588,7 +588,7 @@ TAGS+=(c100 d)
   echo "|---|---|---|"
   echo "| kcat $(kcat -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $(kcat -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}')), no compression | ${KCAT[plain]} | ${KCAT_ALL[plain]} |"
   echo "| kcat, -X compression.type=lz4 (untaken's setting) | ${KCAT[lz4]} | ${KCAT_ALL[lz4]} |"
-  echo "| untaken KafkaSink::send (rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")), $SINK_CONC in flight (publisher.rs MAX_IN_FLIGHT) | ${SINK[capped]} | ${SINK_ALL[capped]} |"
+  echo "| untaken KafkaSink::send (rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")), $SINK_CONC in flight (sidecar/publisher.rs MAX_IN_FLIGHT) | ${SINK[capped]} | ${SINK_ALL[capped]} |"
   echo "| untaken KafkaSink::send, all $KRECORDS in flight [diagnostic] | ${SINK[unbounded]} | ${SINK_ALL[unbounded]} |"
   echo
   echo "What untaken did (its /metrics at the end of each run, warm-up included):"

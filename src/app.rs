@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::engine::Engine;
+use crate::sidecar::engine::Engine;
 use crate::metrics::{Metrics, Reason};
 use crate::proto::v1::mirror_server::MirrorServer;
-use crate::publisher::Publisher;
+use crate::sidecar::publisher::Publisher;
 use crate::server::MirrorService;
 use crate::sink::spool::Spool;
 use crate::sink::{Sink, SinkError};

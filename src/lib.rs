@@ -17,23 +17,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admission;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod log_limit;
-pub mod engine;
 pub mod judge;
 pub mod memory;
 pub mod metrics;
-pub mod pairing;
-pub mod publisher;
 pub mod record;
 pub mod redact;
 pub mod report;
 pub mod routes;
 pub mod sampling;
 pub mod server;
+pub mod sidecar;
 pub mod simulate;
 pub mod supervise;
 pub mod sink;

@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::config::Secret;
-use crate::engine::{Engine, RequestError};
+use crate::sidecar::engine::{Engine, RequestError};
 use crate::proto::v1::mirror_server::{Mirror, MirrorServer};
 use crate::proto::v1::{CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse};
 

@@ -873,7 +873,7 @@ async fn budget_holds_with_calls_in_flight() {
     let mut body: Value = serde_json::from_slice(&common::app::chat(1)).unwrap();
     body["max_tokens"] = 50.into();
     let body = serde_json::to_vec(&body).unwrap();
-    let estimate = untaken::admission::estimate_cost(&body, 1.10, 4.40);
+    let estimate = untaken::sidecar::admission::estimate_cost(&body, 1.10, 4.40);
 
     let burst = (0..20).map(|i| {
         let (mut c, body) = (s.client.clone(), body.clone());
@@ -1129,7 +1129,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         t0.elapsed(),
         n as f64 - published - spooled
     );
-    let window = (untaken::publisher::MAX_IN_FLIGHT + untaken::engine::RECORDS_CHANNEL) as f64;
+    let window = (untaken::sidecar::publisher::MAX_IN_FLIGHT + untaken::sidecar::engine::RECORDS_CHANNEL) as f64;
     assert!(n as f64 - published - spooled > window, "more must wait than the delivery window holds: {}", interesting(&m));
 
     let term = Instant::now();

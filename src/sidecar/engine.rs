@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, Ticket};
+use crate::sidecar::admission::{Admission, Ticket};
 use crate::config::{Config, ConfigError, Encoding};
 use crate::metrics::{Metrics, RouteLabel, RouteOutcome, Status};
-use crate::pairing::{self, InsertError, Ready, Table};
+use crate::sidecar::pairing::{self, InsertError, Ready, Table};
 use crate::proto::v1::{Answer, CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse, PairKind, PairStatus};
 use crate::record::{self, Encoded, Half, PairMeta, Source};
 use crate::redact::Redactor;
@@ -211,7 +211,7 @@ impl Engine {
         let shadow_name = shadow.info.name.clone();
         let route_limits = live.admission.route(&shadow.info.name).expect("catalog and admission agree").clone();
         let (body, prices) = (&req.request_body, &shadow.info);
-        let estimate = || crate::admission::estimate_cost(body, prices.input_usd_per_mtok, prices.output_usd_per_mtok);
+        let estimate = || crate::sidecar::admission::estimate_cost(body, prices.input_usd_per_mtok, prices.output_usd_per_mtok);
         let ticket = match route_limits.admit(live.admission.minute(), estimate) {
             Ok(t) => t,
             Err(shed) => {
