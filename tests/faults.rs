@@ -1129,7 +1129,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         t0.elapsed(),
         n as f64 - published - spooled
     );
-    let window = (untaken::sidecar::publisher::MAX_IN_FLIGHT + untaken::sidecar::engine::RECORDS_CHANNEL) as f64;
+    let window = (untaken::sidecar::publisher::MAX_IN_FLIGHT + untaken::sidecar::finish::RECORDS_CHANNEL) as f64;
     assert!(n as f64 - published - spooled > window, "more must wait than the delivery window holds: {}", interesting(&m));
 
     let term = Instant::now();

@@ -1,9 +1,12 @@
-//! The sidecar's core behaviour behind the gRPC edge: validate, sample, admit,
-//! hand off; run shadow calls; join halves; hand finished pairs to the publisher.
+//! The sidecar's decisions on the router's request path: `Mirror` (validate, opt-out,
+//! sample, pick the shadow route, admit, store the pair, queue the shadow call) and
+//! `Complete` (join the primary half); plus live reload and the drain.
 //!
-//! `mirror` and `complete` run on the router's request path: they never wait on
-//! the network, a lock held across I/O, or a full queue. Everything slow happens
-//! in tasks this module spawns and tracks, so shutdown can drain them.
+//! `mirror` and `complete` never wait on the network, a lock held across I/O, or a
+//! full queue. This module owns the [`Engine`] and the pairing table's lock; the slow
+//! parts live beside it: [`super::dispatch`] (shadow calls), [`super::expiry`] (timed
+//! out pairs), [`super::finish`] (record building off the request path), all tracked
+//! so the drain can wait for them. It never touches a sink.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,20 +14,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::sidecar::admission::{Admission, Ticket};
 use crate::config::{Config, ConfigError, Encoding};
-use crate::metrics::{Metrics, RouteLabel, RouteOutcome, Status};
-use crate::sidecar::pairing::{self, InsertError, Ready, Table};
-use crate::proto::v1::{Answer, CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse, PairKind, PairStatus};
-use crate::record::{self, Encoded, Half, PairMeta, Source};
+use crate::metrics::Metrics;
+use crate::proto::v1::{CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse, PairKind};
+use crate::record::{Encoded, PairMeta};
 use crate::redact::Redactor;
-use crate::routes::{Catalog, Route, RouteError};
+use crate::routes::{Catalog, RouteError};
 use crate::sampling::Sampler;
+use crate::sidecar::admission::Admission;
+use crate::sidecar::dispatch::Job;
+use crate::sidecar::finish::RECORDS_CHANNEL;
+use crate::sidecar::pairing::{self, InsertError, Table};
+use crate::sidecar::validate::{check_request_id, half_from_answer, validate_request};
 use crate::upstream;
 
 /// A request label that opts the request out: never shadowed, never published.
@@ -46,7 +51,7 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         RequestError::InvalidArgument { field, message: message.into() }
     }
 }
@@ -72,31 +77,23 @@ impl Live {
     }
 }
 
-pub struct Job {
-    request_id: String,
-    route: Arc<Route>,
-    body: Bytes,
-    traceparent: String,
-    ticket: Ticket,
-}
-
 pub struct Engine {
-    live: ArcSwap<Live>,
-    table: Mutex<Table>,
-    jobs: mpsc::Sender<Job>,
-    records: mpsc::Sender<Encoded>,
-    metrics: Arc<Metrics>,
-    client: upstream::Client,
-    encoding: Encoding,
-    draining: AtomicBool,
+    pub(super) live: ArcSwap<Live>,
+    pub(super) table: Mutex<Table>,
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) records: mpsc::Sender<Encoded>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) client: upstream::Client,
+    pub(super) encoding: Encoding,
+    pub(super) draining: AtomicBool,
     /// Shadow calls; cancelled when the shutdown grace runs out.
-    shadow_tasks: TaskTracker,
-    shadow_cancel: CancellationToken,
+    pub(super) shadow_tasks: TaskTracker,
+    pub(super) shadow_cancel: CancellationToken,
     /// Record building and hand-off to the publisher; never cancelled.
-    finish_tasks: TaskTracker,
+    pub(super) finish_tasks: TaskTracker,
     /// Pairs out of the table but not yet taken by the publisher. They count against
     /// `pairing.max_pending`, so memory stays bounded while Kafka is slow.
-    finishing: AtomicUsize,
+    pub(super) finishing: AtomicUsize,
 }
 
 /// The receiving ends the engine feeds: shadow jobs (for [`Engine::run_dispatcher`])
@@ -312,140 +309,6 @@ impl Engine {
         Ok(CompleteResponse { pair_id })
     }
 
-    /// Builds, encodes and hands a finished pair to the publisher, in a tracked task.
-    fn finish(self: &Arc<Self>, ready: Ready) {
-        self.finishing.fetch_add(1, Ordering::Relaxed);
-        let engine = self.clone();
-        self.finish_tasks.spawn(async move {
-            // Build and encode first, then wait for the publisher holding only the encoded
-            // record: the halves, the metadata and the config snapshot are freed before the wait.
-            // Redaction, building and encoding are CPU work. A big pair goes off the
-            // runtime's workers, so it never stalls a `Mirror` queued behind it; a small
-            // one is cheaper to build here than to hand to another thread.
-            let bytes = ready.meta.request_body.len()
-                + [&ready.primary, &ready.counterfactual].iter().filter_map(|h| h.as_ref()).map(|h| h.body.len()).sum::<usize>();
-            let builder = engine.clone();
-            let built = if bytes <= crate::INLINE_CPU_BYTES {
-                Ok(builder.encode(ready))
-            } else {
-                tokio::task::spawn_blocking(move || builder.encode(ready)).await
-            };
-            let encoded = match built {
-                Ok(encoded) => encoded,
-                Err(e) => {
-                    tracing::error!(error = %e, "building a record panicked; the pair is lost");
-                    engine.metrics.pairs_dropped.get_or_create(&crate::metrics::Reason { reason: "build_failed" }).inc();
-                    engine.finishing.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            // The publisher only stops after every finish task is done, so this cannot fail
-            // while a record is in hand; if it ever did, count it rather than lose it silently.
-            if engine.records.send(encoded).await.is_err() {
-                engine.metrics.pairs_dropped.get_or_create(&crate::metrics::Reason { reason: "publisher_closed" }).inc();
-            }
-            engine.finishing.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-
-    /// Redacts, builds and encodes a finished pair (CPU only).
-    fn encode(&self, ready: Ready) -> Encoded {
-        let live = self.live.load();
-        let redactor = &live.redactor;
-        let mut meta = ready.meta;
-        meta.request_body = redactor.apply(&meta.request_body);
-        let redact = |h: Option<Half>| {
-            h.map(|mut h| {
-                h.body = redactor.apply(&h.body);
-                h
-            })
-        };
-        let (primary, counterfactual) = (redact(ready.primary), redact(ready.counterfactual));
-        let rec = record::build(&meta, primary.as_ref(), counterfactual.as_ref(), &ready.reason, SystemTime::now());
-        let status = match rec.status() {
-            PairStatus::Complete => "complete",
-            PairStatus::PrimaryMissing => "primary_missing",
-            PairStatus::CounterfactualMissing => "counterfactual_missing",
-            PairStatus::Unspecified => "unspecified",
-        };
-        self.metrics.pairs_built.get_or_create(&Status { status }).inc();
-        record::encode(rec, self.encoding)
-    }
-
-    /// Runs queued shadow jobs until the queue closes. One task per call; the
-    /// admission ticket bounds how many run per route.
-    pub async fn run_dispatcher(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.recv().await {
-            self.metrics.queue_depth.dec();
-            let engine = self.clone();
-            let cancel = self.shadow_cancel.clone();
-            self.shadow_tasks.spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = engine.clone().shadow(job) => {}
-                }
-            });
-        }
-    }
-
-    async fn shadow(self: Arc<Self>, job: Job) {
-        let route = &job.route.info.name;
-        // Lowered on drop, so a call the drain cancels mid-flight is not counted forever.
-        let in_flight = GaugeHeld::raise(&self.metrics.shadow_inflight);
-        let half = self.client.call(&job.route, &job.body, &job.request_id, &job.traceparent).await;
-        drop(in_flight);
-        let outcome = upstream::outcome(&half);
-        self.metrics.shadow_calls.get_or_create(&RouteOutcome { route: route.clone(), outcome }).inc();
-        self.metrics.shadow_latency.get_or_create(&RouteLabel { route: route.clone() }).observe(half.latency_ms / 1000.0);
-        let prices = (job.route.info.input_usd_per_mtok, job.route.info.output_usd_per_mtok);
-        let cost = match crate::usage::read(&half.body) {
-            crate::usage::BodyKind::Object(usage) => Some(usage.cost_usd(prices.0, prices.1)),
-            _ => None,
-        };
-        // The actual cost replaces the estimate reserved at admission (nothing when the
-        // answer carries no usage), and the concurrency slot is freed.
-        job.ticket.settle(cost.unwrap_or(0.0), self.live.load().admission.minute());
-        if let Some(cost) = cost {
-            self.metrics.shadow_cost.get_or_create(&RouteLabel { route: route.clone() }).observe(cost);
-            self.metrics.shadow_cost_total.get_or_create(&RouteLabel { route: route.clone() }).inc_by(cost);
-        }
-        tracing::debug!(request_id = %job.request_id, route = %route, outcome, latency_ms = half.latency_ms, "shadow call done");
-        let ready = {
-            let mut table = self.table.lock().expect("pairing lock");
-            let ready = table.counterfactual(&job.request_id, half);
-            let late = ready.is_none() && !table.contains(&job.request_id);
-            self.metrics.pending_pairs.set(table.len() as i64);
-            if late {
-                self.metrics.late_counterfactuals.inc();
-            }
-            ready
-        };
-        if let Some(ready) = ready {
-            self.finish(ready);
-        }
-    }
-
-    /// Publishes pairs whose other half did not arrive in time. Runs until cancelled.
-    pub async fn run_expiry(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let expired = {
-                let mut table = self.table.lock().expect("pairing lock");
-                let e = table.expire(Instant::now());
-                self.metrics.pending_pairs.set(table.len() as i64);
-                e
-            };
-            for ready in expired {
-                self.finish(ready);
-            }
-        }
-    }
-
     /// Shutdown, step 1: refuse new `Mirror` calls.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -468,111 +331,10 @@ impl Engine {
     }
 }
 
-/// One unit of a gauge, held until dropped.
-struct GaugeHeld<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl<'a> GaugeHeld<'a> {
-    fn raise(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for GaugeHeld<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
-    let mut half = Half {
-        body: Bytes::from(a.body),
-        status_code: a.status_code,
-        latency_ms: a.latency_ms,
-        error: a.error,
-        source: Source::Router,
-    };
-    if half.body.len() > max_body_bytes {
-        half.error = format!("{} (answer body over {max_body_bytes} bytes, dropped)", half.error).trim().to_string();
-        half.body = Bytes::new();
-    }
-    half
-}
-
-/// Encoded records handed to the publisher and not yet taken. Records waiting beyond
-/// it wait in their finish task, counted against `pairing.max_pending`.
-pub const RECORDS_CHANNEL: usize = 16;
-
-/// Longest request_id or sampling_key accepted.
-pub const MAX_ID_BYTES: usize = 512;
-/// Longest route name or slice accepted (slices become Kafka headers and metric labels).
-pub const MAX_NAME_BYTES: usize = 128;
-
-/// A request_id is the Kafka key and the shadow call's `x-request-id` header: not
-/// empty, bounded, and free of control characters (which no header may carry).
-fn check_request_id(id: &str) -> Result<(), RequestError> {
-    if id.is_empty() {
-        return Err(RequestError::invalid("request_id", "must not be empty"));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(RequestError::invalid("request_id", format!("longer than {MAX_ID_BYTES} bytes")));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(RequestError::invalid("request_id", "must not contain control characters"));
-    }
-    Ok(())
-}
-
-/// Checks a `Mirror` request; the error names the field.
-pub fn validate_request(
-    req: &MirrorRequest,
-    max_body_bytes: usize,
-    max_labels: usize,
-    max_label_bytes: usize,
-) -> Result<(), RequestError> {
-    check_request_id(&req.request_id)?;
-    for (field, value, max) in [
-        ("sampling_key", &req.sampling_key, MAX_ID_BYTES),
-        ("route_taken", &req.route_taken, MAX_NAME_BYTES),
-        ("shadow_route", &req.shadow_route, MAX_NAME_BYTES),
-        ("slice", &req.slice, MAX_NAME_BYTES),
-    ] {
-        if value.len() > max {
-            return Err(RequestError::invalid(field, format!("longer than {max} bytes")));
-        }
-    }
-    if req.request_body.len() > max_body_bytes {
-        return Err(RequestError::invalid(
-            "request_body",
-            format!("{} bytes is over the limit of {max_body_bytes}", req.request_body.len()),
-        ));
-    }
-    let first = req.request_body.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') || serde_json::from_slice::<IgnoredAny>(&req.request_body).is_err() {
-        return Err(RequestError::invalid("request_body", "must be a JSON object (an OpenAI chat-completions request)"));
-    }
-    if req.labels.len() > max_labels {
-        return Err(RequestError::invalid("labels", format!("{} labels is over the limit of {max_labels}", req.labels.len())));
-    }
-    if let Some((k, _)) = req.labels.iter().find(|(k, v)| k.len() > max_label_bytes || v.len() > max_label_bytes) {
-        let shown: String = k.chars().take(64).collect();
-        return Err(RequestError::invalid("labels", format!("label `{shown}` is longer than {max_label_bytes} bytes")));
-    }
-    if let Some(p) = &req.primary {
-        if p.body.len() > max_body_bytes {
-            return Err(RequestError::invalid(
-                "primary.body",
-                format!("{} bytes is over the limit of {max_body_bytes}", p.body.len()),
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::proto::v1::MirrorRequest;
 
     fn req() -> MirrorRequest {
         MirrorRequest {
@@ -581,42 +343,6 @@ mod tests {
             request_body: br#"{"messages":[]}"#.to_vec(),
             ..Default::default()
         }
-    }
-
-    fn field(r: MirrorRequest) -> &'static str {
-        match validate_request(&r, 100, 2, 8) {
-            Err(RequestError::InvalidArgument { field, .. }) => field,
-            other => panic!("expected invalid argument, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn each_bad_input_names_its_field() {
-        assert!(validate_request(&req(), 100, 2, 8).is_ok());
-        assert_eq!(field(MirrorRequest { request_id: String::new(), ..req() }), "request_id");
-        assert_eq!(field(MirrorRequest { request_body: b"not json".to_vec(), ..req() }), "request_body");
-        assert_eq!(field(MirrorRequest { request_body: b"[1,2]".to_vec(), ..req() }), "request_body");
-        assert_eq!(field(MirrorRequest { request_body: b"{\"a\":".to_vec(), ..req() }), "request_body");
-        assert_eq!(field(MirrorRequest { request_body: vec![b' '; 101], ..req() }), "request_body");
-        let many: HashMap<String, String> = (0..3).map(|i| (format!("k{i}"), "v".into())).collect();
-        assert_eq!(field(MirrorRequest { labels: many, ..req() }), "labels");
-        let long = HashMap::from([("tenant".to_string(), "x".repeat(9))]);
-        assert_eq!(field(MirrorRequest { labels: long, ..req() }), "labels");
-        let long_key = HashMap::from([("k".repeat(1 << 20), "v".to_string())]);
-        match validate_request(&MirrorRequest { labels: long_key, ..req() }, 100, 2, 8) {
-            Err(e @ RequestError::InvalidArgument { field: "labels", .. }) => {
-                assert!(e.to_string().len() < 200, "a huge key is not echoed back whole")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(field(MirrorRequest { slice: "s".repeat(129), ..req() }), "slice");
-        assert_eq!(field(MirrorRequest { route_taken: "r".repeat(129), ..req() }), "route_taken");
-        assert_eq!(field(MirrorRequest { sampling_key: "k".repeat(513), ..req() }), "sampling_key");
-        assert_eq!(field(MirrorRequest { request_id: "i".repeat(513), ..req() }), "request_id");
-        // It travels as an HTTP header to the shadow upstream, where a control character
-        // would fail every call.
-        assert_eq!(field(MirrorRequest { request_id: "r1\r\nx-evil: 1".into(), ..req() }), "request_id");
-        assert_eq!(field(MirrorRequest { request_id: "r\u{7f}".into(), ..req() }), "request_id");
     }
 
     /// A `Mirror` that raced the drain: it was on its way when the drain set `draining`
