@@ -25,7 +25,7 @@ use crate::proto::v1::mirror_server::MirrorServer;
 use crate::sidecar::publisher::Publisher;
 use crate::server::MirrorService;
 use crate::sink::spool::Spool;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{ConfiguredSink, Sink, SinkError};
 use crate::supervise::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,16 +151,13 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
     let tls = tls_config(&config)?;
     let token = config.server.auth_token()?;
-    let sink = Arc::new(Sink::open(&config, metrics.clone())?);
+    let sink = Arc::new(ConfiguredSink::open(&config, metrics.clone())?);
     let spool = open_spool(&config, &metrics)?;
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
-    let stall = match sink.as_ref() {
-        Sink::Kafka(_) => config.sink.kafka.stall_timeout,
-        Sink::File(_) => Duration::from_secs(3600),
-    };
+    let stall = sink.stall_timeout(&config);
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
 
     let shutdown = CancellationToken::new();
@@ -177,7 +174,7 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }
-    if let Sink::Kafka(k) = sink.as_ref() {
+    if let ConfiguredSink::Kafka(k) = sink.as_ref() {
         let (brokers, topic) = (k.brokers().to_string(), k.topic().to_string());
         let cfg = config.sink.kafka.clone();
         tokio::task::spawn_blocking(move || check_topic(&cfg, &brokers, &topic));

@@ -27,6 +27,7 @@ use crate::proto::v1::mirror_server::MirrorServer;
 use crate::server::MirrorService;
 use crate::sidecar::engine::Engine;
 use crate::sidecar::publisher::Publisher;
+use crate::sink::Sink as _;
 
 /// How long after the shutdown grace Kafka may still take records before everything
 /// left is spooled: pairs whose shadow call the grace cut short are built after it.
