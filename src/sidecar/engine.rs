@@ -334,16 +334,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::v1::MirrorRequest;
-
-    fn req() -> MirrorRequest {
-        MirrorRequest {
-            request_id: "r1".into(),
-            route_taken: "fast".into(),
-            request_body: br#"{"messages":[]}"#.to_vec(),
-            ..Default::default()
-        }
-    }
+    use crate::sidecar::validate::tests::req;
 
     /// A `Mirror` that raced the drain: it was on its way when the drain set `draining`
     /// and emptied the table (which the drain does under the table lock, held here).

@@ -97,11 +97,12 @@ pub(super) fn half_from_answer(a: Answer, max_body_bytes: usize) -> Half {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn req() -> MirrorRequest {
+    /// A valid one-phase `Mirror` request (no primary), `r1` taken by `fast`.
+    pub(in crate::sidecar) fn req() -> MirrorRequest {
         MirrorRequest {
             request_id: "r1".into(),
             route_taken: "fast".into(),
