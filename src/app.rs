@@ -1,7 +1,7 @@
 //! Wires the sidecar together and runs it: sink, spool, engine, publisher,
 //! gRPC server, admin server, config reload; and the shutdown that drains them.
 //!
-//! The shutdown (SIGTERM, SIGINT, or [`Running::shutdown`]) is [`shutdown::Shutdown`]:
+//! The shutdown (SIGTERM, SIGINT, or [`Running::shutdown`]) is `shutdown::Shutdown`:
 //! its steps, in order, are listed in that module's header.
 //!
 //! [`start`] binds the configured addresses; [`start_on`] takes listeners already
