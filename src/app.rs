@@ -39,8 +39,6 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] crate::sink::spool::SpoolError),
-    #[error("tls: {0}")]
-    Tls(String),
 }
 
 /// A running sidecar.
@@ -73,17 +71,6 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_string(), source })
 }
 
-fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
-    let Some(tls) = &config.server.tls else { return Ok(None) };
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| StartError::Tls(format!("{}: {e}", p.display())));
-    let identity = tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut t = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_file {
-        t = t.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(t))
-}
-
 /// Starts everything on the configured addresses. Returns once both ports are
 /// bound and `Mirror` answers; Kafka need not be reachable.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
@@ -91,8 +78,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
     let grpc = bind(&config.server.listen).await?;
     let admin = bind(&config.server.admin_listen).await?;
-    let tls = tls_config(&config)?;
-    let token = config.server.auth_token()?;
     let sink = Arc::new(Sink::open(&config, metrics.clone())?);
     let spool = match &config.spool.dir {
         Some(dir) => {
@@ -142,6 +127,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let marker = config.spool.dir.clone().inspect(|dir| {
         supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
     });
+    // The token, TLS and Kafka/route secret files, re-read when they rotate.
+    let secrets = crate::secrets::Secrets::load(&config, engine.clone(), sink.clone())?;
+    let (token, tls) = (secrets.token(), secrets.tls());
+    supervisor.spawn("secrets", secrets.watch(shutdown.clone()));
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }

@@ -13,6 +13,7 @@
 //! - [`memory`]: the worst-case memory a config allows (pure).
 //! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
 //!   log lines that repeat per record, at most one a second.
+//! - [`secrets`]: the token, TLS and Kafka/route secret files, re-read when they rotate.
 //! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod redact;
 pub mod report;
 pub mod routes;
 pub mod sampling;
+pub mod secrets;
 pub mod server;
 pub mod simulate;
 pub mod supervise;
