@@ -83,9 +83,39 @@ pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result
     Ok(())
 }
 
+/// A producer for `config`. librdkafka's error for a value it refuses quotes the value:
+/// it is left out when the value came from a secret (a file, or a key naming one).
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, SinkError> {
+    client_config(config)?.create().map_err(|e| match e {
+        KafkaError::ClientConfig(_, desc, key, value) => {
+            let lower = key.to_ascii_lowercase();
+            if config.librdkafka_files.contains_key(&key) || lower.contains("password") || lower.contains("secret") {
+                SinkError::Config(format!("librdkafka refused the value of `{key}` (not shown: it is a secret)"))
+            } else {
+                SinkError::Config(format!("librdkafka refused `{key}` = `{value}`: {desc}"))
+            }
+        }
+        other => SinkError::Kafka(other),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_secret_value_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("protocol"), "s3cret-but-invalid\n").unwrap();
+        let mut cfg = KafkaConfig { brokers: "127.0.0.1:9".into(), ..Default::default() };
+        cfg.librdkafka_files.insert("security.protocol".into(), dir.path().join("protocol"));
+        let e = create_producer(&cfg).err().expect("librdkafka refuses the value").to_string();
+        assert!(e.contains("security.protocol") && !e.contains("s3cret"), "{e}");
+        cfg.librdkafka_files.clear();
+        cfg.librdkafka.insert("security.protocol".into(), "carrier-pigeon".into());
+        let e = create_producer(&cfg).err().expect("librdkafka refuses the value").to_string();
+        assert!(e.contains("carrier-pigeon"), "a value from the config file is shown: {e}");
+    }
 
     #[test]
     fn secrets_come_from_files_and_the_user_can_override_defaults() {
@@ -108,7 +138,7 @@ mod tests {
 
 impl KafkaSink {
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        let producer: FutureProducer = client_config(config)?.create().map_err(SinkError::Kafka)?;
+        let producer = create_producer(config)?;
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
             retiring: Arc::default(),
@@ -209,7 +239,7 @@ impl KafkaSink {
     /// for up to the delivery timeout, then dropped. On error the producer in force stays.
     /// Blocks briefly (librdkafka creates the client and loads its keys).
     pub fn rebuild(&self, config: &KafkaConfig) -> Result<(), SinkError> {
-        let fresh: FutureProducer = client_config(config)?.create().map_err(SinkError::Kafka)?;
+        let fresh = create_producer(config)?;
         let old = self.producer.swap(Arc::new(fresh));
         self.retiring.lock().expect("retiring lock").push(old.clone());
         let (retiring, timeout) = (self.retiring.clone(), self.delivery_timeout);

@@ -86,13 +86,19 @@ pub async fn spawn_app(name: &str, extra: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(name: &str, extra: &str, bootstrap: &str) -> TestApp {
+    spawn_app_edited(name, extra, bootstrap, |text| text).await
+}
+
+/// [`spawn_app_with`], with the config text passed through `edit` first (to add a key
+/// to a section the base config already has, such as a route's).
+pub async fn spawn_app_edited(name: &str, extra: &str, bootstrap: &str, edit: impl FnOnce(String) -> String) -> TestApp {
     let answer = Behaviour::Answer { delay: Duration::from_millis(5) };
     let fast = FakeUpstream::start("fast", answer.clone()).await.unwrap();
     let reasoning = FakeUpstream::start("reasoning", answer.clone()).await.unwrap();
     let cheap = FakeUpstream::start("cheap", answer).await.unwrap();
     let topic = topic(name);
     let spool = tempfile::tempdir().unwrap();
-    let text = config_toml(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &topic, spool.path().to_str().unwrap(), extra);
+    let text = edit(config_toml(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &topic, spool.path().to_str().unwrap(), extra));
     let config = untaken::config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
     let app = untaken::app::start(config, None).await.expect("sidecar starts");
     let client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.expect("grpc connect");
@@ -135,4 +141,17 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
+}
+
+/// Polls /metrics until `series` reads `want`; panics with the last scrape after 30 s.
+pub async fn wait_metric(app: &Running, series: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(app).await;
+        if metric(&m, series) == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {series} = {want}; last /metrics:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
