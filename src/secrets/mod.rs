@@ -161,6 +161,8 @@ fn kafka_files(kafka: &KafkaConfig) -> Vec<PathBuf> {
 }
 
 type Fingerprint = [u8; 32];
+/// Validates a new version's contents and puts it in force; the error names what is wrong, never the content.
+type Apply = Box<dyn FnMut(&[Vec<u8>]) -> Result<(), String> + Send>;
 
 /// The files that make one secret, and what to do with a new version of them.
 struct Group {
@@ -168,8 +170,7 @@ struct Group {
     secret: &'static str,
     /// The files, in the order `apply` expects them.
     files: Box<dyn Fn() -> Vec<PathBuf> + Send>,
-    /// Validates the contents and puts them in force; the error names what is wrong, never the content.
-    apply: Box<dyn FnMut(&[Vec<u8>]) -> Result<(), String> + Send>,
+    apply: Apply,
     /// The version last put in force or rejected.
     seen: Fingerprint,
 }
