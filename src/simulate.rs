@@ -227,29 +227,6 @@ pub fn chat_body(system: &str, question: &str, model: &str) -> Vec<u8> {
     .expect("static JSON")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn streamed_pieces_reassemble_into_the_answer() {
-        let answer = completion_with("m", &json!({"messages": [{"content": "héllo wörld, a question"}]}), "Ünïcode answer, long enough to split".into());
-        let sse = stream_events(&answer, true);
-        assert!(sse.ends_with("data: [DONE]\n\n"));
-        let chunks: Vec<Value> = sse
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
-        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
-        assert_eq!(text, answer["choices"][0]["message"]["content"].as_str().unwrap());
-        assert!(chunks.len() > 4, "the content comes in several pieces");
-        assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
-        assert!(!stream_events(&answer, false).contains("usage"));
-    }
-}
-
 /// A directory laid out and updated the way the kubelet updates a mounted Secret: the
 /// files live in a timestamped directory, `..data` links to it, and each name is a
 /// link through `..data`. An update writes a new directory and renames a new `..data`
@@ -292,3 +269,27 @@ impl SecretVolume {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_pieces_reassemble_into_the_answer() {
+        let answer = completion_with("m", &json!({"messages": [{"content": "héllo wörld, a question"}]}), "Ünïcode answer, long enough to split".into());
+        let sse = stream_events(&answer, true);
+        assert!(sse.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = sse
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, answer["choices"][0]["message"]["content"].as_str().unwrap());
+        assert!(chunks.len() > 4, "the content comes in several pieces");
+        assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
+        assert!(!stream_events(&answer, false).contains("usage"));
+    }
+}
+
