@@ -50,6 +50,11 @@ pub struct SecretOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    pub secret: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
 }
@@ -88,6 +93,8 @@ pub struct Metrics {
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
     pub secret_reloads: Family<SecretOutcome, Counter>,
+    /// 1 while a secret's files hold a version that was rejected (the previous one is in force).
+    pub secret_rejected: Family<SecretLabel, Gauge>,
     pub lost_in_crash: Counter,
     pub task_failures: Family<TaskLabel, Counter>,
 }
@@ -127,6 +134,7 @@ impl Metrics {
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
             secret_reloads: Family::default(),
+            secret_rejected: Family::default(),
             lost_in_crash: Counter::default(),
             task_failures: Family::default(),
             registry: Registry::default(),
@@ -166,6 +174,11 @@ impl Metrics {
             "secret_reloads",
             "Changed secret files re-read, by secret and outcome (rejected: the previous version stays in force)",
             m.secret_reloads.clone(),
+        );
+        r.register(
+            "secret_file_rejected",
+            "1 while a secret's files hold a version that was rejected and the previous one stays in force, by secret",
+            m.secret_rejected.clone(),
         );
         r.register(
             "pairs_lost_in_crash",

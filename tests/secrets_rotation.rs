@@ -21,7 +21,8 @@ fn with_token(id: &str, token: &str) -> tonic::Request<untaken::proto::v1::Mirro
 
 /// The token is swapped with no overlap: the new one works from the next poll and the
 /// old one is refused. An empty or non-text token file is rejected, counted, and the
-/// token in force keeps working, on the connection established at start.
+/// token in force keeps working, on the connection established at start, until a
+/// valid file replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_is_accepted_and_the_old_one_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,7 +46,12 @@ async fn a_rotated_token_is_accepted_and_the_old_one_refused() {
         let id = format!("t-kept-{i}");
         assert!(t.client.mirror(with_token(&id, "second-token")).await.is_ok(), "a broken token file leaves the token in force");
     }
-    assert_eq!(metric(&metrics(&t.app).await, ok), 1.0);
+    let stuck = r#"untaken_secret_file_rejected{secret="server.auth_token_file"}"#;
+    assert_eq!(metric(&metrics(&t.app).await, stuck), 1.0, "the rejection stays visible until fixed");
+    volume.update(&[("token", b"third-token")]);
+    wait_metric(&t.app, ok, 2.0).await;
+    assert_eq!(metric(&metrics(&t.app).await, stuck), 0.0);
+    assert!(t.client.mirror(with_token("t-4", "third-token")).await.is_ok(), "a fixed token file is taken");
     t.app.shutdown();
     t.app.wait().await;
 }

@@ -8,7 +8,8 @@
 //! `untaken_secret_reloads_total{secret,outcome}` (`ok` or `rejected`). A broken
 //! new version (unreadable, empty, an unparsable PEM, a key that is not the
 //! certificate's, a Kafka client librdkafka refuses to create) is logged with the
-//! file and the reason, counted, and the version in force stays.
+//! file and the reason, counted, and the version in force stays;
+//! `untaken_secret_file_rejected{secret}` is 1 until a valid version replaces it.
 //!
 //! How a change is seen: every `server.secret_poll_interval`, and at once on SIGHUP,
 //! the files are read off the async runtime and hashed. Content is polled rather
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, KafkaConfig, Secret};
 use crate::engine::Engine;
-use crate::metrics::{Metrics, SecretOutcome};
+use crate::metrics::{Metrics, SecretLabel, SecretOutcome};
 use crate::sink::Sink;
 pub use tls::LiveTls;
 
@@ -244,6 +245,7 @@ impl Group {
             }
         };
         metrics.secret_reloads.get_or_create(&SecretOutcome { secret, outcome }).inc();
+        metrics.secret_rejected.get_or_create(&SecretLabel { secret }).set(i64::from(outcome == "rejected"));
     }
 }
 
