@@ -100,8 +100,7 @@ impl Secrets {
         let routes = engine.clone();
         let files = move || routes.live().config.routes.values().filter_map(|r| r.api_key_file.clone()).collect();
         groups.push(Group::dynamic("routes.api_key_file", Box::new(files), move |_| {
-            // The catalog reads every route's key: rebuild it from the config in force.
-            engine.reload(engine.live().config.clone()).map_err(|e| e.to_string())
+            engine.reread_route_keys().map_err(|e| e.to_string())
         }));
         Ok(Self { token, tls, groups, poll: config.server.secret_poll_interval, metrics })
     }
