@@ -115,6 +115,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         Sink::File(_) => Duration::from_secs(3600),
     };
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
+    // The token, TLS and Kafka/route secret files, re-read when they rotate (read before any task starts).
+    let secrets = crate::secrets::Secrets::load(&config, engine.clone(), sink.clone())?;
+    let (token, tls) = (secrets.token(), secrets.tls());
 
     let shutdown = CancellationToken::new();
     let supervisor = Supervisor::new(metrics.clone(), shutdown.clone());
@@ -127,9 +130,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let marker = config.spool.dir.clone().inspect(|dir| {
         supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
     });
-    // The token, TLS and Kafka/route secret files, re-read when they rotate.
-    let secrets = crate::secrets::Secrets::load(&config, engine.clone(), sink.clone())?;
-    let (token, tls) = (secrets.token(), secrets.tls());
     supervisor.spawn("secrets", secrets.watch(shutdown.clone()));
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));

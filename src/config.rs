@@ -498,6 +498,14 @@ impl Config {
                     }
                 }
             }
+            // A key that is not the certificate's, or a PEM that does not parse, fails here
+            // (and so in `check-config`) rather than at the first handshake.
+            let read = |key: &str, p: &PathBuf| {
+                std::fs::read(p).map_err(|e| ConfigError::new(format!("server.tls.{key}"), format!("cannot read {}: {e}", p.display())))
+            };
+            let ca = tls.client_ca_file.as_ref().map(|p| read("client_ca_file", p)).transpose()?;
+            crate::secrets::tls::server_config(&read("cert_file", &tls.cert_file)?, &read("key_file", &tls.key_file)?, ca.as_deref())
+                .map_err(|e| ConfigError::new(format!("server.tls.{}", e.file), e.message))?;
         }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));

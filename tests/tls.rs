@@ -157,3 +157,26 @@ async fn rotated_certificates_serve_new_connections_and_keep_established_ones() 
     t.app.shutdown();
     t.app.wait().await;
 }
+
+/// A key that is not the certificate's (or a certificate that does not parse) is a
+/// configuration error naming the file's key: `check-config` and `serve` exit 64 with it.
+#[test]
+fn a_mismatched_key_is_a_config_error_naming_the_key() {
+    let ca = new_ca();
+    let (cert, _) = leaf("localhost", &ca);
+    let (_, stray_key) = leaf("localhost", &ca);
+    let dir = tempfile::tempdir().unwrap();
+    for (cert, key, named) in [(cert.as_str(), stray_key.as_str(), "server.tls.key_file"), ("not pem", stray_key.as_str(), "server.tls.cert_file")] {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n\
+             [routes.r]\nurl = \"http://127.0.0.1:1/\"\nmodel = \"m\"\n[sink.file]\npath = {:?}\n[spool]\ndir = {:?}\n",
+            write(dir.path(), "server.pem", cert),
+            write(dir.path(), "server.key", key),
+            dir.path().join("pairs.jsonl"),
+            dir.path().join("spool"),
+        );
+        // Validation is what `check-config` and `serve` run first.
+        let e = untaken::config::from_toml(&text).expect_err(named);
+        assert_eq!(e.key, named, "{e}");
+    }
+}
