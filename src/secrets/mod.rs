@@ -56,32 +56,40 @@ impl Secrets {
     /// Reads the bearer token and the TLS files (a broken one is a config error naming
     /// its key) and prepares the watch of every secret file `config` names. Reads files.
     pub fn load(config: &Config, engine: Arc<Engine>, sink: Arc<Sink>) -> Result<Self, ConfigError> {
+        // Each group's files are fingerprinted before the value put in force is read: a
+        // rotation landing in between is then applied (again) at the first poll, never missed.
+        // (The sink and the engine read Kafka's and the routes' files a moment earlier.)
         let mut groups = Vec::new();
         let metrics = engine.metrics().clone();
+        let token_path = config.server.auth_token_file.clone().filter(|_| config.server.auth_token_env.is_none());
+        let token_seen = token_path.as_ref().map(|p| seen(std::slice::from_ref(p)));
         let token = config.server.auth_token()?.map(|t| Arc::new(ArcSwap::from_pointee(t)));
-        if let (Some(token), Some(path)) = (&token, &config.server.auth_token_file) {
+        if let (Some(token), Some(path), Some(first)) = (&token, token_path, token_seen) {
             let token = token.clone();
-            groups.push(Group::new("server.auth_token_file", vec![path.clone()], move |files| {
+            let group = Group::new("server.auth_token_file", vec![path], move |files| {
                 let text = std::str::from_utf8(&files[0]).map_err(|_| "the token file is not UTF-8 text".to_string())?;
                 token.store(Arc::new(Secret::new(text.trim())));
                 Ok(())
-            }));
+            });
+            groups.push(Group { seen: first, ..group });
         }
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
                 let mut paths = vec![t.cert_file.clone(), t.key_file.clone()];
                 paths.extend(t.client_ca_file.clone());
+                let first = seen(&paths);
                 let files = read(&paths).map_err(|e| ConfigError::new("server.tls", e))?;
                 let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice))
                     .map_err(|e| ConfigError::new(format!("server.tls.{}", e.file), e.message))?;
                 let live = Arc::new(LiveTls::new(built));
                 let target = live.clone();
-                groups.push(Group::new("server.tls", paths, move |files| {
+                let group = Group::new("server.tls", paths, move |files| {
                     let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice)).map_err(|e| e.to_string())?;
                     target.store(built);
                     Ok(())
-                }));
+                });
+                groups.push(Group { seen: first, ..group });
                 Some(live)
             }
         };
@@ -197,8 +205,7 @@ impl Group {
         files: Box<dyn Fn() -> Vec<PathBuf> + Send>,
         apply: impl FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
     ) -> Self {
-        let paths = files();
-        let seen = fingerprint(&paths, &read(&paths));
+        let seen = seen(&files());
         Self { secret, files, apply: Box::new(apply), seen }
     }
 
@@ -246,6 +253,11 @@ impl Group {
         metrics.secret_reloads.get_or_create(&SecretOutcome { secret, outcome }).inc();
         metrics.secret_rejected.get_or_create(&SecretLabel { secret }).set(i64::from(outcome == "rejected"));
     }
+}
+
+/// The fingerprint of what `paths` hold now.
+fn seen(paths: &[PathBuf]) -> Fingerprint {
+    fingerprint(paths, &read(paths))
 }
 
 /// The contents of `paths`, or the first failure to read one (which names the file).
