@@ -14,8 +14,10 @@
 //! How a change is seen: every `server.secret_poll_interval`, and at once on SIGHUP,
 //! the files are read off the async runtime and hashed. Content is polled rather
 //! than inodes watched: Kubernetes updates a mounted Secret by writing a new
-//! directory and renaming the `..data` symlink, so the files an inotify watch holds
-//! are replaced, never modified, and the watch reports nothing. The files that make
+//! directory and renaming the `..data` symlink, so a file is replaced, never
+//! modified, and an inotify watch on it sees one IN_DELETE_SELF and then nothing
+//! (kubernetes/kubernetes#111947); the notify crate inherits that. Reading a few
+//! small files every poll is cheap and has no such case to get wrong. The files that make
 //! one secret (certificate, key, CA) are read twice when they changed; if the two
 //! reads differ a swap is under way and they are read again at the next poll, so a
 //! certificate is never put in force with its predecessor's key.
