@@ -38,8 +38,6 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] crate::sink::spool::SpoolError),
-    #[error("tls: {0}")]
-    Tls(String),
 }
 
 /// A running sidecar.
@@ -70,17 +68,6 @@ impl Running {
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_string(), source })
-}
-
-fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
-    let Some(tls) = &config.server.tls else { return Ok(None) };
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| StartError::Tls(format!("{}: {e}", p.display())));
-    let identity = tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut t = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_file {
-        t = t.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(t))
 }
 
 /// The two listeners the sidecar serves on, bound by the caller.
@@ -149,8 +136,6 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     let Listeners { grpc, admin } = listeners;
     let metrics = Arc::new(Metrics::new());
     metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
-    let tls = tls_config(&config)?;
-    let token = config.server.auth_token()?;
     let sink = Arc::new(ConfiguredSink::open(&config, metrics.clone())?);
     let spool = open_spool(&config, &metrics)?;
     let encoding = sink.encoding(config.sink.encoding);
@@ -159,6 +144,9 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
     let stall = sink.stall_timeout(&config);
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
+    // The token, TLS and Kafka/route secret files, re-read when they rotate (read before any task starts).
+    let secrets = crate::secrets::Secrets::load(&config, engine.clone(), sink.clone())?;
+    let (token, tls) = (secrets.token(), secrets.tls());
 
     let shutdown = CancellationToken::new();
     let supervisor = Supervisor::new(metrics.clone(), shutdown.clone());
@@ -171,6 +159,7 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     let marker = config.spool.dir.clone().inspect(|dir| {
         supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
     });
+    supervisor.spawn("secrets", secrets.watch(shutdown.clone()));
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }

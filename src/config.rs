@@ -78,6 +78,11 @@ pub struct ServerConfig {
     pub auth_token_env: Option<String>,
     /// TLS on the gRPC port; with `client_ca_file`, mutual TLS.
     pub tls: Option<TlsConfig>,
+    /// How often the secret files (auth token, TLS, routes' API keys, Kafka's) are
+    /// re-read; a changed one is validated and put in force without a restart.
+    /// Kubernetes refreshes a mounted Secret within about a minute, so 10 s adds little.
+    #[serde(with = "humantime_serde")]
+    pub secret_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +103,9 @@ fn default_listen() -> String {
 fn default_admin_listen() -> String {
     "127.0.0.1:9464".into()
 }
+fn default_secret_poll_interval() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -111,6 +119,7 @@ impl Default for ServerConfig {
             auth_token_file: None,
             auth_token_env: None,
             tls: None,
+            secret_poll_interval: default_secret_poll_interval(),
         }
     }
 }
@@ -489,6 +498,14 @@ impl Config {
                     }
                 }
             }
+            // A key that is not the certificate's, or a PEM that does not parse, fails here
+            // (and so in `check-config`) rather than at the first handshake.
+            let read = |key: &str, p: &PathBuf| {
+                std::fs::read(p).map_err(|e| ConfigError::new(format!("server.tls.{key}"), format!("cannot read {}: {e}", p.display())))
+            };
+            let ca = tls.client_ca_file.as_ref().map(|p| read("client_ca_file", p)).transpose()?;
+            crate::secrets::tls::server_config(&read("cert_file", &tls.cert_file)?, &read("key_file", &tls.key_file)?, ca.as_deref())
+                .map_err(|e| ConfigError::new(format!("server.tls.{}", e.file), e.message))?;
         }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes", "must be greater than 0"));
@@ -556,6 +573,7 @@ impl Config {
             route.api_key(name)?;
         }
         check_duration("server.shutdown_grace", self.server.shutdown_grace, Duration::ZERO)?;
+        check_duration("server.secret_poll_interval", self.server.secret_poll_interval, MIN_POSITIVE)?;
         check_duration("pairing.timeout", self.pairing.timeout, MIN_POSITIVE)?;
         // librdkafka refuses a message timeout not above `linger.ms` (5 ms), and 0 means "forever".
         check_duration("sink.kafka.delivery_timeout", self.sink.kafka.delivery_timeout, Duration::from_millis(100))?;
@@ -784,6 +802,7 @@ mod tests {
             // Past any sensible bound (and past what `Instant + Duration` or librdkafka accept).
             ("[pairing]\ntimeout = \"1000years\"", "pairing.timeout"),
             ("[server]\nshutdown_grace = \"1000years\"", "server.shutdown_grace"),
+            ("[server]\nsecret_poll_interval = \"0s\"", "server.secret_poll_interval"),
             ("[sink.kafka]\ndelivery_timeout = \"30days\"", "sink.kafka.delivery_timeout"),
         ];
         for (section, key) in cases {

@@ -23,6 +23,7 @@
 //! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
 //!   log lines that repeat per record, at most one a second.
 //! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
+//! - [`secrets`]: the token, TLS and Kafka/route secret files, re-read when they rotate.
 //! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 //! - [`demo`], [`simulate`]: `untaken demo` and the fake peers (OpenAI upstreams) it and
 //!   the tests use.
@@ -41,6 +42,7 @@ pub mod redact;
 pub mod report;
 pub mod routes;
 pub mod sampling;
+pub mod secrets;
 pub mod server;
 pub mod sidecar;
 pub mod simulate;

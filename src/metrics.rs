@@ -42,6 +42,19 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretOutcome {
+    /// The config key of the secret (`server.tls`, `server.auth_token_file`, `sink.kafka`, `routes.api_key_file`).
+    pub secret: &'static str,
+    /// `ok`, or `rejected` (the previous version stays in force).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    pub secret: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
 }
@@ -79,6 +92,9 @@ pub struct Metrics {
     pub kafka_delivery_seconds: Histogram,
     pub kafka_delivery_errors: Family<Reason, Counter>,
     pub config_reloads: Family<Reason, Counter>,
+    pub secret_reloads: Family<SecretOutcome, Counter>,
+    /// 1 while a secret's files hold a version that was rejected (the previous one is in force).
+    pub secret_rejected: Family<SecretLabel, Gauge>,
     pub lost_in_crash: Counter,
     pub task_failures: Family<TaskLabel, Counter>,
 }
@@ -117,6 +133,8 @@ impl Metrics {
             kafka_delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka_delivery_errors: Family::default(),
             config_reloads: Family::default(),
+            secret_reloads: Family::default(),
+            secret_rejected: Family::default(),
             lost_in_crash: Counter::default(),
             task_failures: Family::default(),
             registry: Registry::default(),
@@ -152,6 +170,16 @@ impl Metrics {
         r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
         r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
+        r.register(
+            "secret_reloads",
+            "Changed secret files re-read, by secret and outcome (rejected: the previous version stays in force)",
+            m.secret_reloads.clone(),
+        );
+        r.register(
+            "secret_file_rejected",
+            "1 while a secret's files hold a version that was rejected and the previous one stays in force, by secret",
+            m.secret_rejected.clone(),
+        );
         r.register(
             "pairs_lost_in_crash",
             "Pairs pending at the last crash (counted from the spool's journal on start)",

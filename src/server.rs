@@ -4,7 +4,8 @@
 //! Handlers only translate: the engine decides, and [`status`] maps each engine
 //! error to its gRPC status, in this one place. Optional bearer-token auth runs
 //! as an interceptor, before any handler of `Mirror` and of reflection (health
-//! stays open for the probes).
+//! stays open for the probes). The token and the TLS certificate are read from
+//! [`crate::secrets`] at each call and each handshake, so they rotate live.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::config::Secret;
+use crate::secrets::{LiveTls, LiveToken};
 use crate::sidecar::engine::{Engine, RequestError};
 use crate::proto::v1::mirror_server::{Mirror, MirrorServer};
 use crate::proto::v1::{CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse};
@@ -55,14 +56,18 @@ impl Mirror for MirrorService {
 }
 
 /// Rejects calls without `authorization: Bearer <token>` when a token is configured.
+/// The token in force is read at every call: after a rotation the new one is
+/// accepted and the old one refused, with no overlap (a rotated-out token may be
+/// the leaked one).
 #[derive(Clone)]
 pub struct BearerAuth {
-    token: Option<Secret>,
+    token: Option<LiveToken>,
 }
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = &self.token else { return Ok(req) };
+        let token = token.load();
         let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_token);
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(req),
@@ -88,8 +93,8 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    token: Option<Secret>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    token: Option<LiveToken>,
+    tls: Option<Arc<LiveTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -102,18 +107,14 @@ pub async fn serve(
     let auth = BearerAuth { token };
     let reflection = tonic::service::interceptor::InterceptedService::new(reflection, auth.clone());
     let mirror = MirrorServer::with_interceptor(MirrorService { engine }, auth);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(mirror)
+    let router = tonic::transport::Server::builder().add_service(health).add_service(reflection).add_service(mirror);
+    match tls {
+        // The handshake happens in `secrets::tls`, with the certificate in force at the time.
+        Some(tls) => router.serve_with_incoming_shutdown(crate::secrets::tls::incoming(listener, tls), shutdown).await,
         // TCP_NODELAY: `Mirror` answers are tiny; Nagle's algorithm would hold them back
         // for the peer's delayed ACK (tens of ms on the router's request path).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
+        None => router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await,
+    }
 }
 
 #[cfg(test)]

@@ -227,6 +227,49 @@ pub fn chat_body(system: &str, question: &str, model: &str) -> Vec<u8> {
     .expect("static JSON")
 }
 
+/// A directory laid out and updated the way the kubelet updates a mounted Secret: the
+/// files live in a timestamped directory, `..data` links to it, and each name is a
+/// link through `..data`. An update writes a new directory and renames a new `..data`
+/// link over the old one (atomic), then removes the old directory.
+pub struct SecretVolume {
+    dir: std::path::PathBuf,
+}
+
+impl SecretVolume {
+    pub fn new(dir: &std::path::Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    /// The path a program is configured with for the key `name`.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Replaces the volume's contents with `files` in one atomic swap (writes files).
+    pub fn update(&self, files: &[(&str, &[u8])]) {
+        let data = self.dir.join("..data");
+        let old = std::fs::read_link(&data).ok();
+        let version = format!("..{}", uuid::Uuid::now_v7().simple());
+        let new = self.dir.join(&version);
+        std::fs::create_dir(&new).expect("create the version directory");
+        for (name, content) in files {
+            std::fs::write(new.join(name), content).expect("write a secret file");
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).expect("link ..data_tmp");
+        std::fs::rename(&tmp, &data).expect("swap ..data");
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(std::path::Path::new("..data").join(name), &link).expect("link a key");
+            }
+        }
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(self.dir.join(old));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,3 +292,4 @@ mod tests {
         assert!(!stream_events(&answer, false).contains("usage"));
     }
 }
+

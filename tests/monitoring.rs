@@ -73,7 +73,8 @@ async fn wait_for(admin: SocketAddr, needle: &str) -> String {
 
 /// A sidecar that has been through every path that creates a series: a pair
 /// published, a pair too large for the producer (dropped, delivery error), a
-/// Complete for an unknown request, a route with a budget, an invalid reload.
+/// Complete for an unknown request, a route with a budget, an invalid reload, a
+/// rejected secret file.
 /// Returns its /metrics text and the topic holding the published pair.
 async fn sidecar_exposition(bootstrap: &str) -> (String, String) {
     let answer = Behaviour::Answer { delay: Duration::from_millis(5) };
@@ -87,6 +88,10 @@ async fn sidecar_exposition(bootstrap: &str) -> (String, String) {
     let mut config = test_config(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &pairs, &spool);
     config.sink.kafka.librdkafka = serde_json::from_value(serde_json::json!({"message.max.bytes": "100000"})).unwrap();
     config.routes.get_mut("reasoning").expect("route reasoning").budget_usd_per_hour = Some(50.0);
+    let key = dir.path().join("api-key");
+    std::fs::write(&key, "sk-1").unwrap();
+    config.routes.get_mut("cheap").expect("route cheap").api_key_file = Some(key.clone());
+    config.server.secret_poll_interval = Duration::from_millis(100);
     let file = dir.path().join("untaken.toml");
     common::config::write(&config, &file);
     let app = common::app::start(config, Some(file.clone())).await;
@@ -100,6 +105,8 @@ async fn sidecar_exposition(bootstrap: &str) -> (String, String) {
     client.complete(CompleteRequest { request_id: "never-mirrored".into(), primary: Some(primary_answer("p")) }).await.ok();
     wait_for(url, "untaken_pairs_published_total 1").await;
     wait_for(url, r#"untaken_pairs_dropped_total{reason="rejected_permanently"} 1"#).await;
+    std::fs::write(&key, "").unwrap();
+    wait_for(url, r#"untaken_secret_file_rejected{secret="routes.api_key_file"} 1"#).await;
     std::fs::write(&file, "[server\nnot toml").unwrap();
     let exposition = wait_for(url, r#"untaken_config_reloads_total{reason="invalid"}"#).await;
     app.shutdown();

@@ -146,6 +146,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Rebuilds the state in force from its own config, so that the routes' API key
+    /// files are read again (a rotated key). A config reload landing meanwhile is not
+    /// undone: the rebuild starts over from it.
+    pub fn reread_route_keys(&self) -> Result<(), ConfigError> {
+        loop {
+            let old = self.live.load_full();
+            let live = Arc::new(Live::new(old.config.clone(), Some(&old))?);
+            let before = self.live.compare_and_swap(&old, live);
+            if Arc::ptr_eq(&before, &old) {
+                return Ok(());
+            }
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }

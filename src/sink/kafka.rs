@@ -5,14 +5,21 @@
 //! once a second) with the pair id and error only, never the payload. This module never retries forever:
 //! a record Kafka did not take within `delivery_timeout` comes back as an error
 //! for the publisher to spool.
+//!
+//! Secret files librdkafka reads (SASL password, keys) are read when a producer is
+//! created, so a rotation builds a new one ([`KafkaSink::rebuild`]): new records go to
+//! it, and the old one is flushed on a thread of its own, its deliveries completing
+//! (or failing back to the publisher, which spools them) as before.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use super::SinkError;
 use crate::config::KafkaConfig;
@@ -24,7 +31,10 @@ use crate::record::Encoded;
 pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    /// The producer new records go to.
+    producer: ArcSwap<FutureProducer>,
+    /// Producers replaced by [`KafkaSink::rebuild`] and still flushing: a shutdown purges them too.
+    retiring: Arc<Mutex<Vec<Arc<FutureProducer>>>>,
     topic: String,
     brokers: String,
     delivery_timeout: Duration,
@@ -73,9 +83,39 @@ pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result
     Ok(())
 }
 
+/// A producer for `config`. librdkafka's error for a value it refuses quotes the value:
+/// it is left out when the value came from a secret (a file, or a key naming one).
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, SinkError> {
+    client_config(config)?.create().map_err(|e| match e {
+        KafkaError::ClientConfig(_, desc, key, value) => {
+            let lower = key.to_ascii_lowercase();
+            if config.librdkafka_files.contains_key(&key) || lower.contains("password") || lower.contains("secret") {
+                SinkError::Config(format!("librdkafka refused the value of `{key}` (not shown: it is a secret)"))
+            } else {
+                SinkError::Config(format!("librdkafka refused `{key}` = `{value}`: {desc}"))
+            }
+        }
+        other => SinkError::Kafka(other),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_secret_value_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("protocol"), "s3cret-but-invalid\n").unwrap();
+        let mut cfg = KafkaConfig { brokers: "127.0.0.1:9".into(), ..Default::default() };
+        cfg.librdkafka_files.insert("security.protocol".into(), dir.path().join("protocol"));
+        let e = create_producer(&cfg).err().expect("librdkafka refuses the value").to_string();
+        assert!(e.contains("security.protocol") && !e.contains("s3cret"), "{e}");
+        cfg.librdkafka_files.clear();
+        cfg.librdkafka.insert("security.protocol".into(), "carrier-pigeon".into());
+        let e = create_producer(&cfg).err().expect("librdkafka refuses the value").to_string();
+        assert!(e.contains("carrier-pigeon"), "a value from the config file is shown: {e}");
+    }
 
     #[test]
     fn secrets_come_from_files_and_the_user_can_override_defaults() {
@@ -98,9 +138,10 @@ mod tests {
 
 impl KafkaSink {
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        let producer: FutureProducer = client_config(config)?.create().map_err(SinkError::Kafka)?;
+        let producer = create_producer(config)?;
         Ok(Self {
-            producer,
+            producer: ArcSwap::from_pointee(producer),
+            retiring: Arc::default(),
             topic: config.topic.clone(),
             brokers: config.brokers.clone(),
             delivery_timeout: config.delivery_timeout,
@@ -125,11 +166,13 @@ impl KafkaSink {
         }
         headers = headers.insert(Header { key: "untaken-pair-id", value: Some(record.pair_id.as_bytes()) });
         let start = Instant::now();
+        // Held until the delivery report: a producer replaced meanwhile lives until then.
+        let producer = self.producer.load_full();
         let mut fr = FutureRecord::to(&self.topic).key(&record.key).payload(&record.payload).headers(headers);
         // Enqueue without blocking a runtime thread; wait out a full local queue, but
         // not for longer than a delivery may take.
         let delivery = loop {
-            match self.producer.send_result(fr) {
+            match producer.send_result(fr) {
                 Ok(d) => break d,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if start.elapsed() < self.delivery_timeout =>
@@ -148,6 +191,36 @@ impl KafkaSink {
             Ok(Err((e, _))) => Err(self.fail(record, e)),
             Err(_cancelled) => Err(self.fail(record, KafkaError::Canceled)),
         }
+    }
+
+    /// Creates a producer from `config` (re-reading its secret files) and sends every
+    /// record from now on through it; the one it replaces is flushed on its own thread
+    /// for up to the delivery timeout, then dropped. On error the producer in force stays.
+    /// Blocks briefly (librdkafka creates the client and loads its keys).
+    pub fn rebuild(&self, config: &KafkaConfig) -> Result<(), SinkError> {
+        let fresh = create_producer(config)?;
+        let old = self.producer.swap(Arc::new(fresh));
+        self.retiring.lock().expect("retiring lock").push(old.clone());
+        let (retiring, timeout) = (self.retiring.clone(), self.delivery_timeout);
+        let spawned = std::thread::Builder::new()
+            .name("kafka-retire".into())
+            .spawn(move || {
+                if let Err(e) = old.flush(timeout) {
+                    tracing::warn!(error = %e, "flushing the replaced Kafka producer; what it held is failed back and spooled");
+                }
+                retiring.lock().expect("retiring lock").retain(|p| !Arc::ptr_eq(p, &old));
+                // Dropping the last handle stops librdkafka's threads (up to 100 ms): here, not in a send
+                // that still holds one on the async runtime, unless that send outlives this wait.
+                let until = Instant::now() + Duration::from_secs(1);
+                while Arc::strong_count(&old) > 1 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        if let Err(e) = spawned {
+            // The old producer was dropped with the closure: what it held failed back and was spooled.
+            tracing::warn!(error = %e, "cannot start the thread flushing the replaced Kafka producer");
+        }
+        Ok(())
     }
 
     fn fail(&self, record: &Encoded, e: KafkaError) -> SinkError {
@@ -185,12 +258,16 @@ impl super::Sink for KafkaSink {
 
     /// Fails every queued and in-flight record back to its sender (which spools it).
     fn purge(&self) {
-        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        let all = PurgeConfig::default().queue().inflight();
+        self.producer.load().purge(all);
+        for old in self.retiring.lock().expect("retiring lock").iter() {
+            old.purge(all);
+        }
     }
 
     /// Blocks until librdkafka's queue is delivered or `timeout` passes.
     fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer.flush(timeout).map_err(SinkError::Kafka)
+        self.producer.load().flush(timeout).map_err(SinkError::Kafka)
     }
 
     fn describe(&self) -> String {

@@ -14,6 +14,7 @@ use untaken::proto::v1::{Answer, MirrorRequest};
 use untaken::simulate::{Behaviour, FakeUpstream};
 
 use super::config;
+pub use super::metrics::metric;
 
 pub struct TestApp {
     pub app: Running,
@@ -112,4 +113,10 @@ pub fn primary_answer(text: &str) -> Answer {
 /// The admin port's /metrics text.
 pub async fn metrics(app: &Running) -> String {
     super::metrics::scrape(app.admin_addr).await
+}
+
+/// Polls /metrics until `series` reads `want`; panics with the last scrape after 30 s.
+pub async fn wait_metric(app: &Running, series: &str, want: f64) {
+    let what = format!("{series} = {want}");
+    super::metrics::wait_metrics(app.admin_addr, &what, Duration::from_secs(30), |m| metric(m, series) == want).await;
 }
