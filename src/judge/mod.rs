@@ -227,4 +227,24 @@ mod tests {
         let old: PairRecord = serde_json::from_str(r#"{"pair_id":"old"}"#).unwrap();
         assert_eq!(old.kind(), PairKind::Pair, "records from before `kind` decode as PAIR");
     }
+
+    #[test]
+    fn json_pairs_from_a_newer_sidecar_with_unknown_fields_decode_with_nothing_lost() {
+        let pair = PairRecord {
+            pair_id: "p".into(),
+            request_id: "r".into(),
+            slice: "s".into(),
+            sampling_rate: 0.25,
+            primary: Some(crate::proto::v1::AnswerRecord { status_code: 200, latency_ms: 12.5, ..Default::default() }),
+            ..Default::default()
+        };
+        let mut json: serde_json::Value = serde_json::to_value(&pair).unwrap();
+        json["added_by_a_newer_sidecar"] = serde_json::json!({"nested": [1, 2]});
+        json["primary"]["another_new_field"] = serde_json::json!("x");
+        let payload = serde_json::to_vec(&json).unwrap();
+        let decoded = decode_pair(&payload, Some("application/json")).expect("unknown fields are ignored");
+        assert_eq!(decoded, pair, "every known field kept");
+        // Known fields are still checked: a wrong type is an error, not ignored.
+        assert!(decode_pair(br#"{"pair_id": 42, "newer": 1}"#, None).is_err());
+    }
 }
