@@ -123,14 +123,25 @@ struct Worker {
 
 impl Worker {
     async fn start(toml: &str) -> Worker {
+        let w = Worker::spawn(toml);
+        w.wait_ready().await;
+        w
+    }
+
+    /// The worker in-process, without waiting for it to be ready.
+    fn spawn(toml: &str) -> Worker {
         let cfg = untaken::judge::config::from_toml(toml).unwrap();
         let admin: SocketAddr = cfg.server.admin_listen.parse().unwrap();
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move { untaken::judge::run_kafka(&cfg, s).await });
-        let w = Worker { stop, handle, admin };
-        w.wait_ready().await;
-        w
+        Worker { stop, handle, admin }
+    }
+
+    /// `/ready`'s status and body; `None` while the admin port does not answer.
+    async fn ready(&self) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}/ready", self.admin)).await.ok()?;
+        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
     }
 
     async fn wait_ready(&self) {
@@ -313,7 +324,9 @@ async fn sigkill_mid_stream_then_restart_grades_every_pair_at_least_once() {
         admin,
         &pairwise(&judge.url(), ""),
         "[limits]\nmax_concurrency = 32\n",
-        &format!("in_flight = {window}"),
+        // The killed worker stays in the group until its session times out; only then
+        // does the restarted one get partitions (and become ready): keep that short.
+        &format!("in_flight = {window}\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\""),
     );
     std::fs::write(&config, toml).unwrap();
     let log = dir.path().join("judge.log");
@@ -602,4 +615,46 @@ async fn run_file_is_the_library_entry_point_the_demo_uses() {
     assert_eq!(s.outcomes.get("graded"), Some(&1));
     let missing = untaken::judge::run_file(&cfg, &dir.path().join("nope.jsonl"), &grades_file).await.unwrap_err();
     assert!(missing.to_string().contains("nope.jsonl"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_a_partition_is_assigned() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic, group) = (topic("r-pairs"), topic("r-grades"), topic("r-group"));
+    // One partition: a second replica in the group gets nothing to consume.
+    create_topic_async(&bootstrap, &pairs_topic, 1).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
+    let first = Worker::start(&toml(admin_addr())).await;
+    assert_eq!(metric(&first.metrics().await, "untaken_judge_assigned_partitions"), 1.0, "ready means assigned");
+    let second = Worker::spawn(&toml(admin_addr()));
+    // The group rebalances: one replica keeps the partition, the other gets nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (assigned, idle) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the group did not settle");
+        let Some(_) = second.ready().await else { continue };
+        let (a, b) = (first.metrics().await, second.metrics().await);
+        // Joined: the first replica was assigned again, or the second saw an assignment.
+        let assigns = |m: &str| metric(m, "untaken_judge_rebalances_total{reason=\"assign\"}");
+        let joined = assigns(&a) >= 2.0 || assigns(&b) >= 1.0;
+        match (metric(&a, "untaken_judge_assigned_partitions"), metric(&b, "untaken_judge_assigned_partitions")) {
+            (1.0, 0.0) if joined => break (first, second),
+            (0.0, 1.0) => break (second, first),
+            _ => {}
+        }
+    };
+    // The replica without a partition answers 503, with why, as long as it has none.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let (status, body) = idle.ready().await.unwrap();
+        assert_eq!((status, body.trim()), (503, "no partition of the pairs topic assigned"));
+        assert_eq!(assigned.ready().await.unwrap().0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The assigned replica leaves: the partition moves, and the other becomes ready.
+    assigned.stop().await;
+    idle.wait_ready().await;
+    assert_eq!(metric(&idle.metrics().await, "untaken_judge_assigned_partitions"), 1.0);
+    idle.stop().await;
 }

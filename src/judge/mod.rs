@@ -173,12 +173,16 @@ struct AdminView {
 }
 
 impl crate::admin::Admin for AdminView {
+    /// Ready only while consuming: started, not draining, with at least one partition
+    /// of the pairs topic assigned (a replica beyond the partition count never is).
     fn readiness(&self) -> Result<(), &'static str> {
-        if self.ready.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("not consuming (starting, or draining)")
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("not consuming (starting, or draining)");
         }
+        if self.metrics.assigned_partitions.get() <= 0 {
+            return Err("no partition of the pairs topic assigned");
+        }
+        Ok(())
     }
     fn render_metrics(&self) -> String {
         self.metrics.render()

@@ -84,6 +84,7 @@ impl ConsumerContext for GroupContext {
             }
             tracker.revoke(e.topic(), e.partition());
         }
+        self.metrics.assigned_partitions.set(tracker.assigned() as i64);
         if commit.count() > 0 {
             // Blocks the consumer's poll for one round trip: the offsets must be stored
             // before the partitions go to another worker.
@@ -105,6 +106,8 @@ impl ConsumerContext for GroupContext {
                 for e in list.elements() {
                     tracker.assign(e.topic(), e.partition());
                 }
+                // Read by `/ready` (not ready before the first assignment).
+                self.metrics.assigned_partitions.set(tracker.assigned() as i64);
                 tracing::info!(partitions = list.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
