@@ -451,12 +451,15 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     let g = grade_one(pair(2, "x", "longer", None, 200)).await;
     assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::Graded, 4), "429 and 500 are retried");
 
-    judge.set_steady(Mode::ServerError);
+    // Faults of this pair's calls only (the endpoint answers the circuit's probe):
+    // retried within bounds, then a judge error. An endpoint that fails everything is
+    // an outage instead (see judge_outage_pauses_...).
+    judge.script(&[Mode::ServerError; 4]);
     let g = grade_one(pair(3, "x", "longer", None, 200)).await;
     assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::JudgeError, 4));
     assert!(g.error.contains("judge answered http 500 (after 1 retries)"), "{}", g.error);
 
-    judge.set_steady(Mode::Hang);
+    judge.script(&[Mode::Hang; 4]);
     let g = grade_one(pair(4, "x", "longer", None, 200)).await;
     assert_eq!(g.outcome(), GradeOutcome::JudgeError);
     assert!(g.error.contains("timed out"), "{}", g.error);
@@ -474,10 +477,11 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     assert_eq!(judge.calls(), calls, "neither pair reached the judge");
 
     let m = worker.metrics().await;
-    for outcome in ["ok", "malformed", "rate_limited", "server_error", "timeout"] {
+    for outcome in ["ok", "malformed", "rate_limited", "server_error", "timeout", "probe_answered"] {
         assert!(metric(&m, &format!("untaken_judge_calls_total{{outcome=\"{outcome}\"}}")) > 0.0, "{outcome}:\n{m}");
     }
     assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 4.0, "{m}");
+    assert_eq!(metric(&m, "untaken_judge_circuit_opened_total"), 0.0, "isolated faults never open the circuit");
     worker.stop().await;
 }
 
@@ -657,4 +661,70 @@ async fn ready_only_once_a_partition_is_assigned() {
     idle.wait_ready().await;
     assert_eq!(metric(&idle.metrics().await, "untaken_judge_assigned_partitions"), 1.0);
     idle.stop().await;
+}
+
+/// Polls the worker's metrics until `ok` holds (30 s at most).
+async fn wait_metrics(w: &Worker, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = w.metrics().await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} within 30 s:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_skipping_a_pair() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("o-pairs"), topic("o-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 2).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    // Nothing listens on the judge's port yet: connection refused.
+    let judge_addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{judge_addr}/v1/chat/completions");
+    let breaker = "max_retries = 1\nbreaker_failures = 3\nbreaker_probe_interval = \"100ms\"\nbreaker_max_probe_interval = \"400ms\"\ntimeout = \"2s\"";
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), admin_addr(), &pairwise(&url, breaker), "", "");
+    let worker = Worker::start(&toml).await;
+    let pairs: Vec<_> = (0..40).map(|i| pair(i, "x", "longer", None, 200)).collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[..10], Encoding::Json)).await;
+
+    let open = |m: &str| metric(m, "untaken_judge_circuit_open") == 1.0 && metric(m, "untaken_judge_paused") == 1.0;
+    let m = wait_metrics(&worker, "the circuit opens and consumption pauses", open).await;
+    assert!(metric(&m, r#"untaken_judge_calls_total{outcome="transport_error"}"#) >= 3.0, "{m}");
+    let (status, body) = worker.ready().await.unwrap();
+    assert_eq!((status, body.trim()), (503, "judge endpoint down (circuit open): consumption paused"));
+    // More pairs arrive during the outage; nothing is graded, nothing skipped.
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[10..30], Encoding::Json)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = worker.metrics().await;
+    assert!(open(&m), "still open while the endpoint is down:\n{m}");
+    assert_eq!(published(&m), 0.0, "no grade while the judge is down:\n{m}");
+    assert!(metric(&m, r#"untaken_judge_calls_total{outcome="probe_failed"}"#) >= 2.0, "probed with backoff:\n{m}");
+
+    // The judge comes up: a probe closes the circuit, every pair is graded.
+    let judge = FakeJudge::start_on(&judge_addr, Preference::Longer, Duration::from_millis(5), false).await.unwrap();
+    let got = grades(&bootstrap, &grades_topic, 30, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 30);
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded && g.score == 1.0), "no pair became a judge error");
+    let m = wait_metrics(&worker, "the circuit closes", |m| metric(m, "untaken_judge_circuit_open") == 0.0 && metric(m, "untaken_judge_paused") == 0.0).await;
+    assert_eq!(worker.ready().await.unwrap().0, 200, "{m}");
+
+    // Every call answers 500 for a while: the same.
+    judge.set_steady(Mode::ServerError);
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[30..], Encoding::Json)).await;
+    let m = wait_metrics(&worker, "the circuit opens on 5xx", |m| open(m) && metric(m, "untaken_judge_circuit_opened_total") >= 2.0).await;
+    assert_eq!(published(&m), 30.0, "{m}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    judge.set_steady(Mode::Verdict);
+    let got = grades(&bootstrap, &grades_topic, 40, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 40);
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded), "no pair became a judge error");
+    let distinct: HashSet<_> = got.iter().map(|g| g.pair_id.as_str()).collect();
+    assert_eq!(distinct.len(), 40, "each pair graded once");
+    let m = worker.metrics().await;
+    assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 0.0, "{m}");
+    worker.stop().await;
 }

@@ -12,6 +12,7 @@
 //! - [`grade`]: outcome, score and encoding of a grade (pure).
 //! - [`offsets`]: which offsets may be committed (pure).
 //! - [`dedup`]: recently graded pair ids, bounded (pure).
+//! - [`breaker`]: the judge endpoint's circuit breaker (outage or bad pair).
 //! - [`budget`]: judge call admission: rate, concurrency, spend per window.
 //! - [`client`]: the judge's HTTP calls with bounded retries.
 //! - [`grader`]: one pair in, one grade out.
@@ -19,6 +20,7 @@
 //! - [`metrics`]: the worker's Prometheus series.
 //! - [`fake`]: a fake judge endpoint for tests, the benchmark and demos.
 
+pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod config;
@@ -174,13 +176,17 @@ struct AdminView {
 
 impl crate::admin::Admin for AdminView {
     /// Ready only while consuming: started, not draining, with at least one partition
-    /// of the pairs topic assigned (a replica beyond the partition count never is).
+    /// of the pairs topic assigned (a replica beyond the partition count never is),
+    /// and the judge endpoint up.
     fn readiness(&self) -> Result<(), &'static str> {
         if !self.ready.load(Ordering::SeqCst) {
             return Err("not consuming (starting, or draining)");
         }
         if self.metrics.assigned_partitions.get() <= 0 {
             return Err("no partition of the pairs topic assigned");
+        }
+        if self.metrics.circuit_open.get() > 0 {
+            return Err("judge endpoint down (circuit open): consumption paused");
         }
         Ok(())
     }

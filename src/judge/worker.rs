@@ -9,8 +9,8 @@
 //! rebalance re-reads what was in flight, at most `in_flight` records per worker.
 //!
 //! Consumption pauses (librdkafka `pause`, while still polling so the group keeps
-//! the worker) when `in_flight` records are outstanding or the judge budget is
-//! spent; it resumes when both allow. Scaling out is Kafka's: more replicas with
+//! the worker) when `in_flight` records are outstanding, the judge budget is spent
+//! or the judge endpoint is down (its circuit is open); it resumes when all allow. Scaling out is Kafka's: more replicas with
 //! the same `group_id` split the partitions, with no coordination of our own.
 //!
 //! Never logs a pair's content: only ids, topics, partitions, offsets and errors.
@@ -222,15 +222,18 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             continue;
         }
         let exhausted = shared.grader.limits().exhausted();
+        // The judge endpoint is down: read nothing more until a probe is answered (the
+        // records already read wait in their calls; none becomes a judge error).
+        let judge_down = shared.grader.judge_down();
         // Pausing drops what librdkafka prefetched (it is fetched again on resume), so
         // once full, the window drains to three quarters before reading resumes.
         let full = if paused { uncommitted > window * 3 / 4 } else { uncommitted >= window };
-        let want_pause = full || exhausted;
+        let want_pause = full || exhausted || judge_down;
         if want_pause != paused {
             set_paused(&consumer, want_pause);
             paused = want_pause;
         }
-        metrics.paused.set(i64::from(exhausted));
+        metrics.paused.set(i64::from(exhausted || judge_down));
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
