@@ -703,12 +703,15 @@ async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_ski
     assert!(open(&m), "still open while the endpoint is down:\n{m}");
     assert_eq!(published(&m), 0.0, "no grade while the judge is down:\n{m}");
     assert!(metric(&m, r#"untaken_judge_calls_total{outcome="probe_failed"}"#) >= 2.0, "probed with backoff:\n{m}");
+    // The lag counts what arrived while paused (a "judge lag growing" alert works now).
+    wait_metrics(&worker, "lag of the 30 ungraded pairs", |m| metric(m, "untaken_judge_consumer_lag") == 30.0).await;
 
     // The judge comes up: a probe closes the circuit, every pair is graded.
     let judge = FakeJudge::start_on(&judge_addr, Preference::Longer, Duration::from_millis(5), false).await.unwrap();
     let got = grades(&bootstrap, &grades_topic, 30, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 30);
     assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded && g.score == 1.0), "no pair became a judge error");
+    wait_metrics(&worker, "no lag once graded", |m| metric(m, "untaken_judge_consumer_lag") == 0.0).await;
     let m = wait_metrics(&worker, "the circuit closes", |m| metric(m, "untaken_judge_circuit_open") == 0.0 && metric(m, "untaken_judge_paused") == 0.0).await;
     assert_eq!(worker.ready().await.unwrap().0, 200, "{m}");
 

@@ -86,7 +86,7 @@ impl JudgeMetrics {
         r.register("calls", "Judge HTTP calls by outcome", m.judge_calls.clone());
         r.register("call_seconds", "Judge HTTP call latency", m.judge_call_seconds.clone());
         r.register("spend_usd", "Judge spend, in USD", m.judge_spend_usd.clone());
-        r.register("consumer_lag", "Pairs in the assigned partitions not yet read (from librdkafka statistics)", m.consumer_lag.clone());
+        r.register("consumer_lag", "Pairs in the assigned partitions not yet committed (high watermark minus committed offset, asked of the broker; counts while paused)", m.consumer_lag.clone());
         r.register("in_flight", "Pairs read whose offsets are not committed yet (at most kafka.in_flight)", m.in_flight.clone());
         r.register("paused", "1 while consumption is paused: the judge budget is spent or the judge endpoint is down", m.paused.clone());
         r.register("circuit_open", "1 while the judge endpoint is considered down (calls wait for a probe to be answered)", m.circuit_open.clone());
