@@ -492,24 +492,26 @@ async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_not
     create_topic_async(&bootstrap, &pairs_topic, 1).await;
     create_topic_async(&bootstrap, &grades_topic, 1).await;
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(20), false).await.unwrap();
-    // 1000 prompt tokens at $1000/M: $1 a call, $2 a pair; $3 per 6 s window.
-    let cfg = pairwise(&judge.url(), "input_usd_per_mtok = 1000.0");
+    // 100 completion tokens at $10,000/M: $1 a call, $2 a pair; $3 per 6 s window.
+    // max_tokens = 100 at the same price: each call is estimated at $1 up front.
+    let cfg = pairwise(&judge.url(), "output_usd_per_mtok = 10000.0\nmax_tokens = 100");
     let limits = "[limits]\nmax_concurrency = 2\nbudget_usd_per_hour = 3.0\nbudget_window = \"6s\"\n";
     let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), admin_addr(), &cfg, limits, "")).await;
     let start = Instant::now();
     let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
 
-    // Two pairs spend $4: past the budget, the worker pauses. The budget is checked when a
-    // call is admitted and charged when it returns, so calls already in flight may finish
-    // one more pair (max_concurrency 2 = one pair's two calls): a known overshoot, bounded.
-    let got = grades(&bootstrap, &grades_topic, 2, Duration::from_secs(20)).await;
-    assert!(got.len() >= 2);
+    // Three calls fit the budget: calls in flight reserve their estimate, so a fourth
+    // never starts inside the window and the spend never passes the budget.
+    let got = grades(&bootstrap, &grades_topic, 1, Duration::from_secs(20)).await;
+    assert!(!got.is_empty());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let m = worker.metrics().await;
     assert_eq!(metric(&m, "untaken_judge_paused"), 1.0, "paused while the budget is spent:\n{m}");
+    assert_eq!(metric(&m, "untaken_judge_spend_usd_total"), 3.0, "exactly the budget, no overshoot:\n{m}");
+    assert_eq!(metric(&m, r#"untaken_judge_calls_total{outcome="ok"}"#), 3.0, "{m}");
     let at_pause = published(&m);
-    assert!((2.0..=3.0).contains(&at_pause), "the overshoot is at most the calls in flight: {at_pause} pairs graded");
+    assert!(at_pause <= 1.0, "three calls grade one pair at most: {at_pause}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(published(&worker.metrics().await), at_pause, "nothing graded while paused");
     assert!(start.elapsed() < Duration::from_secs(6), "checked inside the first window");

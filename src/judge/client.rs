@@ -6,7 +6,8 @@
 //! to `max_retries` times with exponential backoff and jitter (honouring a 429's
 //! `Retry-After`); an answer that is not a verdict is asked again up to
 //! `max_attempts` times. Past either bound the verdict is an error: never guessed.
-//! Every call waits for admission ([`JudgeLimits`]) and is charged to the budget.
+//! Every call waits for admission ([`JudgeLimits`], reserving its estimated cost)
+//! and settles its actual cost in the budget.
 //!
 //! Connection errors, timeouts and 5xx also feed the judge's [`Circuit`]: while it is
 //! open calls wait for a probe to be answered, and a call out of retries is a judge
@@ -26,6 +27,7 @@ use super::config::PairwiseConfig;
 use super::metrics::JudgeMetrics;
 use super::prompt::ChatMessage;
 use super::verdict::{self, Raw};
+use crate::admission::estimate_for;
 use crate::config::Secret;
 use crate::usage::Usage;
 
@@ -171,20 +173,21 @@ impl JudgeClient {
     async fn call_with_retries(&self, body: &Bytes, limits: &JudgeLimits, metrics: &JudgeMetrics, out: &mut VerdictCall) -> Result<String, String> {
         let mut retry = 0;
         let probe = || self.probe(limits, metrics);
+        // The request's size and its max_tokens (ours: no need to parse the body).
+        let estimate = estimate_for(body.len(), self.config.max_tokens.into(), self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
         loop {
             self.circuit.ready(probe).await;
             out.attempts += 1;
-            let permit = limits.acquire().await;
+            let admitted = limits.acquire(estimate).await;
             let started = Instant::now();
             let (call, cost) = self.call_once(body).await;
             metrics.judge_call_seconds.observe(started.elapsed().as_secs_f64());
             if cost > 0.0 {
-                limits.charge(cost);
                 metrics.judge_spend_usd.inc_by(cost);
                 out.cost_usd += cost;
             }
-            // Charged before the slot frees, so the next call sees this call's spend.
-            drop(permit);
+            // The cost replaces the reservation before the slot frees.
+            admitted.settle(cost);
             let failed_at = match &call {
                 Call::Transient(label, ..) if endpoint_failure(label) => Some(self.circuit.failed()),
                 _ => {
