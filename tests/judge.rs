@@ -733,3 +733,54 @@ async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_ski
     assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 0.0, "{m}");
     worker.stop().await;
 }
+
+#[test]
+fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, fifo, grades_file) = (dir.path().join("judge.toml"), dir.path().join("pairs.pipe"), dir.path().join("grades.jsonl"));
+    std::fs::write(&config, REFERENCE).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    let mut child = Command::new(BIN)
+        .arg("judge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--pairs")
+        .arg(&fifo)
+        .arg("--grades")
+        .arg(&grades_file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = |i: usize| {
+        let p = pair(i, "Paris", "Rome", Some("paris"), 200);
+        let mut l = record::encode(p, Encoding::Json).payload;
+        l.push(b'\n');
+        l
+    };
+    // Opening blocks until the judge opens the pipe to read it.
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    for i in 0..10 {
+        pipe.write_all(&line(i)).unwrap();
+    }
+    pipe.flush().unwrap();
+    // The pipe stays open: a worker that reads the whole input first grades nothing yet.
+    let graded = |n: usize| std::fs::read_to_string(&grades_file).map(|t| t.lines().count() >= n).unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !graded(10) {
+        assert!(Instant::now() < deadline, "the first 10 pairs were not graded while the input stayed open");
+        assert!(child.try_wait().unwrap().is_none(), "the judge exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 10..20 {
+        pipe.write_all(&line(i)).unwrap();
+    }
+    drop(pipe);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let grades: Vec<GradeRecord> =
+        std::fs::read_to_string(&grades_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<String> = grades.iter().map(|g| g.pair_id.clone()).collect();
+    assert_eq!(ids, (0..20).map(|i| format!("pair-{i:05}")).collect::<Vec<_>>(), "all, in input order");
+}
