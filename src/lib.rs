@@ -24,6 +24,7 @@ pub mod demo;
 pub mod log_limit;
 pub mod engine;
 pub mod judge;
+pub mod librdkafka_log;
 pub mod memory;
 pub mod metrics;
 pub mod pairing;

@@ -784,3 +784,29 @@ fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
     let ids: Vec<String> = grades.iter().map(|g| g.pair_id.clone()).collect();
     assert_eq!(ids, (0..20).map(|i| format!("pair-{i:05}")).collect::<Vec<_>>(), "all, in input order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, log) = (dir.path().join("judge.toml"), dir.path().join("judge.log"));
+    let admin = admin_addr();
+    let broker = common::proc::dead_addr();
+    std::fs::write(&config, judge_toml(&broker, "pairs", "grades", "g", admin, REFERENCE, "", "")).unwrap();
+    let mut judge = Sidecar::spawn_judge(&config, admin, &log);
+    // The admin port answers; the worker never gets a partition.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://{admin}/live")).await.is_err() {
+        assert!(Instant::now() < deadline, "admin port never answered:\n{}", judge.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let r = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    judge.sigkill();
+    let text = judge.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // librdkafka retries the broker many times a second (consumer and producer): the
+    // worker says so once per client and period, with how many lines it held back.
+    assert!(lines.iter().any(|l| l.contains(&broker) || l.contains("Connection refused")), "the outage is logged:\n{text}");
+    assert!(lines.len() <= 12, "{} lines in 8 s:\n{text}", lines.len());
+}

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -35,6 +35,8 @@ use super::metrics::JudgeMetrics;
 use super::offsets::{OffsetTracker, Ticket};
 use super::{decode_pair, JudgeError};
 use crate::config::Encoding;
+use crate::librdkafka_log::LimitedLogs;
+use crate::log_limit::LogLimit;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::SinkError;
 
@@ -45,13 +47,22 @@ const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Consumer callbacks: offsets of revoked partitions are committed before they go,
-/// assigned partitions start a new epoch.
+/// assigned partitions start a new epoch, librdkafka's lines are rate limited.
 struct GroupContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Arc<JudgeMetrics>,
+    logs: LimitedLogs,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -149,7 +160,8 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
 /// is acknowledged is committed. Returns an error only for start-up failures.
 pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<AtomicBool>) -> Result<WorkerSummary, JudgeError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone() };
+    let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
+    let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
     let consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
@@ -248,7 +260,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    if let Some(held_back) = consumer_errors.allow() {
+                        tracing::warn!(error = %e, held_back, "kafka consumer error");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -14,6 +14,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use crate::librdkafka_log::LimitedLogs;
+
 use super::SinkError;
 use crate::config::KafkaConfig;
 use crate::log_limit::LogLimit;
@@ -24,7 +26,7 @@ use crate::record::Encoded;
 pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<LimitedLogs>,
     topic: String,
     brokers: String,
     delivery_timeout: Duration,
@@ -98,7 +100,8 @@ mod tests {
 
 impl KafkaSink {
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        let producer: FutureProducer = client_config(config)?.create().map_err(SinkError::Kafka)?;
+        let producer: FutureProducer<LimitedLogs> =
+            client_config(config)?.create_with_context(LimitedLogs::default()).map_err(SinkError::Kafka)?;
         Ok(Self {
             producer,
             topic: config.topic.clone(),
