@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&set)?
         .preserve_proto_field_names()
+        // A newer writer may add fields (a newer sidecar's pair records): an older
+        // reader ignores them instead of rejecting the record, as protobuf readers do.
+        .ignore_unknown_fields()
         .build(&[".untaken.v1"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

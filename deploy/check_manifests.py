@@ -13,7 +13,15 @@ checks how the untaken sidecar fits its pod, per rendering:
     fits the pod's ephemeral-storage limits;
   * probes and scrape annotations aim at the addresses untaken listens on;
   * the secrets the config names come from Secrets readable by untaken;
-  * the KafkaTopic matches sink.kafka.topic and the brokers' Strimzi cluster.
+  * the KafkaTopic matches sink.kafka.topic and the brokers' Strimzi cluster;
+and how the judge worker (a container running `untaken judge`) fits its own:
+  * its --config is a mounted ConfigMap file, its grace period covers
+    server.shutdown_grace, its httpGet probes hit /live and /ready on
+    server.admin_listen (beyond loopback), scraped there;
+  * the secrets its config names come from Secrets;
+  * it reads the topic the sidecar writes, its grades topic has a KafkaTopic
+    with the brokers' Strimzi cluster, and it has no more replicas than the
+    pairs topic has partitions (the extra ones would idle).
 With --configs-out it writes each rendering's untaken.toml and the environment
 that stands in for its Secrets, for `untaken check-config` (see validate.sh).
 Prints one line per problem and exits 1 if there is any.
@@ -35,6 +43,9 @@ QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
 # Config settings naming a secret file -> the UNTAKEN_ variable that overrides it.
 SECRET_FILES = {("sink", "kafka", "sasl_password_file"): "UNTAKEN_SINK__KAFKA__SASL_PASSWORD_FILE",
                 ("server", "auth_token_file"): "UNTAKEN_SERVER__AUTH_TOKEN_FILE"}
+JUDGE_SECRET_FILES = {("kafka", "sasl_password_file"): "UNTAKEN_KAFKA__SASL_PASSWORD_FILE",
+                      ("judge", "pairwise", "api_key_file"): "UNTAKEN_JUDGE__PAIRWISE__API_KEY_FILE"}
+JUDGE_FLUSH_MARGIN_S = 5  # after the grace: the producer's flush and the last commit
 
 
 def seconds(text: str) -> float:
@@ -79,6 +90,9 @@ class Render:
         self.config: dict | None = None
         self.config_text = ""
         self.stand_in_env: dict[str, str] = {}
+        self.judge: dict | None = None
+        self.judge_text = ""
+        self.judge_env: dict[str, str] = {}
 
     def check(self, cond: bool, where: str, problem: str, ok: str) -> bool:
         line = f"[{self.name} {where}] {ok if cond else problem}"
@@ -111,26 +125,24 @@ class Render:
                           "untaken is a native sidecar"):
             return
         c = sidecars[0]
-        args = c.get("args") or []
-        files = self.mounted_files(c, pod)
-        config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
-        src = files.get(config_path)
-        if not self.check(src is not None and src[0] == "configMap", where,
-                          f"--config {config_path} is not a file of a ConfigMap mounted in the untaken container",
-                          f"--config {config_path} is ConfigMap {src and src[1]}"):
+        found = self.config_map_file(where, pod, c)
+        if found is None:
             return
-        self.config_text = self.by_name[("ConfigMap", src[1])]["data"][src[2]]
+        self.config_text, files = found
         cfg = self.config = tomllib.loads(self.config_text)
-        self.readable(where, pod, config_path, src[3])
 
-        grace = seconds(dig(cfg, "server", "shutdown_grace") or "30s")
-        tgps = pod.get("terminationGracePeriodSeconds", 30)
-        self.check(tgps >= grace + GRACE_MARGIN_S, where,
-                   f"terminationGracePeriodSeconds {tgps} < server.shutdown_grace {grace:g}s + {GRACE_MARGIN_S}s for the router's drain",
-                   f"terminationGracePeriodSeconds {tgps} >= shutdown_grace {grace:g}s + {GRACE_MARGIN_S}s")
+        self.check_grace(where, pod, cfg, "30s", GRACE_MARGIN_S, "for the router's drain")
         self.check_spool(where, pod, c, cfg)
         self.check_addresses(where, doc, c, cfg)
         self.check_secrets(where, pod, c, cfg, files)
+
+    def check_grace(self, where: str, pod: dict, cfg: dict, default: str, margin: int, why: str) -> None:
+        """The pod's grace period covers server.shutdown_grace plus `margin` seconds (`why`)."""
+        grace = seconds(dig(cfg, "server", "shutdown_grace") or default)
+        tgps = pod.get("terminationGracePeriodSeconds", 30)
+        self.check(tgps >= grace + margin, where,
+                   f"terminationGracePeriodSeconds {tgps} < server.shutdown_grace {grace:g}s + {margin}s {why}",
+                   f"terminationGracePeriodSeconds {tgps} >= shutdown_grace {grace:g}s + {margin}s")
 
     def check_spool(self, where: str, pod: dict, c: dict, cfg: dict) -> None:
         sdir = str(dig(cfg, "spool", "dir")).rstrip("/")
@@ -175,26 +187,95 @@ class Render:
                            f"{name} checks {addr}, but server.listen is {dig(cfg, 'server', 'listen')}", f"{name} checks server.listen")
 
     def check_secrets(self, where: str, pod: dict, c: dict, cfg: dict, files: dict) -> None:
+        env_vars = {f"routes.{route}.api_key_env": rc.get("api_key_env") for route, rc in (cfg.get("routes") or {}).items()}
+        self.secret_sources(where, pod, c, cfg, files, env_vars, SECRET_FILES, self.stand_in_env)
+
+    def secret_sources(self, where, pod, c, cfg, files, env_vars: dict, secret_files: dict, stand_in: dict) -> None:
+        """Environment variables the config names come from Secrets; so do the files it names."""
         env = {e["name"]: e for e in c.get("env") or []}
-        for route, rc in (cfg.get("routes") or {}).items():
-            var = rc.get("api_key_env")
+        for key, var in env_vars.items():
             if var is None:
                 continue
             ref = dig(env.get(var), "valueFrom", "secretKeyRef")
-            if self.check(ref is not None, where, f"routes.{route}.api_key_env = {var!r}: the container needs env {var} from a Secret (secretKeyRef)",
+            if self.check(ref is not None, where, f"{key} = {var!r}: the container needs env {var} from a Secret (secretKeyRef)",
                           f"env {var} comes from Secret {ref and ref['name']}"):
                 self.secret_has_key(where, ref["name"], ref["key"], f"env {var}")
-                self.stand_in_env[var] = "stand-in-api-key"
-        for keys, override in SECRET_FILES.items():
+                stand_in[var] = "stand-in-api-key"
+        for keys, override in secret_files.items():
             path = dig(cfg, *keys)
             if path is None:
                 continue
             src = files.get(path)
-            if self.check(src is not None and src[0] == "secret", where, f"{'.'.join(keys)} {path} is not a file of a Secret mounted in untaken",
+            if self.check(src is not None and src[0] == "secret", where, f"{'.'.join(keys)} {path} is not a file of a Secret mounted in {c['name']}",
                           f"{path} comes from Secret {src and src[1]}"):
                 self.secret_has_key(where, src[1], src[2], path)
                 self.readable(where, pod, path, src[3])
-                self.stand_in_env[override] = ""  # filled in by write_config
+                stand_in[override] = ""  # filled in by write_config
+
+    def config_map_file(self, where: str, pod: dict, c: dict) -> tuple[str, dict] | None:
+        """The text of the --config file, when it is a mounted ConfigMap file."""
+        args = c.get("args") or []
+        files = self.mounted_files(c, pod)
+        config_path = args[args.index("--config") + 1] if "--config" in args[:-1] else None
+        src = files.get(config_path)
+        if not self.check(src is not None and src[0] == "configMap", where,
+                          f"--config {config_path} is not a file of a ConfigMap mounted in the {c['name']} container",
+                          f"--config {config_path} is ConfigMap {src and src[1]}"):
+            return None
+        self.readable(where, pod, config_path, src[3])
+        return self.by_name[("ConfigMap", src[1])]["data"][src[2]], files
+
+    def check_judge(self, doc: dict, c: dict) -> None:
+        pod = doc["spec"]["template"]["spec"]
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        found = self.config_map_file(where, pod, c)
+        if found is None:
+            return
+        self.judge_text, files = found
+        cfg = self.judge = tomllib.loads(self.judge_text)
+        self.check_grace(where, pod, cfg, "20s", JUDGE_FLUSH_MARGIN_S, "to flush and commit")
+        admin = hostport(dig(cfg, "server", "admin_listen") or "127.0.0.1:9465")
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+        self.check(admin[1] in ports.values() and not loopback(admin[0]), where,
+                   f"server.admin_listen {admin} must be a containerPort bound beyond loopback (probes and Prometheus reach the pod IP)",
+                   f"admin_listen port {admin[1]} is reachable")
+        scrape = (dig(doc, "spec", "template", "metadata", "annotations") or {}).get("prometheus.io/port")
+        self.check(scrape in (None, str(admin[1])), where, f"prometheus.io/port {scrape} != admin_listen port {admin[1]}",
+                   "scrape annotation matches admin_listen")
+        for name, path in (("livenessProbe", "/live"), ("readinessProbe", "/ready")):
+            get = dig(c, name, "httpGet") or {}
+            port = ports.get(get.get("port"), get.get("port"))
+            self.check(port == admin[1] and get.get("path") == path, where,
+                       f"{name} must be httpGet {path} on the admin port {admin[1]} (found {get or 'none'})", f"{name} is {path} on the admin port")
+        env_vars = {"judge.pairwise.api_key_env": dig(cfg, "judge", "pairwise", "api_key_env")}
+        self.secret_sources(where, pod, c, cfg, files, env_vars, JUDGE_SECRET_FILES, self.judge_env)
+        kafka = cfg.get("kafka") or {}
+        pairs, grades = kafka.get("pairs_topic", "untaken.pairs"), kafka.get("grades_topic", "untaken.grades")
+        written = dig(self.config, "sink", "kafka", "topic")
+        if written is not None:
+            self.check(pairs == written, where, f"kafka.pairs_topic {pairs!r} is not the topic the sidecar writes ({written!r})",
+                       "reads the sidecar's pairs topic")
+        pairs_topic = self.topic(pairs)
+        if pairs_topic is not None:
+            replicas, partitions = doc["spec"].get("replicas", 1), pairs_topic["spec"].get("partitions", 1)
+            self.check(replicas <= partitions, where,
+                       f"replicas {replicas} > {partitions} partitions of {pairs!r}: the extra judge replicas get no partition and idle",
+                       f"replicas {replicas} <= {partitions} partitions")
+        grades_topic = self.topic(grades)
+        if self.check(grades_topic is not None, where, f"no KafkaTopic for kafka.grades_topic {grades!r}", "grades topic exists"):
+            self.same_cluster(grades_topic, kafka.get("brokers", ""))
+
+    def topic(self, name: str) -> dict | None:
+        return next((d for d in self.docs if d["kind"] == "KafkaTopic" and (dig(d, "spec", "topicName") or d["metadata"]["name"]) == name), None)
+
+    def same_cluster(self, t: dict, brokers: str) -> None:
+        host = (hostport(brokers.split(",")[0]) or ("", 0))[0]
+        m = re.match(r"^([a-z0-9-]+)-kafka-bootstrap\.([a-z0-9-]+)(\.|$)", host)
+        if m:  # Strimzi: <cluster>-kafka-bootstrap.<namespace>; its Topic Operator watches that namespace
+            cluster, ns = dig(t, "metadata", "labels", "strimzi.io/cluster"), t["metadata"].get("namespace")
+            self.check((cluster, ns) == (m[1], m[2]), f"KafkaTopic/{t['metadata']['name']}",
+                       f"strimzi.io/cluster={cluster!r} in namespace {ns!r}, but the brokers are cluster {m[1]!r} in {m[2]!r}",
+                       "topic sits with the brokers' Strimzi cluster")
 
     def readable(self, where: str, pod: dict, path: str, mode: int) -> None:
         """Projected files are root-owned: uid 65532 reads them as fsGroup or as other."""
@@ -225,13 +306,7 @@ class Render:
         body = dig(self.config, "server", "max_body_bytes") or 0
         self.check(conf.get("max.message.bytes", 1048588) > body, where,
                    f"max.message.bytes must exceed server.max_body_bytes {body} (a pair holds a request and two answers)", "message size fits")
-        host = (hostport(kafka.get("brokers", "").split(",")[0]) or ("", 0))[0]
-        m = re.match(r"^([a-z0-9-]+)-kafka-bootstrap\.([a-z0-9-]+)(\.|$)", host)
-        if m:  # Strimzi: <cluster>-kafka-bootstrap.<namespace>; its Topic Operator watches that namespace
-            cluster, ns = dig(t, "metadata", "labels", "strimzi.io/cluster"), t["metadata"].get("namespace")
-            self.check((cluster, ns) == (m[1], m[2]), where,
-                       f"strimzi.io/cluster={cluster!r} in namespace {ns!r}, but sink.kafka.brokers is cluster {m[1]!r} in {m[2]!r}",
-                       "topic sits with the brokers' Strimzi cluster")
+        self.same_cluster(t, kafka.get("brokers", ""))
 
     def write_config(self, out: Path) -> None:
         """untaken.toml as rendered, and stand-ins for the Secrets it names."""
@@ -240,13 +315,25 @@ class Render:
         stand_in.write_text("stand-in-secret\n")
         env = {k: v or str(stand_in) for k, v in self.stand_in_env.items()}
         (out / f"{self.name}.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+        if self.judge is not None:
+            (out / f"{self.name}-judge.toml").write_text(self.judge_text)
+            env = {k: v or str(stand_in) for k, v in self.judge_env.items()}
+            (out / f"{self.name}-judge.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
 
     def run(self) -> None:
         workloads = [d for d in self.docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+        judges = []
         for w in workloads:
-            self.check_workload(w)
+            judge = [c for c in w["spec"]["template"]["spec"].get("containers") or [] if (c.get("args") or [""])[0] == "judge"]
+            if judge:
+                judges.append((w, judge[0]))
+            else:
+                self.check_workload(w)
         if self.check(self.config is not None, "manifests", "no workload runs the untaken sidecar", "untaken found"):
             self.check_topic()
+        # After the sidecar: the judge is checked against the topic it writes.
+        for w, c in judges:
+            self.check_judge(w, c)
 
 
 def main() -> int:

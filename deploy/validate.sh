@@ -10,8 +10,9 @@
 #   4. kube-score on every overlay (what gets applied; the base keeps
 #      placeholder `latest` tags) and on deploy/monitoring;
 #   5. promtool check rules + promtool test rules (deploy/monitoring/rules.test.yaml);
-#   6. check_manifests.py: the invariants that are untaken's own, and then
-#      `untaken check-config` on the untaken.toml of each rendered ConfigMap.
+#   6. check_manifests.py: the invariants that are untaken's own (sidecar and
+#      judge worker), and then `untaken check-config` on the untaken.toml and
+#      judge.toml of each rendered ConfigMap.
 # Exits non-zero with a message on the first failing step.
 #
 # Environment:
@@ -224,6 +225,12 @@ for r in "${untaken_renders[@]}"; do
   mapfile -t stand_ins <"$out/$name.env"
   if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name.toml"; then
     fail "untaken check-config rejects the untaken.toml rendered into $name's ConfigMap"
+  fi
+  # The judge worker's config, when the rendering has the judge Deployment.
+  [[ -f $out/$name-judge.toml ]] || continue
+  mapfile -t stand_ins <"$out/$name-judge.env"
+  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name-judge.toml"; then
+    fail "untaken check-config rejects the judge.toml rendered into $name's judge ConfigMap"
   fi
 done
 

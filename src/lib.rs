@@ -22,6 +22,7 @@
 //! - [`app`]: wires it all, reloads the config, and drains on shutdown (`app::shutdown`).
 //! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
 //!   log lines that repeat per record, at most one a second.
+//! - [`librdkafka_log`]: librdkafka's own log and error lines, one per severity per 10 s.
 //! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
 //! - [`secrets`]: the token, TLS and Kafka/route secret files, re-read when they rotate.
 //! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod log_limit;
 pub mod judge;
+pub mod librdkafka_log;
 pub mod memory;
 pub mod metrics;
 pub mod record;

@@ -11,7 +11,9 @@
 //!
 //! A second test breaks copies of deploy/ the ways a user could (a misspelt
 //! field, a grace period shorter than the drain, an unknown config key, an alert
-//! that no longer fires) and expects validate.sh to fail, naming what caught it.
+//! that no longer fires; more judge replicas than partitions, a judge readiness
+//! probe on the wrong path, a grades topic without its KafkaTopic, an unknown
+//! judge config key) and expects validate.sh to fail, naming what caught it.
 //!
 //! A third test checks that the worst-case memory each shipped `untaken.toml`
 //! allows (`untaken check-config` prints it) fits the untaken container's memory
@@ -53,6 +55,8 @@ fn deploy_manifests_pass_validate_sh() {
         "check_manifests: OK (2 renderings)",
         "base.toml: ok (2 routes, sink Kafka)",
         "overlay-example.toml: ok (2 routes, sink Kafka)",
+        "base-judge.toml: ok (judge pairwise, pairs untaken-pairs, grades untaken-grades)",
+        "overlay-example-judge.toml: ok (judge pairwise, pairs untaken-pairs, grades untaken-grades)",
         "validate.sh: OK",
     ] {
         assert!(report.contains(done), "deploy/validate.sh exited 0 but did not report `{done}`:\n{report}");
@@ -87,6 +91,30 @@ const MISTAKES: &[Mistake] = &[
         from: "[pairing]",
         to: "[pairing]\ntimeout_typo = \"30s\"",
         expected: "untaken check-config rejects the untaken.toml rendered into overlay-example's ConfigMap",
+    },
+    Mistake {
+        file: "k8s/base/judge-deployment.yaml",
+        from: "replicas: 2",
+        to: "replicas: 13",
+        expected: "replicas 13 > 12 partitions of 'untaken-pairs': the extra judge replicas get no partition and idle",
+    },
+    Mistake {
+        file: "k8s/base/judge-deployment.yaml",
+        from: "path: /ready",
+        to: "path: /metrics",
+        expected: "readinessProbe must be httpGet /ready on the admin port 9465",
+    },
+    Mistake {
+        file: "k8s/base/judge.toml",
+        from: "grades_topic = \"untaken-grades\"",
+        to: "grades_topic = \"untaken-grade\"",
+        expected: "no KafkaTopic for kafka.grades_topic 'untaken-grade'",
+    },
+    Mistake {
+        file: "k8s/base/judge.toml",
+        from: "[limits]",
+        to: "[limits]\nbudget_usd = 3.0",
+        expected: "untaken check-config rejects the judge.toml rendered into base's judge ConfigMap",
     },
     Mistake {
         file: "monitoring/prometheusrule.yaml",

@@ -124,14 +124,25 @@ struct Worker {
 
 impl Worker {
     async fn start(toml: &str) -> Worker {
+        let w = Worker::spawn(toml);
+        w.wait_ready().await;
+        w
+    }
+
+    /// The worker in-process, without waiting for it to be ready.
+    fn spawn(toml: &str) -> Worker {
         let cfg = untaken::judge::config::from_toml(toml).unwrap();
         let admin: SocketAddr = cfg.server.admin_listen.parse().unwrap();
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move { untaken::judge::run_kafka(&cfg, s).await });
-        let w = Worker { stop, handle, admin };
-        w.wait_ready().await;
-        w
+        Worker { stop, handle, admin }
+    }
+
+    /// `/ready`'s status and body; `None` while the admin port does not answer.
+    async fn ready(&self) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}/ready", self.admin)).await.ok()?;
+        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
     }
 
     async fn wait_ready(&self) {
@@ -314,7 +325,9 @@ async fn sigkill_mid_stream_then_restart_grades_every_pair_at_least_once() {
         admin,
         &pairwise(&judge.url(), ""),
         "[limits]\nmax_concurrency = 32\n",
-        &format!("in_flight = {window}"),
+        // The killed worker stays in the group until its session times out; only then
+        // does the restarted one get partitions (and become ready): keep that short.
+        &format!("in_flight = {window}\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\""),
     );
     std::fs::write(&config, toml).unwrap();
     let log = dir.path().join("judge.log");
@@ -439,12 +452,15 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     let g = grade_one(pair(2, "x", "longer", None, 200)).await;
     assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::Graded, 4), "429 and 500 are retried");
 
-    judge.set_steady(Mode::ServerError);
+    // Faults of this pair's calls only (the endpoint answers the circuit's probe):
+    // retried within bounds, then a judge error. An endpoint that fails everything is
+    // an outage instead (see judge_outage_pauses_...).
+    judge.script(&[Mode::ServerError; 4]);
     let g = grade_one(pair(3, "x", "longer", None, 200)).await;
     assert_eq!((g.outcome(), attempts(&g)), (GradeOutcome::JudgeError, 4));
     assert!(g.error.contains("judge answered http 500 (after 1 retries)"), "{}", g.error);
 
-    judge.set_steady(Mode::Hang);
+    judge.script(&[Mode::Hang; 4]);
     let g = grade_one(pair(4, "x", "longer", None, 200)).await;
     assert_eq!(g.outcome(), GradeOutcome::JudgeError);
     assert!(g.error.contains("timed out"), "{}", g.error);
@@ -462,10 +478,11 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     assert_eq!(judge.calls(), calls, "neither pair reached the judge");
 
     let m = worker.metrics().await;
-    for outcome in ["ok", "malformed", "rate_limited", "server_error", "timeout"] {
+    for outcome in ["ok", "malformed", "rate_limited", "server_error", "timeout", "probe_answered"] {
         assert!(metric(&m, &format!("untaken_judge_calls_total{{outcome=\"{outcome}\"}}")) > 0.0, "{outcome}:\n{m}");
     }
     assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 4.0, "{m}");
+    assert_eq!(metric(&m, "untaken_judge_circuit_opened_total"), 0.0, "isolated faults never open the circuit");
     worker.stop().await;
 }
 
@@ -476,24 +493,26 @@ async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_not
     create_topic_async(&bootstrap, &pairs_topic, 1).await;
     create_topic_async(&bootstrap, &grades_topic, 1).await;
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(20), false).await.unwrap();
-    // 1000 prompt tokens at $1000/M: $1 a call, $2 a pair; $3 per 6 s window.
-    let cfg = pairwise(&judge.url(), "input_usd_per_mtok = 1000.0");
+    // 100 completion tokens at $10,000/M: $1 a call, $2 a pair; $3 per 6 s window.
+    // max_tokens = 100 at the same price: each call is estimated at $1 up front.
+    let cfg = pairwise(&judge.url(), "output_usd_per_mtok = 10000.0\nmax_tokens = 100");
     let limits = "[limits]\nmax_concurrency = 2\nbudget_usd_per_hour = 3.0\nbudget_window = \"6s\"\n";
     let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), admin_addr(), &cfg, limits, "")).await;
     let start = Instant::now();
     let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
 
-    // Two pairs spend $4: past the budget, the worker pauses. The budget is checked when a
-    // call is admitted and charged when it returns, so calls already in flight may finish
-    // one more pair (max_concurrency 2 = one pair's two calls): a known overshoot, bounded.
-    let got = grades(&bootstrap, &grades_topic, 2, Duration::from_secs(20)).await;
-    assert!(got.len() >= 2);
+    // Three calls fit the budget: calls in flight reserve their estimate, so a fourth
+    // never starts inside the window and the spend never passes the budget.
+    let got = grades(&bootstrap, &grades_topic, 1, Duration::from_secs(20)).await;
+    assert!(!got.is_empty());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let m = worker.metrics().await;
     assert_eq!(metric(&m, "untaken_judge_paused"), 1.0, "paused while the budget is spent:\n{m}");
+    assert_eq!(metric(&m, "untaken_judge_spend_usd_total"), 3.0, "exactly the budget, no overshoot:\n{m}");
+    assert_eq!(metric(&m, r#"untaken_judge_calls_total{outcome="ok"}"#), 3.0, "{m}");
     let at_pause = published(&m);
-    assert!((2.0..=3.0).contains(&at_pause), "the overshoot is at most the calls in flight: {at_pause} pairs graded");
+    assert!(at_pause <= 1.0, "three calls grade one pair at most: {at_pause}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(published(&worker.metrics().await), at_pause, "nothing graded while paused");
     assert!(start.elapsed() < Duration::from_secs(6), "checked inside the first window");
@@ -603,4 +622,192 @@ async fn run_file_is_the_library_entry_point_the_demo_uses() {
     assert_eq!(s.outcomes.get("graded"), Some(&1));
     let missing = untaken::judge::run_file(&cfg, &dir.path().join("nope.jsonl"), &grades_file).await.unwrap_err();
     assert!(missing.to_string().contains("nope.jsonl"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_a_partition_is_assigned() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic, group) = (topic("r-pairs"), topic("r-grades"), topic("r-group"));
+    // One partition: a second replica in the group gets nothing to consume.
+    create_topic_async(&bootstrap, &pairs_topic, 1).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
+    let first = Worker::start(&toml(admin_addr())).await;
+    assert_eq!(metric(&first.metrics().await, "untaken_judge_assigned_partitions"), 1.0, "ready means assigned");
+    let second = Worker::spawn(&toml(admin_addr()));
+    // The group rebalances: one replica keeps the partition, the other gets nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (assigned, idle) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the group did not settle");
+        let Some(_) = second.ready().await else { continue };
+        let (a, b) = (first.metrics().await, second.metrics().await);
+        // Joined: the first replica was assigned again, or the second saw an assignment.
+        let assigns = |m: &str| metric(m, "untaken_judge_rebalances_total{reason=\"assign\"}");
+        let joined = assigns(&a) >= 2.0 || assigns(&b) >= 1.0;
+        match (metric(&a, "untaken_judge_assigned_partitions"), metric(&b, "untaken_judge_assigned_partitions")) {
+            (1.0, 0.0) if joined => break (first, second),
+            (0.0, 1.0) => break (second, first),
+            _ => {}
+        }
+    };
+    // The replica without a partition answers 503, with why, as long as it has none.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let (status, body) = idle.ready().await.unwrap();
+        assert_eq!((status, body.trim()), (503, "no partition of the pairs topic assigned"));
+        assert_eq!(assigned.ready().await.unwrap().0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The assigned replica leaves: the partition moves, and the other becomes ready.
+    assigned.stop().await;
+    idle.wait_ready().await;
+    assert_eq!(metric(&idle.metrics().await, "untaken_judge_assigned_partitions"), 1.0);
+    idle.stop().await;
+}
+
+/// Polls the worker's metrics until `ok` holds (30 s at most).
+async fn wait_metrics(w: &Worker, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = w.metrics().await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} within 30 s:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_skipping_a_pair() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("o-pairs"), topic("o-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 2).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    // Nothing listens on the judge's port yet: connection refused.
+    let judge_addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{judge_addr}/v1/chat/completions");
+    let breaker = "max_retries = 1\nbreaker_failures = 3\nbreaker_probe_interval = \"100ms\"\nbreaker_max_probe_interval = \"400ms\"\ntimeout = \"2s\"";
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), admin_addr(), &pairwise(&url, breaker), "", "");
+    let worker = Worker::start(&toml).await;
+    let pairs: Vec<_> = (0..40).map(|i| pair(i, "x", "longer", None, 200)).collect();
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[..10], Encoding::Json)).await;
+
+    let open = |m: &str| metric(m, "untaken_judge_circuit_open") == 1.0 && metric(m, "untaken_judge_paused") == 1.0;
+    let m = wait_metrics(&worker, "the circuit opens and consumption pauses", open).await;
+    assert!(metric(&m, r#"untaken_judge_calls_total{outcome="transport_error"}"#) >= 3.0, "{m}");
+    let (status, body) = worker.ready().await.unwrap();
+    assert_eq!((status, body.trim()), (503, "judge endpoint down (circuit open): consumption paused"));
+    // More pairs arrive during the outage; nothing is graded, nothing skipped.
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[10..30], Encoding::Json)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = worker.metrics().await;
+    assert!(open(&m), "still open while the endpoint is down:\n{m}");
+    assert_eq!(published(&m), 0.0, "no grade while the judge is down:\n{m}");
+    assert!(metric(&m, r#"untaken_judge_calls_total{outcome="probe_failed"}"#) >= 2.0, "probed with backoff:\n{m}");
+    // The lag counts what arrived while paused (a "judge lag growing" alert works now).
+    wait_metrics(&worker, "lag of the 30 ungraded pairs", |m| metric(m, "untaken_judge_consumer_lag") == 30.0).await;
+
+    // The judge comes up: a probe closes the circuit, every pair is graded.
+    let judge = FakeJudge::start_on(&judge_addr, Preference::Longer, Duration::from_millis(5), false).await.unwrap();
+    let got = grades(&bootstrap, &grades_topic, 30, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 30);
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded && g.score == 1.0), "no pair became a judge error");
+    wait_metrics(&worker, "no lag once graded", |m| metric(m, "untaken_judge_consumer_lag") == 0.0).await;
+    let m = wait_metrics(&worker, "the circuit closes", |m| metric(m, "untaken_judge_circuit_open") == 0.0 && metric(m, "untaken_judge_paused") == 0.0).await;
+    assert_eq!(worker.ready().await.unwrap().0, 200, "{m}");
+
+    // Every call answers 500 for a while: the same.
+    judge.set_steady(Mode::ServerError);
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[30..], Encoding::Json)).await;
+    let m = wait_metrics(&worker, "the circuit opens on 5xx", |m| open(m) && metric(m, "untaken_judge_circuit_opened_total") >= 2.0).await;
+    assert_eq!(published(&m), 30.0, "{m}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    judge.set_steady(Mode::Verdict);
+    let got = grades(&bootstrap, &grades_topic, 40, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 40);
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded), "no pair became a judge error");
+    let distinct: HashSet<_> = got.iter().map(|g| g.pair_id.as_str()).collect();
+    assert_eq!(distinct.len(), 40, "each pair graded once");
+    let m = worker.metrics().await;
+    assert_eq!(metric(&m, r#"untaken_judge_grades_published_total{outcome="judge_error"}"#), 0.0, "{m}");
+    worker.stop().await;
+}
+
+#[test]
+fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, fifo, grades_file) = (dir.path().join("judge.toml"), dir.path().join("pairs.pipe"), dir.path().join("grades.jsonl"));
+    std::fs::write(&config, REFERENCE).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    let mut child = Command::new(BIN)
+        .arg("judge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--pairs")
+        .arg(&fifo)
+        .arg("--grades")
+        .arg(&grades_file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = |i: usize| {
+        let p = pair(i, "Paris", "Rome", Some("paris"), 200);
+        let mut l = record::encode(p, Encoding::Json).payload;
+        l.push(b'\n');
+        l
+    };
+    // Opening blocks until the judge opens the pipe to read it.
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    for i in 0..10 {
+        pipe.write_all(&line(i)).unwrap();
+    }
+    pipe.flush().unwrap();
+    // The pipe stays open: a worker that reads the whole input first grades nothing yet.
+    let graded = |n: usize| std::fs::read_to_string(&grades_file).map(|t| t.lines().count() >= n).unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !graded(10) {
+        assert!(Instant::now() < deadline, "the first 10 pairs were not graded while the input stayed open");
+        assert!(child.try_wait().unwrap().is_none(), "the judge exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 10..20 {
+        pipe.write_all(&line(i)).unwrap();
+    }
+    drop(pipe);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let grades: Vec<GradeRecord> =
+        std::fs::read_to_string(&grades_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<String> = grades.iter().map(|g| g.pair_id.clone()).collect();
+    assert_eq!(ids, (0..20).map(|i| format!("pair-{i:05}")).collect::<Vec<_>>(), "all, in input order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, log) = (dir.path().join("judge.toml"), dir.path().join("judge.log"));
+    let admin = admin_addr();
+    let broker = common::proc::dead_addr();
+    std::fs::write(&config, judge_toml(&broker, "pairs", "grades", "g", admin, REFERENCE, "", "")).unwrap();
+    let mut judge = Sidecar::spawn_judge(&config, admin, &log);
+    // The admin port answers; the worker never gets a partition.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://{admin}/live")).await.is_err() {
+        assert!(Instant::now() < deadline, "admin port never answered:\n{}", judge.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let r = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    judge.sigkill();
+    let text = judge.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // librdkafka retries the broker many times a second (consumer and producer): the
+    // worker says so once per client and period, with how many lines it held back.
+    assert!(lines.iter().any(|l| l.contains(&broker) || l.contains("Connection refused")), "the outage is logged:\n{text}");
+    assert!(lines.len() <= 12, "{} lines in 8 s:\n{text}", lines.len());
 }

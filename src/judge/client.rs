@@ -6,7 +6,12 @@
 //! to `max_retries` times with exponential backoff and jitter (honouring a 429's
 //! `Retry-After`); an answer that is not a verdict is asked again up to
 //! `max_attempts` times. Past either bound the verdict is an error: never guessed.
-//! Every call waits for admission ([`JudgeLimits`]) and is charged to the budget.
+//! Every call waits for admission ([`JudgeLimits`], reserving its estimated cost)
+//! and settles its actual cost in the budget.
+//!
+//! Connection errors, timeouts and 5xx also feed the judge's [`Circuit`]: while it is
+//! open calls wait for a probe to be answered, and a call out of retries is a judge
+//! error only when the endpoint answers (else it waits out the outage and starts over).
 //!
 //! Never logs a prompt, an answer or the API key.
 
@@ -16,11 +21,13 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use super::breaker::{Circuit, Exhausted};
 use super::budget::JudgeLimits;
 use super::config::PairwiseConfig;
 use super::metrics::JudgeMetrics;
 use super::prompt::ChatMessage;
 use super::verdict::{self, Raw};
+use crate::sidecar::admission::estimate_for;
 use crate::config::Secret;
 use crate::usage::Usage;
 
@@ -52,6 +59,7 @@ pub struct JudgeClient {
     api_key: Option<Secret>,
     /// The `response_format` asking for a structured verdict, when configured.
     response_format: Option<Value>,
+    circuit: Circuit,
 }
 
 /// A chat-completions request, serialised without an intermediate JSON tree.
@@ -67,7 +75,8 @@ struct ChatRequest<'a> {
 }
 
 impl JudgeClient {
-    pub fn new(config: &PairwiseConfig, api_key: Option<Secret>) -> Self {
+    /// `metrics` receives the circuit's state.
+    pub fn new(config: &PairwiseConfig, api_key: Option<Secret>, metrics: &JudgeMetrics) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
@@ -89,7 +98,29 @@ impl JudgeClient {
                 }
             })
         });
-        Self { http, config: config.clone(), api_key, response_format }
+        let circuit = Circuit::new(config.breaker(), metrics.circuit_open.clone(), metrics.circuit_opened.clone());
+        Self { http, config: config.clone(), api_key, response_format, circuit }
+    }
+
+    /// True while the judge endpoint is considered down (calls wait for it).
+    pub fn endpoint_down(&self) -> bool {
+        self.circuit.is_open()
+    }
+
+    /// A one-token chat completion: true when the endpoint answers at all (anything
+    /// but a connection error, a timeout or a 5xx). Charged like any call.
+    async fn probe(&self, limits: &JudgeLimits, metrics: &JudgeMetrics) -> bool {
+        let messages = [ChatMessage { role: "user", content: "Reply with OK.".into() }];
+        let request = ChatRequest { model: &self.config.model, messages: &messages, temperature: 0.0, max_tokens: 1, stream: false, response_format: None };
+        let body = Bytes::from(serde_json::to_vec(&request).expect("a chat request serializes"));
+        let (call, cost) = self.call_once(&body).await;
+        if cost > 0.0 {
+            limits.charge(cost);
+            metrics.judge_spend_usd.inc_by(cost);
+        }
+        let answered = !matches!(call, Call::Transient(label, ..) if endpoint_failure(label));
+        metrics.call(if answered { "probe_answered" } else { "probe_failed" });
+        answered
     }
 
     /// The chat-completions request body for `messages`.
@@ -141,19 +172,29 @@ impl JudgeClient {
     /// One answer's content, retrying transient failures; the error says what failed last.
     async fn call_with_retries(&self, body: &Bytes, limits: &JudgeLimits, metrics: &JudgeMetrics, out: &mut VerdictCall) -> Result<String, String> {
         let mut retry = 0;
+        let probe = || self.probe(limits, metrics);
+        // The request's size and its max_tokens (ours: no need to parse the body).
+        let estimate = estimate_for(body.len(), self.config.max_tokens.into(), self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
         loop {
+            self.circuit.ready(probe).await;
             out.attempts += 1;
-            let permit = limits.acquire().await;
+            let admitted = limits.acquire(estimate).await;
             let started = Instant::now();
             let (call, cost) = self.call_once(body).await;
             metrics.judge_call_seconds.observe(started.elapsed().as_secs_f64());
             if cost > 0.0 {
-                limits.charge(cost);
                 metrics.judge_spend_usd.inc_by(cost);
                 out.cost_usd += cost;
             }
-            // Charged before the slot frees, so the next call sees this call's spend.
-            drop(permit);
+            // The cost replaces the reservation before the slot frees.
+            admitted.settle(cost);
+            let failed_at = match &call {
+                Call::Transient(label, ..) if endpoint_failure(label) => Some(self.circuit.failed()),
+                _ => {
+                    self.circuit.answered();
+                    None
+                }
+            };
             match call {
                 Call::Content(c) => return Ok(c),
                 Call::Permanent(label, e) => {
@@ -163,6 +204,13 @@ impl JudgeClient {
                 Call::Transient(label, e, after) => {
                     metrics.call(label);
                     if retry >= self.config.max_retries {
+                        if let Some(t) = failed_at {
+                            if self.circuit.verdict_on(t, probe).await == Exhausted::Retry {
+                                // The endpoint was down and answers again: not this pair's fault.
+                                retry = 0;
+                                continue;
+                            }
+                        }
                         return Err(if retry == 0 { e } else { format!("{e} (after {retry} retries)") });
                     }
                     tokio::time::sleep(self.backoff(retry, after)).await;
@@ -225,6 +273,11 @@ impl JudgeClient {
     }
 }
 
+/// A failure that says the endpoint is down (as opposed to answering, even badly).
+fn endpoint_failure(label: &str) -> bool {
+    matches!(label, "timeout" | "transport_error" | "server_error")
+}
+
 /// The innermost cause of a transport error (never contains a body).
 fn transport(e: &reqwest::Error) -> String {
     let mut cause = e.to_string();
@@ -240,6 +293,10 @@ fn transport(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    fn metrics() -> JudgeMetrics {
+        JudgeMetrics::new(&crate::metrics::Metrics::new())
+    }
+
     fn cfg(structured: bool) -> PairwiseConfig {
         let text = format!(
             "[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"http://127.0.0.1:9/v1/chat/completions\"\nmodel = \"j\"\nstructured_output = {structured}\n"
@@ -249,7 +306,7 @@ mod tests {
 
     #[test]
     fn structured_output_asks_for_a_json_schema_verdict() {
-        let c = JudgeClient::new(&cfg(true), None);
+        let c = JudgeClient::new(&cfg(true), None, &metrics());
         let m = [ChatMessage { role: "user", content: "hi".into() }];
         let b: Value = serde_json::from_slice(&c.request_body(&m)).unwrap();
         assert_eq!(b["response_format"]["type"], "json_schema");
@@ -257,13 +314,13 @@ mod tests {
         assert_eq!(b["model"], "j");
         assert_eq!(b["messages"], json!([{"role": "user", "content": "hi"}]));
         assert_eq!(b["stream"], false);
-        let plain: Value = serde_json::from_slice(&JudgeClient::new(&cfg(false), None).request_body(&m)).unwrap();
+        let plain: Value = serde_json::from_slice(&JudgeClient::new(&cfg(false), None, &metrics()).request_body(&m)).unwrap();
         assert!(plain.get("response_format").is_none());
     }
 
     #[test]
     fn backoff_doubles_within_the_cap_and_honours_retry_after() {
-        let c = JudgeClient::new(&cfg(false), None);
+        let c = JudgeClient::new(&cfg(false), None, &metrics());
         let b0 = c.backoff(0, None);
         assert!(b0 >= Duration::from_millis(187) && b0 <= Duration::from_millis(313), "{b0:?}");
         let b3 = c.backoff(3, None);

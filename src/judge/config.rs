@@ -119,6 +119,37 @@ pub struct PairwiseConfig {
     /// bias); refused by default, recorded as a judge error.
     #[serde(default)]
     pub allow_self_judging: bool,
+    /// Consecutive connection errors, timeouts or 5xx (over all calls) that open the
+    /// circuit: consumption pauses and calls wait until a probe is answered.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Delay before the first probe of an open circuit; doubled after each failed probe.
+    #[serde(default = "default_breaker_probe_interval", with = "humantime_serde")]
+    pub breaker_probe_interval: Duration,
+    /// Longest delay between probes of an open circuit.
+    #[serde(default = "default_breaker_max_probe_interval", with = "humantime_serde")]
+    pub breaker_max_probe_interval: Duration,
+}
+
+impl PairwiseConfig {
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> super::breaker::BreakerConfig {
+        super::breaker::BreakerConfig {
+            failures: self.breaker_failures,
+            probe_interval: self.breaker_probe_interval,
+            max_probe_interval: self.breaker_max_probe_interval,
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_breaker_max_probe_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_rubric() -> String {
@@ -417,6 +448,11 @@ impl PairwiseConfig {
         let url = url::Url::parse(&self.url).map_err(|e| ConfigError::new("judge.pairwise.url", format!("not a valid URL: {e}")))?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(ConfigError::new("judge.pairwise.url", "scheme must be http or https"));
+        }
+        positive("judge.pairwise.breaker_failures", self.breaker_failures)?;
+        positive("judge.pairwise.breaker_probe_interval", self.breaker_probe_interval)?;
+        if self.breaker_max_probe_interval < self.breaker_probe_interval {
+            return Err(ConfigError::new("judge.pairwise.breaker_max_probe_interval", "must be at least breaker_probe_interval"));
         }
         if self.model.trim().is_empty() {
             return Err(ConfigError::new("judge.pairwise.model", "must not be empty"));

@@ -4,7 +4,9 @@
 //! and demos; the worker never uses it.
 //!
 //! It reads the two answers back out of the prompt it receives (between the
-//! `[Answer A]` / `[Answer B]` markers the real prompt uses).
+//! `[Answer A]` / `[Answer B]` markers the real prompt uses). The circuit breaker's
+//! probes (one-token completions) answer by the steady mode, never from the script:
+//! a script is faults of graded calls, the steady mode the endpoint's state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,7 +105,7 @@ impl FakeJudge {
         *self.state.steady.lock().expect("mode lock") = mode;
     }
 
-    /// Calls received so far.
+    /// Calls received so far (probes included).
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
     }
@@ -113,9 +115,16 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     text.split_once(start).and_then(|(_, rest)| rest.split_once(end)).map_or("", |(inner, _)| inner)
 }
 
+/// The client's circuit probe: a one-token completion.
+fn is_probe(body: &[u8]) -> bool {
+    body.windows(15).any(|w| w == br#""max_tokens":1,"#)
+}
+
 async fn chat(State(state): State<FakeState>, body: axum::body::Bytes) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
-    let mode = state.script.lock().expect("script lock").pop().unwrap_or(*state.steady.lock().expect("mode lock"));
+    let steady = *state.steady.lock().expect("mode lock");
+    // Probes see the endpoint's steady state: the script is for graded calls.
+    let mode = if is_probe(&body) { steady } else { state.script.lock().expect("script lock").pop().unwrap_or(steady) };
     tokio::time::sleep(state.delay).await;
     let verdict = match mode {
         Mode::Hang => {

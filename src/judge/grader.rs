@@ -40,7 +40,7 @@ impl Grader {
                 let p = config.judge.pairwise.as_ref().ok_or_else(|| ConfigError::new("judge.pairwise", "missing"))?;
                 let prompt = Prompt::new(&p.rubric, p.structured_output, p.max_answer_chars);
                 let info = JudgeInfo { kind: "pairwise".into(), model: p.model.clone(), prompt_version: prompt.version().into() };
-                let client = JudgeClient::new(p, p.api_key()?);
+                let client = JudgeClient::new(p, p.api_key()?, &metrics);
                 (Method::Pairwise { client, prompt, model: p.model.clone(), allow_self_judging: p.allow_self_judging }, info)
             }
             JudgeKind::Reference => {
@@ -54,6 +54,14 @@ impl Grader {
 
     pub fn limits(&self) -> &JudgeLimits {
         &self.limits
+    }
+
+    /// True while the judge endpoint is down (its circuit is open): pause consumption.
+    pub fn judge_down(&self) -> bool {
+        match &self.method {
+            Method::Pairwise { client, .. } => client.endpoint_down(),
+            Method::Reference(_) => false,
+        }
     }
 
     pub fn metrics(&self) -> &Arc<JudgeMetrics> {

@@ -1,7 +1,7 @@
 //! The judge worker's Prometheus metrics (prefix `untaken_judge_`): pairs consumed,
 //! undecodable and skipped as duplicates, grades published by outcome, judge calls
 //! by outcome, judge spend, consumer lag, in-flight pairs, whether consumption is
-//! paused for the budget, and the grade producer's delivery times.
+//! paused (budget spent or judge endpoint down) and the judge's circuit, and the grade producer's delivery times.
 //!
 //! Labels are fixed vocabularies (outcomes), never slices, models or ids.
 
@@ -34,6 +34,8 @@ pub struct JudgeMetrics {
     pub consumer_lag: Gauge,
     pub in_flight: Gauge,
     pub paused: Gauge,
+    pub circuit_open: Gauge,
+    pub circuit_opened: Counter,
     pub offsets_committed: Counter,
     pub assigned_partitions: Gauge,
     pub rebalances: Family<Reason, Counter>,
@@ -70,6 +72,8 @@ impl JudgeMetrics {
             consumer_lag: Gauge::default(),
             in_flight: Gauge::default(),
             paused: Gauge::default(),
+            circuit_open: Gauge::default(),
+            circuit_opened: Counter::default(),
             offsets_committed: Counter::default(),
             assigned_partitions: Gauge::default(),
             rebalances: Family::default(),
@@ -82,9 +86,11 @@ impl JudgeMetrics {
         r.register("calls", "Judge HTTP calls by outcome", m.judge_calls.clone());
         r.register("call_seconds", "Judge HTTP call latency", m.judge_call_seconds.clone());
         r.register("spend_usd", "Judge spend, in USD", m.judge_spend_usd.clone());
-        r.register("consumer_lag", "Pairs in the assigned partitions not yet read (from librdkafka statistics)", m.consumer_lag.clone());
+        r.register("consumer_lag", "Pairs in the assigned partitions not yet committed (high watermark minus committed offset, asked of the broker; counts while paused)", m.consumer_lag.clone());
         r.register("in_flight", "Pairs read whose offsets are not committed yet (at most kafka.in_flight)", m.in_flight.clone());
-        r.register("paused", "1 while consumption is paused because the judge budget is spent", m.paused.clone());
+        r.register("paused", "1 while consumption is paused: the judge budget is spent or the judge endpoint is down", m.paused.clone());
+        r.register("circuit_open", "1 while the judge endpoint is considered down (calls wait for a probe to be answered)", m.circuit_open.clone());
+        r.register("circuit_opened", "Times the judge endpoint's circuit opened", m.circuit_opened.clone());
         r.register("offsets_committed", "Offset commits made", m.offsets_committed.clone());
         r.register("assigned_partitions", "Partitions of the pairs topic assigned to this worker", m.assigned_partitions.clone());
         r.register("rebalances", "Consumer group rebalances by kind", m.rebalances.clone());

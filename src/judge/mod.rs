@@ -12,6 +12,7 @@
 //! - [`grade`]: outcome, score and encoding of a grade (pure).
 //! - [`offsets`]: which offsets may be committed (pure).
 //! - [`dedup`]: recently graded pair ids, bounded (pure).
+//! - [`breaker`]: the judge endpoint's circuit breaker (outage or bad pair).
 //! - [`budget`]: judge call admission: rate, concurrency, spend per window.
 //! - [`client`]: the judge's HTTP calls with bounded retries.
 //! - [`grader`]: one pair in, one grade out.
@@ -19,6 +20,7 @@
 //! - [`metrics`]: the worker's Prometheus series.
 //! - [`fake`]: a fake judge endpoint for tests, the benchmark and demos.
 
+pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod config;
@@ -112,6 +114,7 @@ pub struct FileSummary {
 
 /// Grades every pair of a JSON-lines file of `PairRecord`s into a JSON-lines file of
 /// `GradeRecord`s (created or truncated), in input order, with the judge's limits.
+/// Streams: reads ahead at most `limits.max_concurrency / 2` pairs.
 /// No Kafka: the embedded default, used by the demo and by teams trying untaken out.
 pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Result<FileSummary, JudgeError> {
     let metrics = Arc::new(JudgeMetrics::new(&crate::metrics::Metrics::new()));
@@ -126,40 +129,56 @@ pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Resu
     let mut lines = BufReader::new(input).lines();
     let mut summary = FileSummary::default();
     let mut seen = dedup::RecentIds::new(config.kafka.dedup_capacity);
-    let mut decoded = Vec::new();
     let mut line_no = 0u64;
-    while let Some(line) = lines.next_line().await.map_err(io(pairs))? {
-        line_no += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        summary.pairs_read += 1;
-        metrics.pairs_consumed.inc();
-        match decode_pair(line.as_bytes(), None) {
-            Ok(pair) if !seen.insert(&pair.pair_id) => summary.duplicates += 1,
-            Ok(pair) => decoded.push((line_no, pair)),
-            Err(e) => {
-                summary.undecodable += 1;
-                metrics.pairs_undecodable.inc();
-                tracing::warn!(file = %pairs.display(), line = line_no, error = %e, "undecodable pair record skipped");
-            }
-        }
-    }
-    let concurrency = (config.limits.max_concurrency as usize / 2).max(1);
+    // Streamed: at most `window` pairs are held (read and not yet written), so the
+    // file may be larger than memory, or a pipe still being written.
+    let window = (config.limits.max_concurrency as usize / 2).max(1);
     let grader = &grader;
-    let mut graded = futures::stream::iter(decoded)
-        .map(|(line, pair)| async move {
-            let origin = Origin { topic: String::new(), partition: 0, offset: line as i64 };
-            grader.grade(&pair, &origin).await
-        })
-        .buffered(concurrency);
-    while let Some(g) = graded.next().await {
-        let mut line = grade::encode(&g, crate::config::Encoding::Json).payload;
-        line.push(b'\n');
-        out.write_all(&line).await.map_err(io(grades))?;
-        summary.grades_written += 1;
-        metrics.published(g.outcome());
-        *summary.outcomes.entry(outcome_label(g.outcome()).to_string()).or_default() += 1;
+    let mut graded = futures::stream::FuturesOrdered::new();
+    let mut eof = false;
+    loop {
+        // Reading and grading go on together: a pipe may be slow to give its next line.
+        // `next_line` is cancellation safe.
+        tokio::select! {
+            biased;
+            Some(g) = graded.next(), if !graded.is_empty() => {
+                let mut line = grade::encode(&g, crate::config::Encoding::Json).payload;
+                line.push(b'\n');
+                out.write_all(&line).await.map_err(io(grades))?;
+                summary.grades_written += 1;
+                metrics.published(g.outcome());
+                *summary.outcomes.entry(outcome_label(g.outcome()).to_string()).or_default() += 1;
+                if graded.is_empty() {
+                    // Caught up with the input: make the grades visible.
+                    out.flush().await.map_err(io(grades))?;
+                }
+            }
+            line = lines.next_line(), if !eof && graded.len() < window => {
+                let Some(line) = line.map_err(io(pairs))? else {
+                    eof = true;
+                    continue;
+                };
+                line_no += 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                summary.pairs_read += 1;
+                metrics.pairs_consumed.inc();
+                match decode_pair(line.as_bytes(), None) {
+                    Ok(pair) if !seen.insert(&pair.pair_id) => summary.duplicates += 1,
+                    Ok(pair) => {
+                        let origin = Origin { topic: String::new(), partition: 0, offset: line_no as i64 };
+                        graded.push_back(async move { grader.grade(&pair, &origin).await });
+                    }
+                    Err(e) => {
+                        summary.undecodable += 1;
+                        metrics.pairs_undecodable.inc();
+                        tracing::warn!(file = %pairs.display(), line = line_no, error = %e, "undecodable pair record skipped");
+                    }
+                }
+            }
+            else => break,
+        }
     }
     out.flush().await.map_err(io(grades))?;
     out.into_inner().sync_all().await.map_err(io(grades))?;
@@ -173,12 +192,20 @@ struct AdminView {
 }
 
 impl crate::admin::Admin for AdminView {
+    /// Ready only while consuming: started, not draining, with at least one partition
+    /// of the pairs topic assigned (a replica beyond the partition count never is),
+    /// and the judge endpoint up.
     fn readiness(&self) -> Result<(), &'static str> {
-        if self.ready.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("not consuming (starting, or draining)")
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("not consuming (starting, or draining)");
         }
+        if self.metrics.assigned_partitions.get() <= 0 {
+            return Err("no partition of the pairs topic assigned");
+        }
+        if self.metrics.circuit_open.get() > 0 {
+            return Err("judge endpoint down (circuit open): consumption paused");
+        }
+        Ok(())
     }
     fn render_metrics(&self) -> String {
         self.metrics.render()
@@ -226,5 +253,25 @@ mod tests {
         assert!(matches!(decode_pair(b"\xff\xff", Some("application/x-protobuf")), Err(DecodeError::Protobuf(_))));
         let old: PairRecord = serde_json::from_str(r#"{"pair_id":"old"}"#).unwrap();
         assert_eq!(old.kind(), PairKind::Pair, "records from before `kind` decode as PAIR");
+    }
+
+    #[test]
+    fn json_pairs_from_a_newer_sidecar_with_unknown_fields_decode_with_nothing_lost() {
+        let pair = PairRecord {
+            pair_id: "p".into(),
+            request_id: "r".into(),
+            slice: "s".into(),
+            sampling_rate: 0.25,
+            primary: Some(crate::proto::v1::AnswerRecord { status_code: 200, latency_ms: 12.5, ..Default::default() }),
+            ..Default::default()
+        };
+        let mut json: serde_json::Value = serde_json::to_value(&pair).unwrap();
+        json["added_by_a_newer_sidecar"] = serde_json::json!({"nested": [1, 2]});
+        json["primary"]["another_new_field"] = serde_json::json!("x");
+        let payload = serde_json::to_vec(&json).unwrap();
+        let decoded = decode_pair(&payload, Some("application/json")).expect("unknown fields are ignored");
+        assert_eq!(decoded, pair, "every known field kept");
+        // Known fields are still checked: a wrong type is an error, not ignored.
+        assert!(decode_pair(br#"{"pair_id": 42, "newer": 1}"#, None).is_err());
     }
 }

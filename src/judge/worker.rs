@@ -9,20 +9,20 @@
 //! rebalance re-reads what was in flight, at most `in_flight` records per worker.
 //!
 //! Consumption pauses (librdkafka `pause`, while still polling so the group keeps
-//! the worker) when `in_flight` records are outstanding or the judge budget is
-//! spent; it resumes when both allow. Scaling out is Kafka's: more replicas with
+//! the worker) when `in_flight` records are outstanding, the judge budget is spent
+//! or the judge endpoint is down (its circuit is open); it resumes when all allow. Scaling out is Kafka's: more replicas with
 //! the same `group_id` split the partitions, with no coordination of our own.
 //!
 //! Never logs a pair's content: only ids, topics, partitions, offsets and errors.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,40 +35,32 @@ use super::metrics::JudgeMetrics;
 use super::offsets::{OffsetTracker, Ticket};
 use super::{decode_pair, JudgeError};
 use crate::config::Encoding;
+use crate::librdkafka_log::LimitedLogs;
+use crate::log_limit::LogLimit;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{Sink as _, SinkError};
 
 /// Commits come at most this often, even when the window fills faster.
 const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
 
+/// How often the lag gauge is recomputed (two broker round trips per partition set).
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Consumer callbacks: offsets of revoked partitions are committed before they go,
-/// assigned partitions start a new epoch, statistics feed the lag gauge.
+/// assigned partitions start a new epoch, librdkafka's lines are rate limited.
 struct GroupContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Arc<JudgeMetrics>,
-    topic: String,
+    logs: LimitedLogs,
 }
 
 impl ClientContext for GroupContext {
-    fn stats(&self, stats: Statistics) {
-        let lag: i64 = stats
-            .topics
-            .get(&self.topic)
-            .map(|t| {
-                t.partitions
-                    .values()
-                    .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
-                    .map(|p| {
-                        if p.committed_offset >= 0 {
-                            (p.hi_offset - p.committed_offset).max(0)
-                        } else {
-                            p.consumer_lag.max(0)
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0);
-        self.metrics.consumer_lag.set(lag);
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(error, reason);
     }
 }
 
@@ -84,6 +76,7 @@ impl ConsumerContext for GroupContext {
             }
             tracker.revoke(e.topic(), e.partition());
         }
+        self.metrics.assigned_partitions.set(tracker.assigned() as i64);
         if commit.count() > 0 {
             // Blocks the consumer's poll for one round trip: the offsets must be stored
             // before the partitions go to another worker.
@@ -105,6 +98,8 @@ impl ConsumerContext for GroupContext {
                 for e in list.elements() {
                     tracker.assign(e.topic(), e.partition());
                 }
+                // Read by `/ready` (not ready before the first assignment).
+                self.metrics.assigned_partitions.set(tracker.assigned() as i64);
                 tracing::info!(partitions = list.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -152,7 +147,6 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         })
         // Only grades of committed (sidecar acks=all) records; no aborted transactions.
         .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "1000")
         // librdkafka prefetches up to 64 MiB per consumer by default; the worker reads
         // a few hundred records ahead at most, so a smaller buffer keeps RSS low.
         .set("queued.max.messages.kbytes", "8192")
@@ -164,9 +158,10 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
 /// Runs the worker until `stop` is cancelled, then drains: in-flight grades get up
 /// to `server.shutdown_grace` to be acknowledged, the producer is flushed, and what
 /// is acknowledged is committed. Returns an error only for start-up failures.
-pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<std::sync::atomic::AtomicBool>) -> Result<WorkerSummary, JudgeError> {
+pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<AtomicBool>) -> Result<WorkerSummary, JudgeError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), topic: config.kafka.pairs_topic.clone() };
+    let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
+    let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
     let consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
@@ -190,7 +185,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let mut summary = WorkerSummary::default();
     let mut tick = tokio::time::interval(config.kafka.commit_interval.min(Duration::from_millis(200)));
     let mut last_commit = tokio::time::Instant::now();
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut last_lag: Option<tokio::time::Instant> = None;
+    let lag_busy = Arc::new(AtomicBool::new(false));
+    ready.store(true, Ordering::SeqCst);
     tracing::info!(topic = %config.kafka.pairs_topic, group = %config.kafka.group_id, grades = %config.kafka.grades_topic, "judge worker started");
 
     loop {
@@ -219,15 +216,18 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             continue;
         }
         let exhausted = shared.grader.limits().exhausted();
+        // The judge endpoint is down: read nothing more until a probe is answered (the
+        // records already read wait in their calls; none becomes a judge error).
+        let judge_down = shared.grader.judge_down();
         // Pausing drops what librdkafka prefetched (it is fetched again on resume), so
         // once full, the window drains to three quarters before reading resumes.
         let full = if paused { uncommitted > window * 3 / 4 } else { uncommitted >= window };
-        let want_pause = full || exhausted;
+        let want_pause = full || exhausted || judge_down;
         if want_pause != paused {
             set_paused(&consumer, want_pause);
             paused = want_pause;
         }
-        metrics.paused.set(i64::from(exhausted));
+        metrics.paused.set(i64::from(exhausted || judge_down));
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -244,6 +244,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     // Partitions assigned since the pause must be paused too.
                     set_paused(&consumer, true);
                 }
+                if last_lag.is_none_or(|t| t.elapsed() >= LAG_INTERVAL) {
+                    last_lag = Some(tokio::time::Instant::now());
+                    refresh_lag(&consumer, &metrics, &lag_busy);
+                }
             }
             m = consumer.recv() => match m {
                 Ok(m) => {
@@ -256,7 +260,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    if let Some(held_back) = consumer_errors.allow() {
+                        tracing::warn!(error = %e, held_back, "kafka consumer error");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -265,7 +271,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
 
     // Drain: stop reading, give in-flight grades the grace period, then give up on
     // the rest (their offsets stay uncommitted and are re-read later).
-    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    ready.store(false, Ordering::SeqCst);
     tracing::info!(in_flight, backlog = backlog.len(), "draining");
     let grace = tokio::time::sleep(config.server.shutdown_grace);
     tokio::pin!(grace);
@@ -305,6 +311,48 @@ fn item(ticket: Ticket, m: &BorrowedMessage<'_>) -> Item {
         hs.iter().find(|h| h.key == "content-type").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
     });
     Item { ticket, payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(), content_type }
+}
+
+/// Records of `partition` not yet committed: from the committed offset (the low
+/// watermark when the group has none, or when retention deleted past it) to the
+/// high watermark. Pure.
+fn partition_lag(committed: Option<i64>, low: i64, high: i64) -> i64 {
+    (high - committed.unwrap_or(low).max(low)).max(0)
+}
+
+/// Recomputes `consumer_lag` on the blocking pool (broker round trips, never on the
+/// consumer's poll): the group's committed offsets and each assigned partition's
+/// high watermark, asked of the broker so it keeps counting while consumption is
+/// paused (librdkafka's statistics only learn watermarks from fetches). Skipped
+/// while the previous computation still runs.
+fn refresh_lag(consumer: &Arc<StreamConsumer<GroupContext>>, metrics: &Arc<JudgeMetrics>, busy: &Arc<AtomicBool>) {
+    if busy.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (consumer, metrics, busy) = (consumer.clone(), metrics.clone(), busy.clone());
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let lag = || -> Result<i64, rdkafka::error::KafkaError> {
+            let assignment = consumer.assignment()?;
+            if assignment.count() == 0 {
+                return Ok(0);
+            }
+            let committed = consumer.committed_offsets(assignment, timeout)?;
+            let mut total = 0;
+            for e in committed.elements() {
+                let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                total += partition_lag(e.offset().to_raw().filter(|o| *o >= 0), low, high);
+            }
+            Ok(total)
+        };
+        match lag() {
+            Ok(lag) => {
+                metrics.consumer_lag.set(lag);
+            }
+            Err(e) => tracing::debug!(error = %e, "consumer lag not computed this time"),
+        }
+        busy.store(false, Ordering::SeqCst);
+    });
 }
 
 fn set_paused(consumer: &StreamConsumer<GroupContext>, pause: bool) {
@@ -390,5 +438,19 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+
+    #[test]
+    fn lag_counts_from_the_committed_offset_or_the_start_of_what_is_retained() {
+        assert_eq!(partition_lag(Some(40), 0, 70), 30);
+        assert_eq!(partition_lag(None, 10, 70), 60, "nothing committed: all that is retained");
+        assert_eq!(partition_lag(Some(5), 10, 70), 60, "committed offset deleted by retention");
+        assert_eq!(partition_lag(Some(70), 0, 70), 0);
+        assert_eq!(partition_lag(Some(71), 0, 70), 0, "never negative");
     }
 }

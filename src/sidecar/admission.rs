@@ -94,16 +94,48 @@ pub fn estimate_cost(request_body: &[u8], input_usd_per_mtok: f64, output_usd_pe
     }
     let caps = serde_json::from_slice::<Caps>(request_body).ok();
     let output = caps.and_then(|c| c.max_completion_tokens.or(c.max_tokens)).unwrap_or(DEFAULT_OUTPUT_TOKENS);
-    let input = (request_body.len() as u64).div_ceil(3);
-    (input as f64 * input_usd_per_mtok + output as f64 * output_usd_per_mtok) / 1_000_000.0
+    estimate_for(request_body.len(), output, input_usd_per_mtok, output_usd_per_mtok)
+}
+
+/// [`estimate_cost`] when the output cap is already known (no parsing): input
+/// tokens a third of `body_len`, `max_output_tokens` output tokens. Pure.
+pub fn estimate_for(body_len: usize, max_output_tokens: u64, input_usd_per_mtok: f64, output_usd_per_mtok: f64) -> f64 {
+    let input = (body_len as u64).div_ceil(3);
+    (input as f64 * input_usd_per_mtok + max_output_tokens as f64 * output_usd_per_mtok) / 1_000_000.0
 }
 
 /// A route's spend: finished calls in the rolling window, plus the estimates
-/// reserved by calls still in flight.
+/// reserved by calls still in flight. Shared (`Arc<Mutex<Spend>>`) with the
+/// [`Ticket`]s of the calls in flight; the judge worker's budget uses it too.
 #[derive(Debug, Clone, Default)]
 pub struct Spend {
     window: SpendWindow,
     reserved: f64,
+}
+
+impl Spend {
+    /// Spend in the window ending with `minute`, plus what calls in flight reserved.
+    pub fn committed(&mut self, minute: u64) -> f64 {
+        self.window.total(minute) + self.reserved
+    }
+
+    /// Reserves `estimate` (USD) against `budget` for one call, unless spend plus
+    /// reservations plus the estimate would pass it. The ticket settles or releases it.
+    pub fn reserve(spend: &Arc<Mutex<Spend>>, budget: f64, minute: u64, estimate: f64) -> Option<Ticket> {
+        let estimate = estimate.max(0.0);
+        let mut s = spend.lock().expect("spend lock");
+        let committed = s.committed(minute);
+        if committed >= budget || committed + estimate > budget {
+            return None;
+        }
+        s.reserved += estimate;
+        Some(Ticket { _permit: None, spend: spend.clone(), reserved: estimate })
+    }
+
+    /// A ticket reserving nothing (no budget): settling it still records the spend.
+    pub fn unreserved(spend: &Arc<Mutex<Spend>>) -> Ticket {
+        Ticket { _permit: None, spend: spend.clone(), reserved: 0.0 }
+    }
 }
 
 /// Limits of one shadow route. Kept across config reloads when unchanged, so a
@@ -160,17 +192,10 @@ impl RouteLimits {
     /// the budget (`estimate` is only called for a route with one). Never waits.
     pub fn admit(&self, minute: u64, estimate: impl FnOnce() -> f64) -> Result<Ticket, Shed> {
         // Returning early drops the ticket, which releases what it holds.
-        let mut ticket = Ticket { _permit: None, spend: self.spend.clone(), reserved: 0.0 };
-        if let Some(budget) = self.budget_usd_per_hour {
-            let estimate = estimate().max(0.0);
-            let mut spend = self.spend.lock().expect("spend lock");
-            let committed = spend.window.total(minute) + spend.reserved;
-            if committed >= budget || committed + estimate > budget {
-                return Err(Shed::BudgetExhausted);
-            }
-            spend.reserved += estimate;
-            ticket.reserved = estimate;
-        }
+        let mut ticket = match self.budget_usd_per_hour {
+            Some(budget) => Spend::reserve(&self.spend, budget, minute, estimate()).ok_or(Shed::BudgetExhausted)?,
+            None => Spend::unreserved(&self.spend),
+        };
         if let Some((_, sem)) = &self.concurrency {
             ticket._permit = Some(sem.clone().try_acquire_owned().map_err(|_| Shed::ConcurrencyLimited)?);
         }

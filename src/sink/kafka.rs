@@ -21,6 +21,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
+use crate::librdkafka_log::LimitedLogs;
+
 use super::SinkError;
 use crate::config::KafkaConfig;
 use crate::log_limit::LogLimit;
@@ -32,9 +34,9 @@ pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct KafkaSink {
     /// The producer new records go to.
-    producer: ArcSwap<FutureProducer>,
+    producer: ArcSwap<FutureProducer<LimitedLogs>>,
     /// Producers replaced by [`KafkaSink::rebuild`] and still flushing: a shutdown purges them too.
-    retiring: Arc<Mutex<Vec<Arc<FutureProducer>>>>,
+    retiring: Arc<Mutex<Vec<Arc<FutureProducer<LimitedLogs>>>>>,
     topic: String,
     brokers: String,
     delivery_timeout: Duration,
@@ -85,8 +87,8 @@ pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result
 
 /// A producer for `config`. librdkafka's error for a value it refuses quotes the value:
 /// it is left out when the value came from a secret (a file, or a key naming one).
-fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, SinkError> {
-    client_config(config)?.create().map_err(|e| match e {
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer<LimitedLogs>, SinkError> {
+    client_config(config)?.create_with_context(LimitedLogs::default()).map_err(|e| match e {
         KafkaError::ClientConfig(_, desc, key, value) => {
             let lower = key.to_ascii_lowercase();
             if config.librdkafka_files.contains_key(&key) || lower.contains("password") || lower.contains("secret") {
