@@ -105,14 +105,14 @@ impl JudgeClient {
         Bytes::from(serde_json::to_vec(&request).expect("a chat request serializes"))
     }
 
-    /// Asks for one verdict (network; waits for admission, retries within bounds).
-    pub async fn verdict(&self, messages: &[ChatMessage<'_>], limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
-        let body = self.request_body(messages);
+    /// Asks for one verdict with a [`request_body`](Self::request_body) (network;
+    /// waits for admission, retries within bounds).
+    pub async fn verdict(&self, body: &Bytes, limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
         let start = Instant::now();
         let mut out = VerdictCall { raw: Err(String::new()), attempts: 0, latency_ms: 0.0, cost_usd: 0.0 };
         let mut last_malformed = None;
         for _ in 0..self.config.max_attempts {
-            match self.call_with_retries(&body, limits, metrics, &mut out).await {
+            match self.call_with_retries(body, limits, metrics, &mut out).await {
                 Ok(content) => match verdict::parse(&content, self.config.structured_output) {
                     Ok(raw) => {
                         metrics.call("ok");

@@ -150,7 +150,7 @@ pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Resu
     let mut graded = futures::stream::iter(decoded)
         .map(|(line, pair)| async move {
             let origin = Origin { topic: String::new(), partition: 0, offset: line as i64 };
-            grader.grade(&pair, &origin).await
+            grader.grade(pair, &origin).await
         })
         .buffered(concurrency);
     while let Some(g) = graded.next().await {
