@@ -44,6 +44,9 @@ use crate::sink::SinkError;
 /// `fetch.max.bytes`): about a default window of 1,024 records of 2 KiB.
 const PREFETCH_KBYTES: &str = "2048";
 
+/// How long the grades producer waits to batch grades (`linger.ms`).
+const GRADES_LINGER_MS: &str = "50";
+
 /// Commits come at most this often, even when the window fills faster.
 const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
 
@@ -173,6 +176,17 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
     Ok(c)
 }
 
+/// The grades producer: the sidecar's producer settings, but batching for longer
+/// (unless `kafka.librdkafka` says otherwise). A grade follows a judge call of
+/// hundreds of milliseconds, so waiting a little more fills a produce request with
+/// tens of grades, where the sidecar's 5 ms made librdkafka wake up and send a few
+/// at a time (its producer thread was a tenth of the worker's CPU).
+fn producer_config(config: &JudgeConfig) -> crate::config::KafkaConfig {
+    let mut c = config.kafka.client();
+    c.librdkafka.entry("linger.ms".into()).or_insert_with(|| GRADES_LINGER_MS.into());
+    c
+}
+
 /// Runs the worker until `stop` is cancelled, then drains: in-flight grades get up
 /// to `server.shutdown_grace` to be acknowledged, the producer is flushed, and what
 /// is acknowledged is committed. Returns an error only for start-up failures.
@@ -182,7 +196,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
-    let sink = KafkaSink::new(&config.kafka.client(), sink_metrics)?;
+    let sink = KafkaSink::new(&producer_config(config), sink_metrics)?;
     let grader = Grader::new(config, metrics.clone())?;
     let task_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
