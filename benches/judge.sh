@@ -20,7 +20,10 @@
 #   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed; the default)
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
 #   BENCH_JUDGE_MALLOC_ARENA_MAX  what-if: glibc MALLOC_ARENA_MAX for the worker (unset: glibc's default)
-#   BENCH_SKIP_BUILD=1            use the binaries already in target/release
+#   BENCH_JUDGE_ALLOCATORS="glibc mimalloc"  one (j) run per global allocator, side by side
+#                                 (the `mimalloc` cargo feature; glibc is the default build)
+#   BENCH_SKIP_BUILD=1            use the binaries already in target/release (then
+#                                 BENCH_JUDGE_ALLOCATORS must name the one they were built with)
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
 #
 # Installs kcat with apt-get if missing (needs root). Every process it starts is
@@ -35,6 +38,7 @@ DELAY="${BENCH_JUDGE_DELAY_MS:-200}"
 CONCURRENCY="${BENCH_JUDGE_CONCURRENCY:-512}"
 IN_FLIGHT="${BENCH_JUDGE_IN_FLIGHT:-1024}"
 PARTITIONS="${BENCH_PARTITIONS:-6}"
+ALLOCATORS="${BENCH_JUDGE_ALLOCATORS:-glibc mimalloc}"
 BROKER_SH="$ROOT/tests/kafka/broker.sh"
 TCK="$(getconf CLK_TCK)"
 BIN="$ROOT/target/release/untaken"
@@ -49,10 +53,23 @@ trap 'exit 130' INT TERM
 
 ensure_kcat
 for t in curl awk ss; do command -v "$t" >/dev/null || die "$t not found"; done
-if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
-  log "building untaken and examples/judge_peer (release)"
-  cargo build --release --locked --bin untaken --example judge_peer >&2
+# One worker binary per allocator, built with and without the `mimalloc` feature and
+# copied into WORK (cargo keeps both builds cached, so switching is cheap).
+if [[ "${BENCH_SKIP_BUILD:-}" == 1 && "$ALLOCATORS" == *" "* ]]; then
+  die "BENCH_SKIP_BUILD=1 runs the one binary in target/release: set BENCH_JUDGE_ALLOCATORS to its allocator"
 fi
+for a in $ALLOCATORS; do
+  case "$a" in
+    glibc) features=() ;;
+    mimalloc) features=(--features mimalloc) ;;
+    *) die "BENCH_JUDGE_ALLOCATORS: unknown allocator $a (glibc, mimalloc)" ;;
+  esac
+  if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
+    log "building untaken ($a) and examples/judge_peer (release)"
+    cargo build --release --locked "${features[@]}" --bin untaken --example judge_peer >&2
+  fi
+  cp "$BIN" "$WORK/untaken-$a"
+done
 
 start_broker
 PAIRS="bench.pairs.$RANDOM"
@@ -61,7 +78,6 @@ GRADES="bench.grades.$RANDOM"
 log "writing $N pairs to $PAIRS ($PARTITIONS partitions)"
 "$PEER" pairs --count "$N" >"$WORK/pairs.txt"
 kcat -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
-kcat -P -b "$BROKERS" -t "$GRADES" -K: /dev/null
 avg_bytes=$(awk -v n="$N" '{ s += length($0) } END { printf "%d", s / n }' "$WORK/pairs.txt")
 
 # --- (base) kcat reads the same records -------------------------------------------
@@ -78,7 +94,8 @@ JUDGE_PID=$!
 PIDS+=("$JUDGE_PID")
 JUDGE_ADDR=$(wait_line "$WORK/judge.out" '^listening on ' "$JUDGE_PID" | awk '{ print $3 }')
 ADMIN="127.0.0.1:$(free_port)"
-cat >"$WORK/judge.toml" <<TOML
+write_config() { # $1: consumer group
+  cat >"$WORK/judge.toml" <<TOML
 [judge]
 kind = "pairwise"
 [judge.pairwise]
@@ -91,15 +108,15 @@ max_concurrency = $CONCURRENCY
 [kafka]
 brokers = "$BROKERS"
 pairs_topic = "$PAIRS"
-grades_topic = "$GRADES"
-group_id = "bench-judge-$RANDOM"
+grades_topic = "$GRADES.$1"
+group_id = "$1"
 in_flight = $IN_FLIGHT
 [server]
 admin_listen = "$ADMIN"
 [log]
 level = "warn"
 TOML
-"$BIN" check-config "$WORK/judge.toml" >&2
+}
 
 published() { # grades acknowledged so far, from the worker's /metrics
   curl -fsS "http://$ADMIN/metrics" 2>/dev/null >"$WORK/metrics.txt" || {
@@ -110,54 +127,72 @@ published() { # grades acknowledged so far, from the worker's /metrics
 }
 now() { date +%s.%N; }
 
-log "(j) untaken judge grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
-T0=$(now)
-if [[ -n "${BENCH_JUDGE_MALLOC_ARENA_MAX:-}" ]]; then
-  MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
-else
-  "$BIN" judge --config "$WORK/judge.toml" >"$WORK/worker.log" 2>&1 &
-fi
-WPID=$!
-PIDS+=("$WPID")
-T10="" T90="" TEND="" MAX_IN_FLIGHT=0
-while :; do
-  kill -0 "$WPID" 2>/dev/null || {
-    tail -n 30 "$WORK/worker.log" >&2
-    die "the worker exited"
-  }
-  p=$(published)
-  t=$(now)
-  f=$(awk '$1 == "untaken_judge_in_flight" { print $2 }' "$WORK/metrics.txt")
-  [[ -n "$f" && "$f" -gt "$MAX_IN_FLIGHT" ]] && MAX_IN_FLIGHT=$f
-  echo "$t $p ${f:-0} $(awk '/^VmRSS:/ { print $2 }' "/proc/$WPID/status" 2>/dev/null || echo 0)" >>"$WORK/progress.txt"
-  [[ -z "$T10" && "$p" -ge $((N / 10)) ]] && T10=$t
-  [[ -z "$T90" && "$p" -ge $((N * 9 / 10)) ]] && T90=$t
-  if [[ "$p" -ge "$N" ]]; then
-    TEND=$t
-    break
+# Grades all N pairs with one worker binary (a fresh consumer group and grades topic);
+# appends "alloc t0 t10 t90 tend ticks hwm graded calls maxfl" to $WORK/runs.txt.
+run_worker() {
+  local alloc="$1" group="bench-judge-$1-$RANDOM"
+  write_config "$group"
+  kcat -P -b "$BROKERS" -t "$GRADES.$group" -K: /dev/null
+  "$WORK/untaken-$alloc" check-config "$WORK/judge.toml" >&2
+  log "(j) untaken judge ($alloc) grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
+  local t0 t10="" t90="" tend="" maxfl=0 p t f wpid
+  t0=$(now)
+  if [[ -n "${BENCH_JUDGE_MALLOC_ARENA_MAX:-}" ]]; then
+    MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$WORK/untaken-$alloc" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
+  else
+    "$WORK/untaken-$alloc" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
   fi
-  awk -v t="$t" -v t0="$T0" 'BEGIN { exit !(t - t0 > 600) }' && die "not done after 600 s ($p graded)"
-  sleep 0.2
-done
-W_TICKS=$(cpu_ticks "$WPID")
-W_HWM=$(hwm_kib "$WPID")
-cp "$WORK/metrics.txt" "$WORK/metrics-final.txt"
-stop_pid "$WPID" 30
-G_COUNT=$(kcat -C -b "$BROKERS" -t "$GRADES" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
-CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics-final.txt")
+  wpid=$!
+  PIDS+=("$wpid")
+  while :; do
+    kill -0 "$wpid" 2>/dev/null || {
+      tail -n 30 "$WORK/worker-$alloc.log" >&2
+      die "the worker exited"
+    }
+    p=$(published)
+    t=$(now)
+    f=$(awk '$1 == "untaken_judge_in_flight" { print $2 }' "$WORK/metrics.txt")
+    [[ -n "$f" && "$f" -gt "$maxfl" ]] && maxfl=$f
+    echo "$t $p ${f:-0} $(rss_kib "$wpid" 2>/dev/null || echo 0)" >>"$WORK/progress-$alloc.txt"
+    [[ -z "$t10" && "$p" -ge $((N / 10)) ]] && t10=$t
+    [[ -z "$t90" && "$p" -ge $((N * 9 / 10)) ]] && t90=$t
+    if [[ "$p" -ge "$N" ]]; then
+      tend=$t
+      break
+    fi
+    awk -v t="$t" -v t0="$t0" 'BEGIN { exit !(t - t0 > 600) }' && die "not done after 600 s ($p graded)"
+    sleep 0.2
+  done
+  local ticks hwm graded calls
+  ticks=$(cpu_ticks "$wpid")
+  hwm=$(hwm_kib "$wpid")
+  cp "$WORK/metrics.txt" "$WORK/metrics-$alloc.txt"
+  stop_pid "$wpid" 30
+  graded=$(kcat -C -b "$BROKERS" -t "$GRADES.$group" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
+  calls=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics-$alloc.txt")
+  echo "$alloc $t0 $t10 $t90 $tend $ticks $hwm $graded $calls $maxfl" >>"$WORK/runs.txt"
+  [[ "$graded" == "$N" ]] || die "($alloc) $graded distinct grades for $N pairs"
+}
+
+for a in $ALLOCATORS; do run_worker "$a"; done
 
 # --- report -------------------------------------------------------------------------
-awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" \
-  -v t0="$T0" -v t10="$T10" -v t90="$T90" -v tend="$TEND" -v ticks="$W_TICKS" -v tck="$TCK" -v hwm="$W_HWM" \
-  -v graded="$G_COUNT" -v calls="$CALLS" -v maxfl="$MAX_IN_FLIGHT" -v window="$IN_FLIGHT" -v arena="${BENCH_JUDGE_MALLOC_ARENA_MAX:+, MALLOC_ARENA_MAX=$BENCH_JUDGE_MALLOC_ARENA_MAX}" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" 'BEGIN {
-  steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
+awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" -v tck="$TCK" \
+  -v window="$IN_FLIGHT" -v arena="${BENCH_JUDGE_MALLOC_ARENA_MAX:+, MALLOC_ARENA_MAX=$BENCH_JUDGE_MALLOC_ARENA_MAX}" -v delay="$DELAY" -v conc="$CONCURRENCY" -v parts="$PARTITIONS" '
+  { alloc[NR] = $1; t0[NR] = $2; t10[NR] = $3; t90[NR] = $4; tend[NR] = $5; ticks[NR] = $6; hwm[NR] = $7; graded[NR] = $8; calls[NR] = $9; maxfl[NR] = $10 }
+  END {
   printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d, in_flight %d%s\n\n", n, bytes, parts, delay, conc, window, arena
   printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
   printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
-  printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10
-  printf "| (j) untaken judge, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", overall, tend - t0, wcpu, wcpu * 1e6 / n, hwm / 1024
-  printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair); most records uncommitted at once: %d (in_flight = %d).\n", graded, n, calls, calls / n, maxfl, window
-  printf "\nTargets: >= 500 pairs/s: %s (steady %.0f); <= 100 µs CPU a pair: %s (%.1f); RSS < 64 MiB: %s (%.1f).\n", \
-    (steady >= 500 ? "met" : "MISSED"), steady, (wcpu * 1e6 / n <= 100 ? "met" : "MISSED"), wcpu * 1e6 / n, (hwm < 65536 ? "met" : "MISSED"), hwm / 1024
-}'
-[[ "$G_COUNT" == "$N" ]] || die "$G_COUNT distinct grades for $N pairs"
+  for (i = 1; i <= NR; i++) {
+    steady = 0.8 * n / (t90[i] - t10[i]); wcpu = ticks[i] / tck
+    printf "| (j) untaken judge, %s, steady (10%%..90%%) | %.0f | %.2f | | | |\n", alloc[i], steady, t90[i] - t10[i]
+    printf "| (j) untaken judge, %s, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", alloc[i], n / (tend[i] - t0[i]), tend[i] - t0[i], wcpu, wcpu * 1e6 / n, hwm[i] / 1024
+  }
+  for (i = 1; i <= NR; i++) {
+    steady = 0.8 * n / (t90[i] - t10[i]); wcpu = ticks[i] / tck
+    printf "\n(%s) grades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair); most records uncommitted at once: %d (in_flight = %d).\n", alloc[i], graded[i], n, calls[i], calls[i] / n, maxfl[i], window
+    printf "(%s) targets: >= 500 pairs/s: %s (steady %.0f); <= 100 µs CPU a pair: %s (%.1f); RSS < 64 MiB: %s (%.1f).\n", alloc[i], \
+      (steady >= 500 ? "met" : "MISSED"), steady, (wcpu * 1e6 / n <= 100 ? "met" : "MISSED"), wcpu * 1e6 / n, (hwm[i] < 65536 ? "met" : "MISSED"), hwm[i] / 1024
+  }
+}' "$WORK/runs.txt"

@@ -136,14 +136,14 @@ impl JudgeClient {
         Bytes::from(serde_json::to_vec(&request).expect("a chat request serializes"))
     }
 
-    /// Asks for one verdict (network; waits for admission, retries within bounds).
-    pub async fn verdict(&self, messages: &[ChatMessage<'_>], limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
-        let body = self.request_body(messages);
+    /// Asks for one verdict with a [`request_body`](Self::request_body) (network;
+    /// waits for admission, retries within bounds).
+    pub async fn verdict(&self, body: &Bytes, limits: &JudgeLimits, metrics: &JudgeMetrics) -> VerdictCall {
         let start = Instant::now();
         let mut out = VerdictCall { raw: Err(String::new()), attempts: 0, latency_ms: 0.0, cost_usd: 0.0 };
         let mut last_malformed = None;
         for _ in 0..self.config.max_attempts {
-            match self.call_with_retries(&body, limits, metrics, &mut out).await {
+            match self.call_with_retries(body, limits, metrics, &mut out).await {
                 Ok(content) => match verdict::parse(&content, self.config.structured_output) {
                     Ok(raw) => {
                         metrics.call("ok");
@@ -262,13 +262,22 @@ impl JudgeClient {
             408 | 500..=599 => return (Call::Transient("server_error", format!("judge answered http {status}"), retry_after), 0.0),
             _ => return (Call::Permanent("client_error", format!("judge answered http {status}")), 0.0),
         }
-        let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-            return (Call::Transient("invalid_body", "judge answer is not JSON".into(), None), 0.0);
+        self.read_answer(&bytes)
+    }
+
+    /// A 2xx answer's verdict text and cost. Typed: only the first choice's content
+    /// and the usage are kept, not a JSON tree of the whole answer.
+    fn read_answer(&self, bytes: &[u8]) -> (Call, f64) {
+        let no_content = || Call::Transient("invalid_body", "judge answer has no choices[0].message.content".into(), None);
+        let answer = match serde_json::from_slice::<Completion>(bytes) {
+            Ok(a) => a,
+            Err(e) if e.is_data() => return (no_content(), 0.0),
+            Err(_) => return (Call::Transient("invalid_body", "judge answer is not JSON".into(), None), 0.0),
         };
-        let cost = Usage::from_json(&answer).cost_usd(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
-        match answer.pointer("/choices/0/message/content").and_then(Value::as_str) {
-            Some(content) => (Call::Content(content.to_string()), cost),
-            None => (Call::Transient("invalid_body", "judge answer has no choices[0].message.content".into(), None), cost),
+        let cost = Usage::from_json(&json!({ "usage": answer.usage })).cost_usd(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
+        match answer.choices.into_iter().next().and_then(|c| c.message).and_then(|m| m.content) {
+            Some(Value::String(content)) => (Call::Content(content), cost),
+            _ => (no_content(), cost),
         }
     }
 }
@@ -276,6 +285,28 @@ impl JudgeClient {
 /// A failure that says the endpoint is down (as opposed to answering, even badly).
 fn endpoint_failure(label: &str) -> bool {
     matches!(label, "timeout" | "transport_error" | "server_error")
+}
+
+/// What the judge reads of a chat completion; anything else in it is skipped.
+#[derive(serde::Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Value,
+}
+
+#[derive(serde::Deserialize)]
+struct Choice {
+    #[serde(default)]
+    message: Option<Message>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message {
+    /// A verdict is text: any other JSON here is no content.
+    #[serde(default)]
+    content: Option<Value>,
 }
 
 /// The innermost cause of a transport error (never contains a body).
@@ -316,6 +347,32 @@ mod tests {
         assert_eq!(b["stream"], false);
         let plain: Value = serde_json::from_slice(&JudgeClient::new(&cfg(false), None, &metrics()).request_body(&m)).unwrap();
         assert!(plain.get("response_format").is_none());
+    }
+
+    #[test]
+    fn an_answer_is_the_first_choice_text_priced_by_its_usage() {
+        let c = JudgeClient::new(&cfg(false), None, &metrics());
+        let mut priced = cfg(false);
+        (priced.input_usd_per_mtok, priced.output_usd_per_mtok) = (1.0, 4.0);
+        let p = JudgeClient::new(&priced, None, &metrics());
+        let ok = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"[[VERDICT: A]]","tool_calls":[]}},{"message":{"content":"B"}}],"usage":{"prompt_tokens":1000,"completion_tokens":100}}"#;
+        match p.read_answer(ok) {
+            (Call::Content(text), cost) => {
+                assert_eq!(text, "[[VERDICT: A]]");
+                assert!((cost - (1000.0 * 1.0 + 100.0 * 4.0) / 1e6).abs() < 1e-12, "{cost}");
+            }
+            _ => panic!("a chat completion with content is content"),
+        }
+        let no_content = |body: &[u8]| match c.read_answer(body) {
+            (Call::Transient("invalid_body", e, None), _) => e,
+            _ => panic!("{} is not a verdict", String::from_utf8_lossy(body)),
+        };
+        for body in [&br#"{"choices":[]}"#[..], br#"{"choices":[{"message":{"content":null}}]}"#, br#"{"choices":[{"message":{"content":[1]}}]}"#, br#"{"choices":"A"}"#, br#"{}"#] {
+            assert_eq!(no_content(body), "judge answer has no choices[0].message.content");
+        }
+        assert_eq!(no_content(b"<html>busy</html>"), "judge answer is not JSON");
+        let (_, cost) = p.read_answer(br#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":10}}"#);
+        assert!(cost > 0.0, "an answer without content is still paid for");
     }
 
     #[test]

@@ -268,8 +268,10 @@ pub struct JudgeKafkaConfig {
     pub start_from: StartFrom,
     /// Grade encoding: `json` (proto3 JSON) or `protobuf`.
     pub encoding: Encoding,
-    /// Pairs read but not yet committed, at most. Bounds memory and the number of
-    /// pairs graded twice after a crash.
+    /// Pairs read but not yet committed, at most: bounds the pairs graded twice after
+    /// a crash, and throughput (about `in_flight` / time to grade and commit a pair).
+    /// Only `limits.max_concurrency` of them are decoded and graded at once; the rest
+    /// wait as the bytes read from Kafka.
     pub in_flight: usize,
     /// Recently graded pair ids remembered to skip duplicates (bounded memory).
     pub dedup_capacity: usize,

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use super::budget::JudgeLimits;
 use super::client::JudgeClient;
 use super::config::{JudgeConfig, JudgeKind, ReferenceConfig};
@@ -68,22 +70,24 @@ impl Grader {
         &self.metrics
     }
 
-    /// Grades one pair (network for a pairwise judge; waits for admission).
-    pub async fn grade(&self, pair: &PairRecord, origin: &Origin) -> GradeRecord {
+    /// Grades one pair (network for a pairwise judge; waits for admission). The pair
+    /// is taken by value: a pairwise grading keeps only the grade and the two judge
+    /// request bodies while it waits for the judge, not the decoded record.
+    pub async fn grade(&self, pair: PairRecord, origin: &Origin) -> GradeRecord {
         let request = to_json(&pair.request_json, pair.request.as_ref());
-        let (primary_text, cf_text) = (half_text(pair, false), half_text(pair, true));
+        let (primary_text, cf_text) = (half_text(&pair, false), half_text(&pair, true));
         let summary = Summary {
             features: request_features(&request, pair.primary.as_ref().map_or(0, |p| p.input_tokens)),
             primary: half_summary(pair.primary.as_ref(), &primary_text),
             counterfactual: half_summary(pair.counterfactual.as_ref(), &cf_text),
         };
-        let mut g = grade::base(pair, summary, self.info.clone(), origin, SystemTime::now());
-        if let Some((outcome, why)) = grade::unjudgeable(pair) {
+        let mut g = grade::base(&pair, summary, self.info.clone(), origin, SystemTime::now());
+        if let Some((outcome, why)) = grade::unjudgeable(&pair) {
             grade::finish_unjudged(&mut g, outcome, why);
             return g;
         }
         match &self.method {
-            Method::Reference(cfg) => match reference::known_answer(pair, &request, cfg) {
+            Method::Reference(cfg) => match reference::known_answer(&pair, &request, cfg) {
                 None => grade::finish_unjudged(&mut g, GradeOutcome::NoReference, "the pair carries no known answer".into()),
                 Some(known) => {
                     let check = |text: &str| reference::is_correct(text, &known, cfg.method, cfg.tolerance);
@@ -100,18 +104,24 @@ impl Grader {
                     grade::finish_unjudged(&mut g, GradeOutcome::JudgeError, why);
                     return g;
                 }
+                // Both request bodies are rendered now; the record, its JSON, the answer
+                // texts and the prompts are freed before waiting for the judge.
                 let conv = conversation(&request);
-                let ask = |order: Order| {
+                let body = |order: Order| {
                     let messages = match order {
                         Order::PrimaryFirst => prompt.messages(&conv, &primary_text, &cf_text),
                         Order::CounterfactualFirst => prompt.messages(&conv, &cf_text, &primary_text),
                     };
-                    async move {
-                        let v = client.verdict(&messages, &self.limits, &self.metrics).await;
-                        OrderVerdict { order, raw: v.raw, attempts: v.attempts, latency_ms: v.latency_ms, cost_usd: v.cost_usd }
-                    }
+                    client.request_body(&messages)
                 };
-                let (first, second) = futures::join!(ask(Order::PrimaryFirst), ask(Order::CounterfactualFirst));
+                let bodies = [body(Order::PrimaryFirst), body(Order::CounterfactualFirst)];
+                drop((pair, request, primary_text, cf_text, conv));
+                let ask = |order: Order, body: Bytes| async move {
+                    let v = client.verdict(&body, &self.limits, &self.metrics).await;
+                    OrderVerdict { order, raw: v.raw, attempts: v.attempts, latency_ms: v.latency_ms, cost_usd: v.cost_usd }
+                };
+                let [first, second] = bodies;
+                let (first, second) = futures::join!(ask(Order::PrimaryFirst, first), ask(Order::CounterfactualFirst, second));
                 grade::finish_pairwise(&mut g, &[first, second]);
             }
         }

@@ -168,7 +168,7 @@ pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Resu
                     Ok(pair) if !seen.insert(&pair.pair_id) => summary.duplicates += 1,
                     Ok(pair) => {
                         let origin = Origin { topic: String::new(), partition: 0, offset: line_no as i64 };
-                        graded.push_back(async move { grader.grade(&pair, &origin).await });
+                        graded.push_back(async move { grader.grade(pair, &origin).await });
                     }
                     Err(e) => {
                         summary.undecodable += 1;

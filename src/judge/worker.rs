@@ -4,6 +4,8 @@
 //! Flow: the main loop reads a record, notes its offset in the [`OffsetTracker`] and
 //! spawns its grading (decode, skip if recently graded, judge, publish and wait for
 //! Kafka's acknowledgement, retrying the send until it succeeds or the worker stops).
+//! At most `limits.max_concurrency` gradings run at once; the rest of the window
+//! waits undecoded, so memory grows with the window by the records' bytes only.
 //! When a task ends its offset is complete; every `commit_interval` the contiguous
 //! acknowledged prefix of each partition is committed. At least once: a crash or a
 //! rebalance re-reads what was in flight, at most `in_flight` records per worker.
@@ -39,6 +41,13 @@ use crate::librdkafka_log::LimitedLogs;
 use crate::log_limit::LogLimit;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{Sink as _, SinkError};
+
+/// librdkafka's consumer prefetch (`queued.max.messages.kbytes`, which also caps
+/// `fetch.max.bytes`): about a default window of 1,024 records of 2 KiB.
+const PREFETCH_KBYTES: &str = "2048";
+
+/// How long the grades producer waits to batch grades (`linger.ms`).
+const GRADES_LINGER_MS: &str = "50";
 
 /// Commits come at most this often, even when the window fills faster.
 const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
@@ -147,12 +156,29 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         })
         // Only grades of committed (sidecar acks=all) records; no aborted transactions.
         .set("isolation.level", "read_committed")
-        // librdkafka prefetches up to 64 MiB per consumer by default; the worker reads
-        // a few hundred records ahead at most, so a smaller buffer keeps RSS low.
-        .set("queued.max.messages.kbytes", "8192")
+        // librdkafka prefetches up to 64 MiB per consumer by default (and a fetch
+        // response may be as large); the worker reads `in_flight` records ahead at most
+        // and pausing drops what was prefetched, so a small buffer keeps RSS low and
+        // spares fetching the same records again. `kafka.librdkafka` overrides it.
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        // With a small prefetch the queue is often full, and librdkafka then waits
+        // this long (1 s by default) before fetching again: after a resume the window
+        // would stay empty for most of a second.
+        .set("fetch.queue.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000");
     crate::sink::kafka::apply_user_settings(&mut c, &k.client()).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)
+}
+
+/// The grades producer: the sidecar's producer settings, but batching for longer
+/// (unless `kafka.librdkafka` says otherwise). A grade follows a judge call of
+/// hundreds of milliseconds, so waiting a little more fills a produce request with
+/// tens of grades, where the sidecar's 5 ms made librdkafka wake up and send a few
+/// at a time (its producer thread was a tenth of the worker's CPU).
+fn producer_config(config: &JudgeConfig) -> crate::config::KafkaConfig {
+    let mut c = config.kafka.client();
+    c.librdkafka.entry("linger.ms".into()).or_insert_with(|| GRADES_LINGER_MS.into());
+    c
 }
 
 /// Runs the worker until `stop` is cancelled, then drains: in-flight grades get up
@@ -165,7 +191,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
-    let sink = KafkaSink::new(&config.kafka.client(), sink_metrics)?;
+    let sink = KafkaSink::new(&producer_config(config), sink_metrics)?;
     let grader = Grader::new(config, metrics.clone())?;
     let task_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -176,6 +202,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         stop: task_stop.clone(),
     });
     let window = config.kafka.in_flight;
+    let grading = config.limits.max_concurrency as usize;
     // A finished task stays in the set (with its output) until joined, so completions
     // are read from the set itself: nothing accumulates.
     let mut tasks: JoinSet<Option<Ticket>> = JoinSet::new();
@@ -191,8 +218,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     tracing::info!(topic = %config.kafka.pairs_topic, group = %config.kafka.group_id, grades = %config.kafka.grades_topic, "judge worker started");
 
     loop {
-        // Start what the budget allows.
-        while !shared.grader.limits().exhausted() {
+        // Start what the budget allows, at most `grading` records at once: the others
+        // wait as the bytes Kafka gave (a decoded pair and its prompts are larger, and
+        // no more than `max_concurrency` judge calls can be under way anyway).
+        while in_flight < grading && !shared.grader.limits().exhausted() {
             let Some(item) = backlog.pop_front() else { break };
             if !tracker.lock().expect("tracker lock").is_current(&item.ticket) {
                 continue; // revoked while waiting: the new owner reads it again
@@ -393,13 +422,16 @@ async fn commit(consumer: &Arc<StreamConsumer<GroupContext>>, tracker: &Arc<Mute
 /// the worker stopped first.
 async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
     let metrics = shared.grader.metrics();
-    let t = &item.ticket;
-    let pair = match decode_pair(&item.payload, item.content_type.as_deref()) {
+    let Item { ticket, payload, content_type } = item;
+    let t = &ticket;
+    let decoded = decode_pair(&payload, content_type.as_deref());
+    drop(payload); // the raw bytes are not kept while the judge answers
+    let pair = match decoded {
         Ok(p) => p,
         Err(e) => {
             metrics.pairs_undecodable.inc();
             tracing::warn!(topic = %t.topic, partition = t.partition, offset = t.offset, error = %e, "undecodable pair record skipped");
-            return Some(item.ticket);
+            return Some(ticket);
         }
     };
     // Remembered only once its grade is acknowledged: a pair read twice while the
@@ -407,11 +439,11 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
     if shared.dedup.lock().expect("dedup lock").contains(&pair.pair_id) {
         metrics.pairs_duplicate.inc();
         tracing::debug!(pair_id = %pair.pair_id, "pair graded recently; skipped");
-        return Some(item.ticket);
+        return Some(ticket);
     }
     let origin = Origin { topic: t.topic.clone(), partition: t.partition, offset: t.offset };
     let g = tokio::select! {
-        g = shared.grader.grade(&pair, &origin) => g,
+        g = shared.grader.grade(pair, &origin) => g,
         _ = shared.stop.cancelled() => return None,
     };
     let encoded = grade::encode(&g, shared.encoding);
@@ -425,7 +457,7 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
             Ok(()) => {
                 metrics.published(g.outcome());
                 shared.dedup.lock().expect("dedup lock").insert(&g.pair_id);
-                return Some(item.ticket);
+                return Some(ticket);
             }
             Err(e) => {
                 // Kafka did not take the grade: retry (the offset waits), never drop it.
