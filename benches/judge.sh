@@ -23,7 +23,8 @@
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
 #
-# Installs kcat with apt-get if missing (needs root). Every process it starts is
+# Installs nothing: kcat and the Kafka jars come from `bash benches/tools.sh` (it
+# stops naming that step when they are missing). Every process it starts is
 # killed on exit.
 set -euo pipefail
 
@@ -42,12 +43,14 @@ PEER="$ROOT/target/release/examples/judge_peer"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-judge-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
+# require_tools (sets KCAT)
+source "$ROOT/benches/tools.sh"
+# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ensure_kcat
+require_tools
 for t in curl awk ss; do command -v "$t" >/dev/null || die "$t not found"; done
 if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
   log "building untaken and examples/judge_peer (release)"
@@ -60,14 +63,14 @@ GRADES="bench.grades.$RANDOM"
 
 log "writing $N pairs to $PAIRS ($PARTITIONS partitions)"
 "$PEER" pairs --count "$N" >"$WORK/pairs.txt"
-kcat -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
-kcat -P -b "$BROKERS" -t "$GRADES" -K: /dev/null
+"$KCAT" -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
+"$KCAT" -P -b "$BROKERS" -t "$GRADES" -K: /dev/null
 avg_bytes=$(awk -v n="$N" '{ s += length($0) } END { printf "%d", s / n }' "$WORK/pairs.txt")
 
 # --- (base) kcat reads the same records -------------------------------------------
 log "(base) kcat -C of $N records"
 /usr/bin/time -f '%e %U %S %M' -o "$WORK/kcat.time" \
-  kcat -C -b "$BROKERS" -t "$PAIRS" -o beginning -e -q -f '%o\n' >"$WORK/kcat.out"
+  "$KCAT" -C -b "$BROKERS" -t "$PAIRS" -o beginning -e -q -f '%o\n' >"$WORK/kcat.out"
 read -r K_WALL K_USER K_SYS K_RSS <"$WORK/kcat.time"
 K_COUNT=$(wc -l <"$WORK/kcat.out")
 [[ "$K_COUNT" == "$N" ]] || die "kcat read $K_COUNT records, expected $N"
@@ -143,7 +146,7 @@ W_TICKS=$(cpu_ticks "$WPID")
 W_HWM=$(hwm_kib "$WPID")
 cp "$WORK/metrics.txt" "$WORK/metrics-final.txt"
 stop_pid "$WPID" 30
-G_COUNT=$(kcat -C -b "$BROKERS" -t "$GRADES" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
+G_COUNT=$("$KCAT" -C -b "$BROKERS" -t "$GRADES" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
 CALLS=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics-final.txt")
 
 # --- report -------------------------------------------------------------------------
@@ -153,7 +156,7 @@ awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SY
   steady = 0.8 * n / (t90 - t10); overall = n / (tend - t0); wcpu = ticks / tck
   printf "\n## Judge worker benchmark: %d pairs (%d bytes each on average), %d partitions, fake judge %d ms, max_concurrency %d, in_flight %d%s\n\n", n, bytes, parts, delay, conc, window, arena
   printf "| run | records/s | wall s | CPU s | CPU µs/record | peak RSS MiB |\n|---|---|---|---|---|---|\n"
-  printf "| (base) kcat -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
+  printf "| (base) "$KCAT" -C, read only | %.0f | %.2f | %.2f | %.1f | %.1f |\n", n / kw, kw, ku + ks, (ku + ks) * 1e6 / n, krss / 1024
   printf "| (j) untaken judge, steady (10%%..90%%) | %.0f | %.2f | | | |\n", steady, t90 - t10
   printf "| (j) untaken judge, whole run (start-up included) | %.0f | %.2f | %.2f | %.1f | %.1f |\n", overall, tend - t0, wcpu, wcpu * 1e6 / n, hwm / 1024
   printf "\nGrades in the grades topic (distinct keys): %d of %d; judge calls: %d (%.2f a pair); most records uncommitted at once: %d (in_flight = %d).\n", graded, n, calls, calls / n, maxfl, window
