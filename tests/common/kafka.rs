@@ -275,38 +275,33 @@ impl Broker {
     /// server.properties from `broker.sh props`: the settings the benchmarks use too
     /// (benches/common.sh), with `extra` replacing or adding keys.
     fn write_config(&self, extra: &[(&str, &str)]) {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("props")
-            .arg(self.dir.path())
-            .arg(self.port.to_string())
-            .arg(self.controller_port.to_string())
-            .args(extra.iter().map(|(k, v)| format!("{k}={v}")))
-            .stdin(Stdio::null())
-            .output()
-            .expect("kafka harness: cannot run bash tests/kafka/broker.sh");
-        if !out.status.success() {
-            panic!(
-                "kafka harness: writing server.properties failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let mut args = vec![
+            "props".to_string(),
+            self.dir.path().display().to_string(),
+            self.port.to_string(),
+            self.controller_port.to_string(),
+        ];
+        args.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        self.broker_sh(&args, "writing server.properties");
     }
 
     fn format(&self) {
+        let args = ["format".to_string(), self.dir.path().display().to_string(), cluster_id()];
+        self.broker_sh(&args, "formatting KRaft storage");
+    }
+
+    /// Runs `broker.sh ARGS...` to completion; panics with its output and the broker
+    /// log tail if it fails.
+    fn broker_sh(&self, args: &[String], what: &str) {
         let out = Command::new("bash")
             .arg(script())
-            .arg("format")
-            .arg(self.dir.path())
-            .arg(cluster_id())
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("kafka harness: cannot run bash tests/kafka/broker.sh");
         if !out.status.success() {
             panic!(
-                "kafka harness: formatting KRaft storage failed ({}):\n{}{}\n{}",
+                "kafka harness: {what} failed ({}):\n{}{}\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
