@@ -48,6 +48,9 @@
 #   BENCH_ALLOCATORS="glibc mimalloc"  untaken builds measured side by side; the
 #                          first runs (c100), (d), (e) too. glibc: built with
 #                          --no-default-features; mimalloc: --features mimalloc
+#   BENCH_EXTRA_BIN=PATH   also measure this prebuilt untaken as (bx), (cx), e.g. a
+#                          build of an older commit: a before/after in the same run
+#   BENCH_EXTRA_NAME=NAME  what the report calls it (default "prebuilt")
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/bench/bin
 #   BENCH_KEEP=1           keep the temp dir (logs, configs, ghz JSON)
 #   UNTAKEN_TOOLS          the tools cache dir of benches/tools.sh (default ~/.cache/untaken/tools)
@@ -73,6 +76,7 @@ SINK_CONC="${BENCH_SINK_CONCURRENCY:-4096}"
 UP_DELAY="${BENCH_UPSTREAM_DELAY_MS:-0}"
 PARTITIONS="${BENCH_PARTITIONS:-3}"
 read -r -a ALLOCATORS <<<"${BENCH_ALLOCATORS:-glibc mimalloc}"
+[[ -n "${BENCH_EXTRA_BIN:-}" ]] && ALLOCATORS+=(prebuilt)
 C_RATE=0.1
 BROKER_SH="$ROOT/tests/kafka/broker.sh"
 TCK="$(getconf CLK_TCK)"
@@ -115,12 +119,14 @@ alloc_suffix() {
   case "$1" in
     mimalloc) echo m ;;
     glibc) echo g ;;
+    prebuilt) echo x ;;
   esac
 }
 alloc_flags() {
   case "$1" in
     glibc) echo --no-default-features ;;
     mimalloc) echo --features mimalloc ;;
+    prebuilt) echo "(prebuilt: ${BENCH_EXTRA_NAME:-prebuilt}, $BENCH_EXTRA_BIN)" ;;
     *) die "BENCH_ALLOCATORS: unknown allocator '$1' (glibc, mimalloc)" ;;
   esac
 }
@@ -134,6 +140,7 @@ build() {
     log "cargo build --release (noop_mirror, fake_upstream, sink_bench)"
     cargo build --release --quiet --example noop_mirror --example fake_upstream --example sink_bench
     for alloc in "${ALLOCATORS[@]}"; do
+      [[ "$alloc" == prebuilt ]] && continue
       log "cargo build --release --bin untaken $(alloc_flags "$alloc") ($alloc)"
       # shellcheck disable=SC2046
       cargo build --release --quiet --bin untaken $(alloc_flags "$alloc")
@@ -152,6 +159,7 @@ build() {
   log "source: $SRC_STATE"
   declare -gA BINS
   for alloc in "${ALLOCATORS[@]}"; do BINS[$alloc]="$OUT_DIR/bin/untaken-$alloc"; done
+  [[ -n "${BENCH_EXTRA_BIN:-}" ]] && BINS[prebuilt]="$BENCH_EXTRA_BIN"
   BIN="${BINS[${ALLOCATORS[0]}]}"
   NOOP="$ROOT/target/release/examples/noop_mirror"
   FAKE="$ROOT/target/release/examples/fake_upstream"

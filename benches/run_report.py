@@ -90,7 +90,7 @@ def report(work):
     def name_of(tag):
         if tag == "c100":
             return f"(c100) untaken 100 %, Kafka up, {allocs[0][1]}, -r {base_rps} [reference]"
-        m = re.match(r"^([bc])(m?)(\d+)$", tag)
+        m = re.match(r"^([bc])([a-z]?)(\d+)$", tag)
         if m:
             alloc = dict(allocs).get(m.group(2), "?")
             what = {"b": "untaken 0 %", "c": "untaken 10 %, Kafka up"}[m.group(1)]
@@ -212,7 +212,7 @@ def meta_from_env():
         "what_if": e["M_WHAT_IF"].strip(), "rounds": int(e["M_ROUNDS"]), "base_rps": int(e["M_BASE_RPS"]),
         "c_rate": num("M_C_RATE"), "partitions": int(e["M_PARTITIONS"]),
         "allocators": [[suffix, name] for suffix, name, _ in allocs],
-        "builds": {name: f"cargo build --release {flags}" for _, name, flags in allocs},
+        "builds": {name: flags if flags.startswith("(") else f"cargo build --release {flags}" for _, name, flags in allocs},
         "soak": {"d": {"threads": e["M_THREADS_D"], "fds": e["M_FDS_D"]}, "e": {"threads": e["M_THREADS_E"], "fds": e["M_FDS_E"]}},
         "kafka": {
             "records": int(e["M_KRECORDS"]), "record_bytes": int(e["M_REC_BYTES"]), "repeats": int(e["M_KREPEATS"]),
