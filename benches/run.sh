@@ -38,7 +38,7 @@
 #   BENCH_CONCURRENCY=16   ghz workers (-c)
 #   BENCH_CONNECTIONS=1    gRPC connections ghz opens (a router keeps one channel)
 #   BENCH_KAFKA_RECORDS=50000  records for the sink-vs-kcat comparison
-#   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, publisher.rs MAX_IN_FLIGHT)
+#   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, sidecar/publisher.rs MAX_IN_FLIGHT)
 #   BENCH_KAFKA_REPEATS=3  repeats of each Kafka producer run (median reported)
 #   BENCH_UPSTREAM_DELAY_MS=0  answer delay of the fast fake upstream
 #   BENCH_PARTITIONS=3     partitions of the auto-created topics

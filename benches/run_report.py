@@ -166,7 +166,7 @@ def report(work):
         p("|---|---|---|")
         p(f"| {k['kcat_version']}, no compression | {k['kcat_plain']:.0f} | {k['kcat_plain_all']} |")
         p(f"| kcat, -X compression.type=lz4 | {k['kcat_lz4']:.0f} | {k['kcat_lz4_all']} |")
-        p(f"| untaken KafkaSink::send ({k['rdkafka']}), {k['sink_conc']} in flight (publisher.rs MAX_IN_FLIGHT) | {k['sink_capped']:.0f} | {k['sink_capped_all']} |")
+        p(f"| untaken KafkaSink::send ({k['rdkafka']}), {k['sink_conc']} in flight (sidecar/publisher.rs MAX_IN_FLIGHT) | {k['sink_capped']:.0f} | {k['sink_capped_all']} |")
         p(f"| untaken KafkaSink::send, all {k['records']} in flight [diagnostic] | {k['sink_unbounded']:.0f} | {k['sink_unbounded_all']} |")
         p("")
     p("What untaken did (its /metrics at the end of each run, warm-up included):")

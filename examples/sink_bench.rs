@@ -20,6 +20,7 @@ use untaken::config::KafkaConfig;
 use untaken::metrics::Metrics;
 use untaken::record::Encoded;
 use untaken::sink::kafka::KafkaSink;
+use untaken::sink::Sink as _;
 
 #[derive(Parser)]
 struct Args {

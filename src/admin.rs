@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::engine::Engine;
+use crate::sidecar::engine::Engine;
 use crate::supervise::Supervisor;
 
 /// What the admin port reports on.

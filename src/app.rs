@@ -1,32 +1,31 @@
 //! Wires the sidecar together and runs it: sink, spool, engine, publisher,
 //! gRPC server, admin server, config reload; and the shutdown that drains them.
 //!
-//! Shutdown order (SIGTERM, SIGINT, or [`Running::shutdown`]): health says
-//! NOT_SERVING and `Mirror` answers UNAVAILABLE; in-flight shadow calls get the
-//! grace period; pairs still pending are published with the missing half named;
-//! the publisher delivers or spools everything it holds; the spool is fsynced;
-//! the Kafka producer is flushed off the runtime. A deadline armed at the start
-//! bounds it all: a second past the grace, the publisher spools every record it
-//! still holds and purges back (and spools) what Kafka has not acknowledged, so
-//! a slow Kafka never holds the exit and nothing is dropped with the producer.
+//! The shutdown (SIGTERM, SIGINT, or [`Running::shutdown`]) is `shutdown::Shutdown`:
+//! its steps, in order, are listed in that module's header.
+//!
+//! [`start`] binds the configured addresses; [`start_on`] takes listeners already
+//! bound (tests bind port 0 and never probe for a free port).
+
+mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::engine::Engine;
+use crate::sidecar::engine::Engine;
 use crate::metrics::{Metrics, Reason};
 use crate::proto::v1::mirror_server::MirrorServer;
-use crate::publisher::Publisher;
+use crate::sidecar::publisher::Publisher;
 use crate::server::MirrorService;
 use crate::sink::spool::Spool;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{ConfiguredSink, Sink, SinkError};
 use crate::supervise::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,16 +83,29 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     Ok(Some(t))
 }
 
-/// Starts everything on the configured addresses. Returns once both ports are
-/// bound and `Mirror` answers; Kafka need not be reachable.
-pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
-    let grpc = bind(&config.server.listen).await?;
-    let admin = bind(&config.server.admin_listen).await?;
-    let tls = tls_config(&config)?;
-    let token = config.server.auth_token()?;
-    let sink = Arc::new(Sink::open(&config, metrics.clone())?);
+/// The two listeners the sidecar serves on, bound by the caller.
+pub struct Listeners {
+    /// Serves the `untaken.v1.Mirror` gRPC service and gRPC health.
+    pub grpc: TcpListener,
+    /// Serves `/live`, `/ready` and `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and `server.admin_listen`.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        Ok(Self { grpc: bind(&config.server.listen).await?, admin: bind(&config.server.admin_listen).await? })
+    }
+
+    /// Both on 127.0.0.1, port 0: the kernel picks free ports (tests).
+    pub async fn loopback() -> std::io::Result<Self> {
+        Ok(Self { grpc: TcpListener::bind("127.0.0.1:0").await?, admin: TcpListener::bind("127.0.0.1:0").await? })
+    }
+}
+
+/// Opens the spool when one is configured, reporting what an earlier run left in it
+/// and how many pairs a crash lost (the pending-pairs marker).
+fn open_spool(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Spool>>, StartError> {
     let spool = match &config.spool.dir {
         Some(dir) => {
             let (spool, found) = Spool::open(dir, config.spool.max_bytes)?;
@@ -121,14 +133,31 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             metrics.lost_in_crash.inc_by(lost);
         }
     }
+    Ok(spool)
+}
+
+/// Starts everything on the configured addresses. Returns once both ports are
+/// bound and `Mirror` answers; Kafka need not be reachable.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    let listeners = Listeners::bind(&config).await?;
+    start_on(config, config_path, listeners).await
+}
+
+/// [`start`] on listeners the caller bound; `server.listen` and `server.admin_listen`
+/// are ignored. Returns once `Mirror` answers; Kafka need not be reachable.
+pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: Listeners) -> Result<Running, StartError> {
+    let Listeners { grpc, admin } = listeners;
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_budgets(config.routes.iter().map(|(name, r)| (name.as_str(), r.budget_usd_per_hour)));
+    let tls = tls_config(&config)?;
+    let token = config.server.auth_token()?;
+    let sink = Arc::new(ConfiguredSink::open(&config, metrics.clone())?);
+    let spool = open_spool(&config, &metrics)?;
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
     let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
-    let stall = match sink.as_ref() {
-        Sink::Kafka(_) => config.sink.kafka.stall_timeout,
-        Sink::File(_) => Duration::from_secs(3600),
-    };
+    let stall = sink.stall_timeout(&config);
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
 
     let shutdown = CancellationToken::new();
@@ -145,7 +174,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     if let Some(path) = config_path {
         supervisor.spawn("reload", reload_loop(engine.clone(), path, config.clone(), shutdown.clone()));
     }
-    if let Sink::Kafka(k) = sink.as_ref() {
+    if let ConfiguredSink::Kafka(k) = sink.as_ref() {
         let (brokers, topic) = (k.brokers().to_string(), k.topic().to_string());
         let cfg = config.sink.kafka.clone();
         tokio::task::spawn_blocking(move || check_topic(&cfg, &brokers, &topic));
@@ -163,8 +192,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             }
         });
     }
-    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
-    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen.clone(), source })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: "the gRPC listener".into(), source })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: "the admin listener".into(), source })?;
 
     let grpc_stop = CancellationToken::new();
     let grpc_serve = crate::server::serve(grpc, engine.clone(), health, token, tls, grpc_stop.clone().cancelled_owned());
@@ -184,74 +213,24 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let sink_description = sink.describe();
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, sink = %sink_description, "untaken started");
 
-    let done = {
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            let started = Instant::now();
-            tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
-            engine.start_drain();
-            health_reporter.set_not_serving::<MirrorServer<MirrorService>>().await;
-            // The gRPC server keeps running through the drain: `Mirror` answers
-            // UNAVAILABLE, health says NOT_SERVING, and `Complete` still joins pairs
-            // whose shadow call is finishing.
-            // Past the grace (plus a second for the pairs the grace cut short), nothing
-            // waits for Kafka: the publisher spools what it holds and what Kafka has not
-            // acknowledged is purged back and spooled, again every 100 ms until the
-            // publisher is done. So the whole drain ends within the grace plus a fixed
-            // margin however slowly Kafka acknowledges (a throttled broker).
-            let deadline = {
-                let publisher = publisher.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace + KAFKA_AFTER_GRACE).await;
-                    tracing::warn!("shutdown grace over; spooling what Kafka has not acknowledged");
-                    loop {
-                        publisher.divert_to_spool();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-            };
-            engine.drain(grace).await;
-            grpc_stop.cancel();
-            let grpc_closing = tokio::spawn(async move {
-                let mut grpc_task = grpc_task;
-                if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task).await.is_err() {
-                    // A client holding a stream open (health watch, reflection) must not hold the exit.
-                    grpc_task.abort();
-                }
-            });
-            dispatcher.abort();
-            stop_background.cancel();
-            let _ = expiry.await;
-            stop_publisher.cancel();
-            let _ = publishing.await;
-            let _ = spooling.await;
-            deadline.abort();
-            let _ = grpc_closing.await;
-            // Only now is every record either acknowledged or in the spool: fsync it.
-            if let Some(spool) = publisher.spool().cloned() {
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
-                    tracing::error!(error = %e, "final spool fsync failed");
-                }
-            }
-            if let Some(dir) = &marker {
-                // Everything was published or spooled: nothing is lost if we die from here on.
-                write_pending_marker(dir, 0);
-            }
-            let s = publisher.sink().clone();
-            let _ = tokio::task::spawn_blocking(move || s.flush_blocking(Duration::from_secs(5))).await;
-            admin_stop.cancel();
-            let _ = admin_task.await;
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
-        })
+    let drain = shutdown::Shutdown {
+        grace,
+        engine: engine.clone(),
+        health: health_reporter,
+        grpc: shutdown::Served { stop: grpc_stop, task: grpc_task },
+        dispatcher,
+        stop_background,
+        expiry,
+        publisher,
+        stop_publisher,
+        publishing,
+        spooling,
+        marker,
+        admin: shutdown::Served { stop: admin_stop, task: admin_task },
     };
+    let done = tokio::spawn(drain.run(shutdown.clone()));
     Ok(Running { grpc_addr, admin_addr, engine, sink_description, shutdown, done })
 }
-
-/// How long after the shutdown grace Kafka may still take records before everything
-/// left is spooled: pairs whose shadow call the grace cut short are built after it.
-const KAFKA_AFTER_GRACE: Duration = Duration::from_secs(1);
 
 const PENDING_MARKER: &str = "pending-pairs";
 

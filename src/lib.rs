@@ -4,36 +4,45 @@
 //! sends the sampled request to the route the router did not take, pairs both
 //! answers and publishes the pair to Kafka for an LLM judge to grade.
 //!
-//! Modules, from the pure core outwards:
+//! Modules (every one in the tree), from the pure core outwards:
 //! - [`config`]: typed config, defaults, validation naming the bad key.
 //! - [`sampling`]: the deterministic sha256 sampling decision and its rules.
+//! - [`routes`]: the route catalog and the counterfactual of each route.
 //! - [`usage`]: token usage, tool calls and cost read from an answer.
+//! - [`redact`]: the redaction rules applied to bodies before they leave the process.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
-//! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
 //! - [`memory`]: the worst-case memory a config allows (pure).
+//! - [`sidecar`]: the request path: `validate`, `engine` (Mirror/Complete), `admission`,
+//!   `dispatch` (shadow calls), `pairing` (join table), `expiry`, `finish` (record
+//!   building), `publisher` (delivery, spool, replay).
+//! - [`upstream`]: the OpenAI-compatible HTTP client for shadow calls.
+//! - [`sink`]: the [`sink::Sink`] trait and its Kafka and file implementations; the disk spool.
+//! - [`server`]: the gRPC edge (`Mirror`, health, reflection, auth, TLS).
+//! - [`admin`]: `/live`, `/ready`, `/metrics`; [`metrics`]: the Prometheus registry.
+//! - [`app`]: wires it all, reloads the config, and drains on shutdown (`app::shutdown`).
 //! - [`supervise`], [`log_limit`]: background tasks that cannot die silently, and
 //!   log lines that repeat per record, at most one a second.
+//! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
 //! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
+//! - [`demo`], [`simulate`]: `untaken demo` and the fake peers (OpenAI upstreams) it and
+//!   the tests use.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admission;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod log_limit;
-pub mod engine;
 pub mod judge;
 pub mod memory;
 pub mod metrics;
-pub mod pairing;
-pub mod publisher;
 pub mod record;
 pub mod redact;
 pub mod report;
 pub mod routes;
 pub mod sampling;
 pub mod server;
+pub mod sidecar;
 pub mod simulate;
 pub mod supervise;
 pub mod sink;

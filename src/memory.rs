@@ -49,9 +49,9 @@ pub fn ceiling(config: &Config) -> Ceiling {
     let pair = 3 * body + labels + PAIR_OVERHEAD_BYTES;
     let pending = config.pairing.max_pending as u64;
     let calls: u64 = config.routes.values().map(|r| u64::from(r.max_concurrency.unwrap_or(u32::MAX))).sum();
-    let channel = crate::engine::RECORDS_CHANNEL as u64;
-    let in_flight_records = crate::publisher::MAX_IN_FLIGHT as u64;
-    let in_flight_bytes = crate::publisher::MAX_IN_FLIGHT_BYTES as u64;
+    let channel = crate::sidecar::finish::RECORDS_CHANNEL as u64;
+    let in_flight_records = crate::sidecar::publisher::MAX_IN_FLIGHT as u64;
+    let in_flight_bytes = crate::sidecar::publisher::MAX_IN_FLIGHT_BYTES as u64;
     let segment = crate::sink::spool::SEGMENT_BYTES;
     let mut parts = vec![
         Part { what: "process baseline", how: "runtime, TLS, buffers".into(), bytes: BASELINE_BYTES },
@@ -148,8 +148,8 @@ mod tests {
         let part = |what: &str| c.parts.iter().find(|p| p.what.starts_with(what)).unwrap_or_else(|| panic!("{what}: {c:?}")).bytes;
         assert_eq!(part("pending pairs"), 50 * pair);
         assert_eq!(part("shadow calls"), 16 * 2 * 1000);
-        assert_eq!(part("records handed"), crate::engine::RECORDS_CHANNEL as u64 * pair);
-        assert_eq!(part("deliveries in flight"), crate::publisher::MAX_IN_FLIGHT as u64 * pair, "4,096 small records are under the byte window");
+        assert_eq!(part("records handed"), crate::sidecar::finish::RECORDS_CHANNEL as u64 * pair);
+        assert_eq!(part("deliveries in flight"), crate::sidecar::publisher::MAX_IN_FLIGHT as u64 * pair, "4,096 small records are under the byte window");
         assert!(c.parts.iter().all(|p| p.what != "librdkafka queue"), "the file sink has no librdkafka queue");
         assert_eq!(c.total(), c.parts.iter().map(|p| p.bytes).sum::<u64>());
     }

@@ -14,12 +14,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::config::Secret;
-use crate::engine::{Engine, RequestError};
+use crate::sidecar::engine::{Engine, RequestError};
 use crate::proto::v1::mirror_server::{Mirror, MirrorServer};
 use crate::proto::v1::{CompleteRequest, CompleteResponse, MirrorRequest, MirrorResponse};
-
-/// The gRPC service name, as the health service reports it.
-pub const SERVICE_NAME: &str = "untaken.v1.Mirror";
 
 /// Maps an engine error to the status the router sees. The only such mapping.
 pub fn status(e: RequestError) -> Status {

@@ -1,8 +1,15 @@
 //! The binary as an operator runs it: `check-config` exit codes, and `serve`
 //! logging nothing of the prompts and answers it handles, then exiting 0 on SIGTERM.
 
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::metrics::metric;
+use common::proc::free_port;
+use untaken::config::{Config, RouteConfig};
 
 use untaken::proto::v1::mirror_client::MirrorClient;
 use untaken::proto::v1::{Answer, MirrorRequest};
@@ -10,37 +17,25 @@ use untaken::simulate::{Behaviour, FakeUpstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_untaken");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn config(dir: &std::path::Path, url: &str, grpc: u16, admin: u16) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{grpc}"
-admin_listen = "127.0.0.1:{admin}"
-shutdown_grace = "3s"
-[log]
-level = "debug"
-[sampling]
-default_rate = 1.0
-[routes.fast]
-url = "{url}"
-model = "fast-model"
-counterfactual = "reasoning"
-[routes.reasoning]
-url = "{url}"
-model = "reasoning-model"
-counterfactual = "fast"
-[sink.file]
-path = "{out}"
-[spool]
-dir = "{spool}"
-"#,
-        out = dir.join("pairs.jsonl").display(),
-        spool = dir.join("spool").display(),
-    )
+/// The config file `serve` and `check-config` read: two routes to `url`, the file sink
+/// and a spool in `dir`, on the given ports (the binary must be told them in the file).
+fn config(dir: &Path, url: &str, grpc: u16, admin: u16) -> String {
+    let mut c = Config::default();
+    c.server.listen = format!("127.0.0.1:{grpc}");
+    c.server.admin_listen = format!("127.0.0.1:{admin}");
+    c.server.shutdown_grace = Duration::from_secs(3);
+    c.log.level = "debug".into();
+    c.sampling.default_rate = 1.0;
+    let route = |model: &str, counterfactual: &str| RouteConfig {
+        counterfactual: Some(counterfactual.into()),
+        timeout: Duration::from_secs(60),
+        ..common::config::route(url, model)
+    };
+    c.routes.insert("fast".into(), route("fast-model", "reasoning"));
+    c.routes.insert("reasoning".into(), route("reasoning-model", "fast"));
+    c.sink.file.path = dir.join("pairs.jsonl");
+    c.spool.dir = Some(dir.join("spool"));
+    common::config::to_toml(&c)
 }
 
 #[test]
@@ -57,9 +52,10 @@ fn check_config_exits_64_naming_the_key() {
         ("counterfactual = \"fast\"", "counterfactual = \"fastest\"", "routes.reasoning.counterfactual"),
         ("[log]", "[log]\nverbosity = 3", "log.verbosity"),
         // A zero interval used to panic the spool task at start-up, after which nothing replayed.
-        ("[spool]\n", "[spool]\nfsync_interval = \"0s\"\n", "spool.fsync_interval"),
+        ("fsync_interval = \"1s\"", "fsync_interval = \"0s\"", "spool.fsync_interval"),
     ];
     for (from, to, key) in cases {
+        assert_eq!(base.matches(from).count(), 1, "`{from}` is in the file once:\n{base}");
         let bad_text = base.replace(from, to);
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, bad_text).unwrap();
@@ -154,8 +150,8 @@ async fn wait_for_grpc(port: u16) -> MirrorClient<tonic::transport::Channel> {
 }
 
 async fn metric_value(admin: u16, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).map_or(0.0, |v| v.trim().parse().unwrap())
+    let admin = format!("127.0.0.1:{admin}").parse().unwrap();
+    metric(&common::metrics::scrape(admin).await, series)
 }
 
 /// Pairs waiting for a half live in memory: a SIGKILL loses them by design, and
@@ -186,8 +182,13 @@ async fn pairs_pending_at_a_crash_are_counted_on_the_next_start() {
             .into_inner();
         assert!(r.sampled);
     }
-    // The marker is written once a second; give it two.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // The marker is written once a second: wait until it says 3.
+    let marker = dir.path().join("spool").join("pending-pairs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&marker).map(|t| t.trim() != "3").unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the pending-pairs marker never said 3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 

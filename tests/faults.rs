@@ -11,131 +11,53 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{metric, mirror_req, primary_answer};
+use common::app::{mirror_req, primary_answer};
+use common::metrics::{interesting, metric, metric_sum, scrape, wait_metrics};
 use common::kafka::{consume_async, create_topic_async, shared_bootstrap_async, Broker};
 use common::proc::{dead_addr, free_port, Sidecar};
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::Code;
 use untaken::app::Running;
+use untaken::config::{Config, RouteConfig};
 use untaken::proto::v1::mirror_client::MirrorClient;
 use untaken::proto::v1::{MirrorRequest, MirrorResponse};
 use untaken::simulate::{Behaviour, FakeUpstream};
 
 // ----- config ----------------------------------------------------------------
 
-/// One `[routes.NAME]` section.
-struct Route {
-    name: &'static str,
-    url: String,
-    counterfactual: Option<&'static str>,
-    timeout: &'static str,
-    /// Extra lines for the section (`max_rps = 1`, ...).
-    extra: &'static str,
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
 }
 
-fn route(name: &'static str, url: String) -> Route {
-    Route { name, url, counterfactual: None, timeout: "2s", extra: "" }
+/// A route named `name` serving `{name}-model`, priced as the reasoning model.
+fn route(name: &str, url: impl AsRef<str>) -> RouteConfig {
+    RouteConfig { input_usd_per_mtok: 1.10, output_usd_per_mtok: 4.40, ..common::config::route(url.as_ref(), &format!("{name}-model")) }
 }
 
-/// A whole config file, written out by [`Setup::toml`]. The base test config in
-/// `common::app` fixes its routes, so tests here that need their own routes or
-/// limits build the file themselves.
-struct Setup {
-    listen: String,
-    admin: String,
-    grace: &'static str,
-    routes: Vec<Route>,
-    brokers: String,
-    topic: String,
-    delivery_timeout: &'static str,
-    stall_timeout: &'static str,
-    spool: PathBuf,
-    spool_max_bytes: u64,
-    /// Extra sections (`[queue]`, `[pairing]`).
-    extra: String,
+/// The route catalog, by name.
+fn routes<const N: usize>(list: [(&str, RouteConfig); N]) -> BTreeMap<String, RouteConfig> {
+    list.into_iter().map(|(name, r)| (name.to_string(), r)).collect()
 }
 
-impl Setup {
-    /// `fast` (the route taken) shadowed to `reasoning`.
-    fn new(fast: &FakeUpstream, reasoning: &FakeUpstream, brokers: &str, topic: &str, spool: &Path) -> Self {
-        Setup {
-            listen: "127.0.0.1:0".into(),
-            admin: "127.0.0.1:0".into(),
-            grace: "5s",
-            routes: vec![
-                Route { counterfactual: Some("reasoning"), ..route("fast", fast.url()) },
-                Route { timeout: "10s", ..route("reasoning", reasoning.url()) },
-            ],
-            brokers: brokers.into(),
-            topic: topic.into(),
-            delivery_timeout: "2s",
-            stall_timeout: "2s",
-            spool: spool.to_path_buf(),
-            spool_max_bytes: 64 * 1024 * 1024,
-            extra: String::new(),
-        }
-    }
-
-    fn toml(&self) -> String {
-        let mut routes = String::new();
-        for r in &self.routes {
-            routes.push_str(&format!(
-                "[routes.{name}]\nurl = \"{url}\"\nmodel = \"{name}-model\"\ntimeout = \"{timeout}\"\n\
-                 input_usd_per_mtok = 1.10\noutput_usd_per_mtok = 4.40\n",
-                name = r.name,
-                url = r.url,
-                timeout = r.timeout
-            ));
-            if let Some(cf) = r.counterfactual {
-                routes.push_str(&format!("counterfactual = \"{cf}\"\n"));
-            }
-            if !r.extra.is_empty() {
-                routes.push_str(r.extra);
-                routes.push('\n');
-            }
-        }
-        format!(
-            r#"
-[server]
-listen = "{listen}"
-admin_listen = "{admin}"
-shutdown_grace = "{grace}"
-[log]
-level = "info"
-format = "text"
-[sampling]
-default_rate = 1.0
-{routes}
-[sink.kafka]
-brokers = "{brokers}"
-topic = "{topic}"
-delivery_timeout = "{delivery}"
-stall_timeout = "{stall}"
-[spool]
-dir = "{spool}"
-max_bytes = {max_bytes}
-fsync_interval = "100ms"
-{extra}
-"#,
-            listen = self.listen,
-            admin = self.admin,
-            grace = self.grace,
-            brokers = self.brokers,
-            topic = self.topic,
-            delivery = self.delivery_timeout,
-            stall = self.stall_timeout,
-            spool = self.spool.display(),
-            max_bytes = self.spool_max_bytes,
-            extra = self.extra,
-        )
-    }
+/// `fast` (the route taken) shadowed to `reasoning` (10 s timeout), a Kafka sink at
+/// `brokers` with 2 s delivery and stall timeouts, a 64 MiB spool at `spool`. The base
+/// config in `common::app` fixes its routes, so tests here start from this one.
+fn config(fast: &FakeUpstream, reasoning: &FakeUpstream, brokers: &str, topic: &str, spool: &Path) -> Config {
+    let mut c = common::config::base(brokers, topic, spool);
+    c.routes = routes([
+        ("fast", RouteConfig { counterfactual: Some("reasoning".into()), ..route("fast", fast.url()) }),
+        ("reasoning", RouteConfig { timeout: secs(10), ..route("reasoning", reasoning.url()) }),
+    ]);
+    c.sink.kafka.delivery_timeout = secs(2);
+    c.sink.kafka.stall_timeout = secs(2);
+    c.spool.max_bytes = 64 * 1024 * 1024;
+    c
 }
 
 /// The sidecar in-process, with a client.
@@ -144,11 +66,9 @@ struct InProc {
     client: MirrorClient<Channel>,
 }
 
-async fn start_in_process(setup: &Setup) -> InProc {
-    let text = setup.toml();
-    let config = untaken::config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    let app = untaken::app::start(config, None).await.expect("sidecar starts");
-    let client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.expect("grpc connect");
+async fn start_in_process(config: &Config) -> InProc {
+    let app = common::app::start(config.clone(), None).await;
+    let client = common::app::client(&app).await;
     InProc { app, client }
 }
 
@@ -188,42 +108,9 @@ fn req(id: &str, shadow: &str) -> MirrorRequest {
 
 // ----- metrics ---------------------------------------------------------------
 
-async fn scrape(admin: SocketAddr) -> String {
-    match reqwest::get(format!("http://{admin}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// Polls /metrics until `pred` holds; panics with `what` and the last scrape after `timeout`.
-async fn wait_metrics(admin: SocketAddr, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let m = scrape(admin).await;
-        if pred(&m) {
-            return m;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last /metrics:\n{}", interesting(&m));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The /metrics lines about pairs, the spool and shedding (for failure messages).
-fn interesting(m: &str) -> String {
-    m.lines()
-        .filter(|l| !l.starts_with('#') && (l.contains("pairs_") || l.contains("spool") || l.contains("mirror_requests") || l.contains("kafka_delivery_errors")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Sum of every `untaken_pairs_dropped_total{...}` series.
 fn dropped(m: &str) -> f64 {
-    m.lines()
-        .filter(|l| l.starts_with("untaken_pairs_dropped_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(m, "untaken_pairs_dropped_total")
 }
 
 fn shed(m: &str, reason: &str) -> f64 {
@@ -332,7 +219,9 @@ async fn broker_killed_mid_traffic_loses_nothing() {
     create_topic_async(&bootstrap, &topic, 1).await;
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
-    let setup = Setup { delivery_timeout: "2s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, spool.path());
+
+    setup.sink.kafka.delivery_timeout = secs(2);
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;
 
@@ -371,14 +260,15 @@ async fn broker_killed_mid_traffic_loses_nothing() {
 
 // ----- 2. sidecar SIGKILLed with a full spool ------------------------------------
 
-/// Writes `setup` to `dir/untaken.toml` on fresh ports and starts the binary.
-async fn spawn_binary(setup: &mut Setup, dir: &Path, log: &str) -> Sidecar {
+/// Writes `setup` to `dir/untaken.toml` on fresh ports and starts the binary (which
+/// must be told its ports in the file, so they are probed here).
+async fn spawn_binary(setup: &mut Config, dir: &Path, log: &str) -> Sidecar {
     let (grpc, admin) = (free_port(), free_port());
-    setup.listen = format!("127.0.0.1:{grpc}");
-    setup.admin = format!("127.0.0.1:{admin}");
+    setup.server.listen = format!("127.0.0.1:{grpc}");
+    setup.server.admin_listen = format!("127.0.0.1:{admin}");
     let path = dir.join("untaken.toml");
-    std::fs::write(&path, setup.toml()).unwrap();
-    let mut sc = Sidecar::spawn(&path, setup.listen.parse().unwrap(), setup.admin.parse().unwrap(), &dir.join(log));
+    common::config::write(setup, &path);
+    let mut sc = Sidecar::spawn(&path, setup.server.listen.parse().unwrap(), setup.server.admin_listen.parse().unwrap(), &dir.join(log));
     sc.wait_ready(Duration::from_secs(30)).await;
     sc
 }
@@ -390,7 +280,9 @@ async fn sigkill_with_spool_replays_on_restart() {
     let spool = dir.path().join("spool");
     let topic = common::app::topic("sigkill");
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
-    let mut setup = Setup { delivery_timeout: "1s", ..Setup::new(&fast, &reasoning, &dead_addr(), &topic, &spool) };
+    let mut setup = config(&fast, &reasoning, &dead_addr(), &topic, &spool);
+
+    setup.sink.kafka.delivery_timeout = secs(1);
     let first_run = Instant::now();
     let mut sc = spawn_binary(&mut setup, dir.path(), "first.log").await;
     let mut client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
@@ -418,15 +310,15 @@ async fn sigkill_with_spool_replays_on_restart() {
     );
     drop(client);
     // What the dead process left on disk: every pair, no torn frame.
-    let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool_max_bytes).unwrap();
+    let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool.max_bytes).unwrap();
     assert_eq!((found.records, found.corrupt), (n as u64, 0), "{found:?}");
     drop(disk);
 
     // Same spool, now a reachable broker.
-    setup.brokers = shared_bootstrap_async().await;
+    setup.sink.kafka.brokers = shared_bootstrap_async().await;
     let mut sc = spawn_binary(&mut setup, dir.path(), "second.log").await;
     assert!(sc.log_text().contains("spool holds records from an earlier run"), "{}", sc.log_tail(40));
-    let rb = read_back(&setup.brokers, &topic, &accepted, Duration::from_secs(60)).await;
+    let rb = read_back(&setup.sink.kafka.brokers, &topic, &accepted, Duration::from_secs(60)).await;
     // Nothing reached Kafka before the SIGKILL, and the replay sends each record once.
     reconcile("sigkill", &accepted, &rb, 0);
     let m = wait_metrics(sc.admin, "the spool emptied", Duration::from_secs(30), |m| metric(m, SPOOL_RECORDS) == 0.0 && !m.is_empty()).await;
@@ -464,9 +356,9 @@ async fn sigterm_under_load_drains_and_exits_zero() {
     // Every fifth request is shadowed to `cheap`, which never answers (its route
     // timeout is past the grace): those pairs are cut off by the drain.
     let cheap = upstream("cheap", Behaviour::Hang).await;
-    let mut setup = Setup::new(&fast, &reasoning, &bootstrap, &topic, &dir.path().join("spool"));
-    setup.grace = "5s";
-    setup.routes.push(Route { timeout: "60s", ..route("cheap", cheap.url()) });
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, &dir.path().join("spool"));
+    setup.server.shutdown_grace = secs(5);
+    setup.routes.insert("cheap".into(), RouteConfig { timeout: secs(60), ..route("cheap", cheap.url()) });
     let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
     let client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
 
@@ -491,8 +383,9 @@ async fn sigterm_under_load_drains_and_exits_zero() {
             calls.join_all().await
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let inflight = metric(&sc.metrics().await, "untaken_shadow_inflight");
+    // SIGTERM under load: once calls to the hanging route pile up.
+    let m = wait_metrics(sc.admin, "hanging shadow calls in flight", Duration::from_secs(30), |m| metric(m, "untaken_shadow_inflight") >= 10.0).await;
+    let inflight = metric(&m, "untaken_shadow_inflight");
     let term_at = Instant::now();
     sc.sigterm();
     let grace = Duration::from_secs(5);
@@ -578,7 +471,9 @@ async fn kafka_unreachable_at_startup() {
 
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
-    let setup = Setup { delivery_timeout: "1s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, spool.path());
+
+    setup.sink.kafka.delivery_timeout = secs(1);
     let started = Instant::now();
     let mut s = start_in_process(&setup).await;
     let start_took = started.elapsed();
@@ -623,16 +518,16 @@ async fn shadow_upstream_faults_are_recorded() {
     let notjson = upstream("notjson", Behaviour::NotJson).await;
     let reset = untaken::simulate::start_resetting_server().await.unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(&fast, &hang, &bootstrap, &topic, spool.path());
-    setup.grace = "1s";
-    setup.routes = vec![
-        Route { counterfactual: Some("hang"), ..route("fast", fast.url()) },
-        route("hang", hang.url()), // timeout 2s
-        route("s500", s500.url()),
-        route("notjson", notjson.url()),
-        route("reset", format!("http://{reset}/v1/chat/completions")),
-        route("refused", format!("http://{}/v1/chat/completions", dead_addr())),
-    ];
+    let mut setup = config(&fast, &hang, &bootstrap, &topic, spool.path());
+    setup.server.shutdown_grace = secs(1);
+    setup.routes = routes([
+        ("fast", RouteConfig { counterfactual: Some("hang".into()), ..route("fast", fast.url()) }),
+        ("hang", route("hang", hang.url())), // timeout 2s
+        ("s500", route("s500", s500.url())),
+        ("notjson", route("notjson", notjson.url())),
+        ("reset", route("reset", format!("http://{reset}/v1/chat/completions"))),
+        ("refused", route("refused", format!("http://{}/v1/chat/completions", dead_addr()))),
+    ]);
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;
 
@@ -716,10 +611,11 @@ async fn shedding_reasons() {
     let fast = upstream("fast", answer(5)).await;
     let hang = upstream("reasoning", Behaviour::Hang).await;
     let spool_a = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(&fast, &hang, &bootstrap, &topic_a, spool_a.path());
-    setup.grace = "1s";
-    setup.routes[1].timeout = "2s";
-    setup.extra = "[queue]\ncapacity = 1\n[pairing]\nmax_pending = 2\n".into();
+    let mut setup = config(&fast, &hang, &bootstrap, &topic_a, spool_a.path());
+    setup.server.shutdown_grace = secs(1);
+    setup.routes.get_mut("reasoning").unwrap().timeout = secs(2);
+    setup.queue.capacity = 1;
+    setup.pairing.max_pending = 2;
     let a = start_in_process(&setup).await;
     let mut accepted_a = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -773,16 +669,16 @@ async fn shedding_reasons() {
     let budget = upstream("budget", answer(5)).await;
     let conc = upstream("conc", Behaviour::Hang).await;
     let spool_b = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(&fast, &rl, &bootstrap, &topic_b, spool_b.path());
-    setup.grace = "1s";
-    setup.routes = vec![
-        Route { counterfactual: Some("rl"), ..route("fast", fast.url()) },
-        Route { extra: "max_rps = 1", ..route("rl", rl.url()) },
+    let mut setup = config(&fast, &rl, &bootstrap, &topic_b, spool_b.path());
+    setup.server.shutdown_grace = secs(1);
+    setup.routes = routes([
+        ("fast", RouteConfig { counterfactual: Some("rl".into()), ..route("fast", fast.url()) }),
+        ("rl", RouteConfig { max_rps: Some(1), ..route("rl", rl.url()) }),
         // Room for one call's estimated cost ($0.00504: ~490 input tokens, 1,024 output),
         // and not for another once the first one's spend ($0.0004) is in.
-        Route { extra: "budget_usd_per_hour = 0.0052", ..route("budget", budget.url()) },
-        Route { extra: "max_concurrency = 1", ..route("conc", conc.url()) },
-    ];
+        ("budget", RouteConfig { budget_usd_per_hour: Some(0.0052), ..route("budget", budget.url()) }),
+        ("conc", RouteConfig { max_concurrency: Some(1), ..route("conc", conc.url()) }),
+    ]);
     let b = start_in_process(&setup).await;
     let admin = b.app.admin_addr;
     let mut accepted_b = Vec::new();
@@ -864,16 +760,16 @@ async fn budget_holds_with_calls_in_flight() {
     let slow = upstream("slow", answer(1000)).await;
     let spool = tempfile::tempdir().unwrap();
     let budget = 0.005;
-    let mut setup = Setup::new(&fast, &slow, &bootstrap, &topic, spool.path());
-    setup.routes = vec![
-        Route { counterfactual: Some("slow"), ..route("fast", fast.url()) },
-        Route { extra: "budget_usd_per_hour = 0.005", ..route("slow", slow.url()) },
-    ];
+    let mut setup = config(&fast, &slow, &bootstrap, &topic, spool.path());
+    setup.routes = routes([
+        ("fast", RouteConfig { counterfactual: Some("slow".into()), ..route("fast", fast.url()) }),
+        ("slow", RouteConfig { budget_usd_per_hour: Some(budget), ..route("slow", slow.url()) }),
+    ]);
     let s = start_in_process(&setup).await;
     let mut body: Value = serde_json::from_slice(&common::app::chat(1)).unwrap();
     body["max_tokens"] = 50.into();
     let body = serde_json::to_vec(&body).unwrap();
-    let estimate = untaken::admission::estimate_cost(&body, 1.10, 4.40);
+    let estimate = untaken::sidecar::admission::estimate_cost(&body, 1.10, 4.40);
 
     let burst = (0..20).map(|i| {
         let (mut c, body) = (s.client.clone(), body.clone());
@@ -919,10 +815,10 @@ async fn spool_full_drops_are_counted_and_the_spool_stays_bounded() {
     let topic = common::app::topic("spool-full");
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(&fast, &reasoning, &dead_addr(), &topic, spool.path());
-    setup.grace = "1s";
-    setup.delivery_timeout = "1s";
-    setup.spool_max_bytes = 4096;
+    let mut setup = config(&fast, &reasoning, &dead_addr(), &topic, spool.path());
+    setup.server.shutdown_grace = secs(1);
+    setup.sink.kafka.delivery_timeout = secs(1);
+    setup.spool.max_bytes = 4096;
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;
 
@@ -981,8 +877,10 @@ async fn spool_refusal_does_not_block_delivery_after_kafka_recovers() {
     let (mut broker, bootstrap, topic) = killed_broker("spool-refusal").await;
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
-    let mut setup = Setup { delivery_timeout: "3s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
-    setup.spool_max_bytes = 4096;
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, spool.path());
+
+    setup.sink.kafka.delivery_timeout = secs(3);
+    setup.spool.max_bytes = 4096;
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;
     // One pair too big for the 4 KiB spool, while Kafka is down: failed, refused, dropped (counted).
@@ -1016,8 +914,10 @@ async fn after_an_outage_fills_the_spool_new_pairs_reach_kafka_while_it_drains()
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     let spool = tempfile::tempdir().unwrap();
     // Long enough for librdkafka to reconnect to the restarted broker.
-    let mut setup = Setup { delivery_timeout: "5s", ..Setup::new(&fast, &reasoning, &bootstrap, &topic, spool.path()) };
-    setup.spool_max_bytes = 32 * 1024;
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, spool.path());
+
+    setup.sink.kafka.delivery_timeout = secs(5);
+    setup.spool.max_bytes = 32 * 1024;
     let mut s = start_in_process(&setup).await;
     let admin = s.app.admin_addr;
     let full = r#"untaken_pairs_dropped_total{reason="spool_full"}"#;
@@ -1082,15 +982,17 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
     // Throttled acknowledgements come in bursts seconds apart: a stall timeout past them
     // keeps the records in memory (the case a drain without a deadline never finished).
     // And a delivery timeout past the test, so no record times out into the spool first.
-    let mut setup = Setup {
-        grace: "2s",
-        delivery_timeout: "600s",
-        stall_timeout: "600s",
-        ..Setup::new(&fast, &reasoning, &bootstrap, &topic, &spool)
-    };
-    setup.spool_max_bytes = 512 * 1024 * 1024;
-    setup.routes[1].extra = "max_concurrency = 4096";
-    setup.extra = "[queue]\ncapacity = 16384\n[pairing]\nmax_pending = 50000\n".into();
+    let mut setup = config(&fast, &reasoning, &bootstrap, &topic, &spool);
+
+    setup.server.shutdown_grace = secs(2);
+
+    setup.sink.kafka.delivery_timeout = secs(600);
+
+    setup.sink.kafka.stall_timeout = secs(600);
+    setup.spool.max_bytes = 512 * 1024 * 1024;
+    setup.routes.get_mut("reasoning").unwrap().max_concurrency = Some(4096);
+    setup.queue.capacity = 16384;
+    setup.pairing.max_pending = 50000;
     let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
     let client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
 
@@ -1129,7 +1031,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         t0.elapsed(),
         n as f64 - published - spooled
     );
-    let window = (untaken::publisher::MAX_IN_FLIGHT + untaken::engine::RECORDS_CHANNEL) as f64;
+    let window = (untaken::sidecar::publisher::MAX_IN_FLIGHT + untaken::sidecar::finish::RECORDS_CHANNEL) as f64;
     assert!(n as f64 - published - spooled > window, "more must wait than the delivery window holds: {}", interesting(&m));
 
     let term = Instant::now();
@@ -1150,7 +1052,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         *copies.entry(v["pair_id"].as_str().unwrap().to_string()).or_default() += 1;
         smallest = smallest.min(c.payload.len());
     }
-    let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool_max_bytes).unwrap();
+    let (disk, found) = untaken::sink::spool::Spool::open(&spool, setup.spool.max_bytes).unwrap();
     assert_eq!(found.corrupt, 0, "{found:?}");
     while let Some(batch) = disk.oldest().unwrap() {
         for r in &batch.records {
@@ -1185,7 +1087,9 @@ async fn sigterm_with_kafka_down_exits_within_grace_plus_margin() {
     let topic = common::app::topic("term-kafka-down");
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
     // First run: fill the spool, then SIGKILL.
-    let mut setup = Setup { delivery_timeout: "1s", ..Setup::new(&fast, &reasoning, &dead_addr(), &topic, &spool) };
+    let mut setup = config(&fast, &reasoning, &dead_addr(), &topic, &spool);
+
+    setup.sink.kafka.delivery_timeout = secs(1);
     let mut sc = spawn_binary(&mut setup, dir.path(), "first.log").await;
     let mut client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
     for i in 0..5 {
@@ -1195,11 +1099,16 @@ async fn sigterm_with_kafka_down_exits_within_grace_plus_margin() {
     sc.sigkill();
     // Second run: Kafka still down, the production delivery timeout; replay starts at once
     // and its sends wait for Kafka. SIGTERM once start-up's metadata probe (10 s) is over.
-    setup.delivery_timeout = "30s";
-    setup.grace = "1s";
+    setup.sink.kafka.delivery_timeout = secs(30);
+    setup.server.shutdown_grace = secs(1);
     let started = Instant::now();
     let mut sc = spawn_binary(&mut setup, dir.path(), "second.log").await;
-    tokio::time::sleep(Duration::from_secs(11).saturating_sub(started.elapsed())).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sc.log_text().contains("kafka not reachable yet") {
+        assert!(Instant::now() < deadline, "start-up's metadata probe never gave up:\n{}", sc.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("[term-kafka-down] metadata probe over {:?} after start", started.elapsed());
     let term = Instant::now();
     sc.sigterm();
     let status = sc.wait_exit(Duration::from_secs(40)).await;
@@ -1217,7 +1126,9 @@ async fn early_sigterm_with_kafka_down_exits_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let topic = common::app::topic("early-term");
     let (fast, reasoning) = (upstream("fast", answer(5)).await, upstream("reasoning", answer(5)).await);
-    let mut setup = Setup { grace: "1s", ..Setup::new(&fast, &reasoning, &dead_addr(), &topic, &dir.path().join("spool")) };
+    let mut setup = config(&fast, &reasoning, &dead_addr(), &topic, &dir.path().join("spool"));
+
+    setup.server.shutdown_grace = secs(1);
     let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
     let term = Instant::now();
     sc.sigterm();

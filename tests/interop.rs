@@ -8,7 +8,7 @@ use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_router_and_grader_use_only_the_published_contract() {
-    let t = common::app::spawn_app("python", "").await;
+    let t = common::app::spawn_app("python", |_| {}).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/run.sh");
     let (addr, bootstrap, topic) = (t.app.grpc_addr.to_string(), t.bootstrap.clone(), t.topic.clone());
     let out = tokio::task::spawn_blocking(move || Command::new("bash").args([script, &addr, &bootstrap, &topic]).output())

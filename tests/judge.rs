@@ -22,7 +22,8 @@ use untaken::proto::v1::{GradeOutcome, GradeRecord, PairKind, PairRecord};
 use untaken::record::{self, Encoded, Half, PairMeta, RouteInfo, Source};
 use untaken::sink::kafka::KafkaSink;
 
-use common::app::{metric, topic};
+use common::app::topic;
+use common::metrics::metric;
 use common::kafka::{consume_async, create_topic_async, shared_bootstrap_async};
 use common::proc::{free_port, Sidecar};
 

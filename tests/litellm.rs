@@ -174,7 +174,7 @@ async fn litellm_proxy_one_phase_pairs_the_same() {
 
 async fn pairs_through_a_real_proxy(pairing: &str) {
     let venv = tokio::task::spawn_blocking(litellm_venv).await.unwrap();
-    let t = common::app::spawn_app(&format!("litellm-{pairing}"), "").await;
+    let t = common::app::spawn_app(&format!("litellm-{pairing}"), |_| {}).await;
     let work = tempfile::tempdir().unwrap();
     // The example config as shipped; only its os.environ/ values are set here.
     let config = Path::new(ROOT).join("integrations/litellm/config.example.yaml");

@@ -16,14 +16,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::app::{config_toml, mirror_req, primary_answer, topic};
+use common::app::{mirror_req, primary_answer, test_config, topic};
 use common::kafka::{create_topic_async, shared_bootstrap_async};
 use common::proc::free_port;
 use tokio_util::sync::CancellationToken;
 use untaken::judge::fake::{FakeJudge, Preference};
-use untaken::proto::v1::mirror_client::MirrorClient;
 use untaken::proto::v1::{CompleteRequest, MirrorRequest};
 use untaken::simulate::{Behaviour, FakeUpstream};
 
@@ -67,20 +66,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Polls `url` until its text contains `needle` (30 s at most); returns the text.
-async fn wait_for(url: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = match reqwest::get(url).await {
-            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-            _ => String::new(),
-        };
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{url} did not show `{needle}` within 30 s:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Polls the /metrics of `admin` until it contains `needle` (30 s at most); returns the text.
+async fn wait_for(admin: SocketAddr, needle: &str) -> String {
+    common::metrics::wait_metrics(admin, &format!("`{needle}`"), Duration::from_secs(30), |m| m.contains(needle)).await
 }
 
 /// A sidecar that has been through every path that creates a series: a pair
@@ -96,25 +84,24 @@ async fn sidecar_exposition(bootstrap: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     // The producer refuses records over 100 kB: the large pair below is dropped.
-    let extra = "[sink.kafka.librdkafka]\n\"message.max.bytes\" = \"100000\"\n";
-    let text = config_toml(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &pairs, spool.to_str().unwrap(), extra);
-    let file = dir.path().join("untaken.toml");
-    std::fs::write(&file, &text).unwrap();
-    let mut config = untaken::config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    let mut config = test_config(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &pairs, &spool);
+    config.sink.kafka.librdkafka = serde_json::from_value(serde_json::json!({"message.max.bytes": "100000"})).unwrap();
     config.routes.get_mut("reasoning").expect("route reasoning").budget_usd_per_hour = Some(50.0);
-    let app = untaken::app::start(config, Some(file.clone())).await.expect("sidecar starts");
-    let mut client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.expect("grpc connect");
-    let url = format!("http://{}/metrics", app.admin_addr);
+    let file = dir.path().join("untaken.toml");
+    common::config::write(&config, &file);
+    let app = common::app::start(config, Some(file.clone())).await;
+    let mut client = common::app::client(&app).await;
+    let url = app.admin_addr;
 
     client.mirror(mirror_req("small", "fast", Some(primary_answer("p")))).await.unwrap();
     let big = serde_json::json!({"model": "fast-model", "messages": [{"role": "user", "content": "x".repeat(200_000)}]});
     let big = MirrorRequest { request_body: serde_json::to_vec(&big).unwrap(), ..mirror_req("big", "fast", Some(primary_answer("p"))) };
     client.mirror(big).await.unwrap();
     client.complete(CompleteRequest { request_id: "never-mirrored".into(), primary: Some(primary_answer("p")) }).await.ok();
-    wait_for(&url, "untaken_pairs_published_total 1").await;
-    wait_for(&url, r#"untaken_pairs_dropped_total{reason="rejected_permanently"} 1"#).await;
+    wait_for(url, "untaken_pairs_published_total 1").await;
+    wait_for(url, r#"untaken_pairs_dropped_total{reason="rejected_permanently"} 1"#).await;
     std::fs::write(&file, "[server\nnot toml").unwrap();
-    let exposition = wait_for(&url, r#"untaken_config_reloads_total{reason="invalid"}"#).await;
+    let exposition = wait_for(url, r#"untaken_config_reloads_total{reason="invalid"}"#).await;
     app.shutdown();
     app.wait().await;
     (exposition, pairs)
@@ -136,9 +123,9 @@ async fn judge_exposition(bootstrap: &str, pairs: &str) -> String {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let worker = tokio::spawn(async move { untaken::judge::run_kafka(&config, s).await });
-    let url = format!("http://{admin}/metrics");
-    wait_for(&url, "untaken_judge_grades_published_total{").await;
-    let exposition = wait_for(&url, "untaken_judge_offsets_committed_total 1").await;
+    let url = admin;
+    wait_for(url, "untaken_judge_grades_published_total{").await;
+    let exposition = wait_for(url, "untaken_judge_offsets_committed_total 1").await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), worker).await.expect("judge stops").unwrap().expect("judge ran");
     exposition

@@ -3,10 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use common::app::{config_toml, metric, metrics, mirror_req, primary_answer, spawn_app, TestApp};
+use common::app::{metrics, mirror_req, primary_answer, spawn_app, test_config, TestApp};
 use common::kafka::{consume_async, shared_bootstrap_async};
+use common::metrics::{metric, wait_metrics, wait_ready_status};
+use untaken::config::Config;
+use untaken::redact::RedactionRule;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use untaken::proto::v1::mirror_client::MirrorClient;
@@ -21,7 +25,7 @@ async fn mirror_health(channel: tonic::transport::Channel) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_metrics_health_and_reflection() {
-    let mut t = spawn_app("ops", "").await;
+    let mut t = spawn_app("ops", |_| {}).await;
     let admin = format!("http://{}", t.app.admin_addr);
     assert_eq!(reqwest::get(format!("{admin}/live")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(format!("{admin}/ready")).await.unwrap().status(), 200);
@@ -58,15 +62,14 @@ async fn probes_metrics_health_and_reflection() {
 /// Complete still joins a pair whose shadow call is in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_refuses_new_work_and_still_completes_pending_pairs() {
-    let mut t = spawn_app("drain", "[server]\nshutdown_grace = \"3s\"\n").await;
+    let mut t = spawn_app("drain", |c| c.server.shutdown_grace = Duration::from_secs(3)).await;
     t.reasoning.set(Behaviour::Answer { delay: Duration::from_millis(1500) });
     assert!(t.client.mirror(mirror_req("d-1", "fast", None)).await.unwrap().into_inner().sampled);
     let admin = format!("http://{}", t.app.admin_addr);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.app.grpc_addr)).unwrap().connect().await.unwrap();
     let token = t.app.shutdown_token();
     token.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+    wait_ready_status(t.app.admin_addr, 503, Duration::from_secs(10)).await;
     assert_eq!(reqwest::get(format!("{admin}/ready")).await.unwrap().status(), 503);
     assert_eq!(mirror_health(channel).await, ServingStatus::NotServing as i32);
     let refused = t.client.mirror(mirror_req("d-2", "fast", None)).await.unwrap_err();
@@ -88,8 +91,7 @@ async fn bearer_token_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let extra = format!("[server]\nauth_token_file = {:?}\n", token_file.display().to_string());
-    let mut t = spawn_app("auth", &extra).await;
+    let mut t = spawn_app("auth", |c| c.server.auth_token_file = Some(token_file.clone())).await;
     let err = t.client.mirror(mirror_req("a-1", "fast", None)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let mut bad = tonic::Request::new(mirror_req("a-2", "fast", None));
@@ -129,17 +131,13 @@ async fn bearer_token_is_required_when_configured() {
 /// the number that was hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_inflight_returns_to_zero_when_the_drain_cancels_calls() {
-    let t = spawn_app("inflight", "[server]\nshutdown_grace = \"200ms\"\n").await;
+    let t = spawn_app("inflight", |c| c.server.shutdown_grace = Duration::from_millis(200)).await;
     t.reasoning.set(Behaviour::Hang);
     let mut client = t.client.clone();
     for i in 0..3 {
         assert!(client.mirror(mirror_req(&format!("h-{i}"), "fast", Some(primary_answer("p")))).await.unwrap().into_inner().sampled);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&metrics(&t.app).await, "untaken_shadow_inflight") < 3.0 {
-        assert!(std::time::Instant::now() < deadline, "3 shadow calls never in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metrics(t.app.admin_addr, "3 shadow calls in flight", Duration::from_secs(10), |m| metric(m, "untaken_shadow_inflight") >= 3.0).await;
     let engine = t.app.engine.clone();
     t.app.shutdown();
     t.app.wait().await;
@@ -154,60 +152,48 @@ async fn hot_reload_changes_the_rate_and_a_bad_reload_keeps_the_old_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("untaken.toml");
     let topic = common::app::topic("reload");
-    let write = |rate: &str, extra: &str| {
-        let text = config_toml(&up.url(), &up.url(), &up.url(), &bootstrap, &topic, dir.path().join("spool").to_str().unwrap(), &format!("[sampling]\ndefault_rate = {rate}\n{extra}"));
-        std::fs::write(&path, text).unwrap();
+    let mut config = test_config(&up.url(), &up.url(), &up.url(), &bootstrap, &topic, &dir.path().join("spool"));
+    config.sampling.default_rate = 0.0;
+    let mut edits = 0;
+    // Writes the file and moves its mtime on by a second per edit, as a ConfigMap
+    // update does; the reload loop notices a changed mtime within a second.
+    let mut edit = |config: &Config, path: &Path| {
+        edits += 1;
+        // Not `common::config::write`: the last edit is a file the reload must reject.
+        std::fs::write(path, common::config::to_toml(config)).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(edits)).unwrap();
     };
-    write("0.0", "");
-    let config = untaken::config::load(Some(&path)).unwrap();
-    let app = untaken::app::start(config, Some(path.clone())).await.unwrap();
-    let mut client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+    edit(&config, &path);
+    let app = common::app::start(untaken::config::load(Some(&path)).unwrap(), Some(path.clone())).await;
+    let mut client = common::app::client(&app).await;
     let sampled = |c: &mut MirrorClient<_>, id: String| {
         let mut c = c.clone();
         async move { c.mirror(mirror_req(&id, "fast", Some(primary_answer("p")))).await.unwrap().into_inner() }
     };
     assert!(!sampled(&mut client, "before".into()).await.sampled);
+    let reloads = |n: f64| move |m: &str| metric(m, r#"untaken_config_reloads_total{reason="ok"}"#) >= n;
 
-    // Rate 0 → 1 by editing the file (as a ConfigMap update does).
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a different mtime second
-    write("1.0", "");
-    let mut i = 0;
-    let reloaded = loop {
-        i += 1;
-        let r = sampled(&mut client, format!("after-{i}")).await;
-        if r.sampled || i > 60 {
-            break r.sampled;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(reloaded, "the new rate took effect without a restart");
+    // Rate 0 → 1 by editing the file.
+    config.sampling.default_rate = 1.0;
+    edit(&config, &path);
+    wait_metrics(app.admin_addr, "the first reload", Duration::from_secs(30), reloads(1.0)).await;
+    assert!(sampled(&mut client, "after".into()).await.sampled, "the new rate took effect without a restart");
 
     // A restart-only key changed in the file (server.max_body_bytes): the reload applies
     // the rest and keeps the running value, as its log line says, until a restart.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let text = std::fs::read_to_string(&path).unwrap().replacen("[server]\n", "[server]\nmax_body_bytes = 100\n", 1);
-    std::fs::write(&path, text).unwrap();
-    for _ in 0..60 {
-        if metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#) >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    config.server.max_body_bytes = 100;
+    edit(&config, &path);
+    wait_metrics(app.admin_addr, "the second reload", Duration::from_secs(30), reloads(2.0)).await;
     assert_eq!(metric(&metrics(&app).await, r#"untaken_config_reloads_total{reason="ok"}"#), 2.0);
     let r = client.mirror(mirror_req("restart-only", "fast", Some(primary_answer("p")))).await;
     assert!(r.expect("a 2 KB body is within the running limit until a restart").into_inner().sampled);
 
     // A bad file is rejected, counted, and the old config (rate 1.0) stays in force.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    write("7.5", "");
-    let mut m = String::new();
-    for _ in 0..60 {
-        m = metrics(&app).await;
-        if metric(&m, r#"untaken_config_reloads_total{reason="invalid"}"#) >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    config.sampling.default_rate = 7.5;
+    edit(&config, &path);
+    let invalid = |m: &str| metric(m, r#"untaken_config_reloads_total{reason="invalid"}"#) >= 1.0;
+    let m = wait_metrics(app.admin_addr, "the bad reload to be rejected", Duration::from_secs(30), invalid).await;
     assert_eq!(metric(&m, r#"untaken_config_reloads_total{reason="invalid"}"#), 1.0, "{m}");
     assert!(sampled(&mut client, "still".into()).await.sampled, "old config still in force");
     app.shutdown();
@@ -216,15 +202,13 @@ async fn hot_reload_changes_the_rate_and_a_bad_reload_keeps_the_old_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redaction_and_opt_out_keep_data_out_of_kafka() {
-    let extra = r#"
-[redaction]
-rules = [
-  { name = "email", pattern = '[\w.+-]+@[\w-]+\.[\w.-]+' },
-  { name = "card", pattern = '\b(?:\d[ -]?){13,19}\b' },
-  { name = "phone", pattern = '\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}' },
-]
-"#;
-    let mut t: TestApp = spawn_app("redact", extra).await;
+    let rule = |name: &str, pattern: &str| RedactionRule { name: name.into(), pattern: pattern.into(), replacement: None };
+    let rules = vec![
+        rule("email", r"[\w.+-]+@[\w-]+\.[\w.-]+"),
+        rule("card", r"\b(?:\d[ -]?){13,19}\b"),
+        rule("phone", r"\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}"),
+    ];
+    let mut t: TestApp = spawn_app("redact", |c| c.redaction.rules = rules).await;
     let pii = "I am jane.doe@example.com, card 4111 1111 1111 1111, phone +1 (415) 555-0134";
     let body = serde_json::json!({"model": "fast-model", "messages": [{"role": "user", "content": pii}]});
     let mut req = mirror_req("pii-1", "fast", Some(primary_answer("Sure jane.doe@example.com")));
@@ -254,17 +238,15 @@ async fn api_keys_reach_the_upstream_and_nowhere_else() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("reasoning-key");
     std::fs::write(&key_file, "sk-live-DO-NOT-LEAK-42\n").unwrap();
-    // The base config's reasoning route gains an api_key_file; a second [routes.reasoning]
-    // table is not allowed, so patch the generated text.
     let bootstrap = shared_bootstrap_async().await;
     let up = FakeUpstream::start("any", Behaviour::Answer { delay: Duration::from_millis(1) }).await.unwrap();
     let topic = common::app::topic("secrets");
-    let text = config_toml(&up.url(), &up.url(), &up.url(), &bootstrap, &topic, dir.path().join("spool").to_str().unwrap(), "")
-        .replace("model = \"reasoning-model\"", &format!("model = \"reasoning-model\"\napi_key_file = {:?}", key_file.display().to_string()));
-    let config = untaken::config::from_toml(&text).unwrap();
+    let mut config = test_config(&up.url(), &up.url(), &up.url(), &bootstrap, &topic, &dir.path().join("spool"));
+    config.routes.get_mut("reasoning").unwrap().api_key_file = Some(key_file.clone());
     assert!(!format!("{config:?}").contains("DO-NOT-LEAK"), "config debug output holds only the path");
-    let app = untaken::app::start(config, None).await.unwrap();
-    let mut client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+    assert!(!common::config::to_toml(&config).contains("DO-NOT-LEAK"), "the config file holds only the path");
+    let app = common::app::start(config, None).await;
+    let mut client = common::app::client(&app).await;
     assert!(client.mirror(mirror_req("k-1", "fast", Some(primary_answer("p")))).await.unwrap().into_inner().sampled);
     let got = consume_async(&bootstrap, &topic, 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1);

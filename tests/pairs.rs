@@ -7,11 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::app::{chat, metric, metrics, mirror_req, primary_answer, spawn_app};
+use common::app::{chat, metrics, mirror_req, primary_answer, spawn_app};
+use common::metrics::metric;
 use common::kafka::{consume_async, record_count};
 use prost::Message;
 use serde_json::Value;
 use tonic::Code;
+use untaken::config::{Encoding, SamplingConfig, SamplingRule};
 use untaken::proto::v1::{CompleteRequest, MirrorRequest, PairRecord};
 
 fn json(c: &common::kafka::Consumed) -> Value {
@@ -20,7 +22,7 @@ fn json(c: &common::kafka::Consumed) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_phase_pair_reaches_kafka_with_both_answers() {
-    let mut t = spawn_app("one-phase", "").await;
+    let mut t = spawn_app("one-phase", |_| {}).await;
     let mut req = tonic::Request::new(mirror_req("req-1", "fast", Some(primary_answer("fast says 41"))));
     req.metadata_mut().insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
     let resp = t.client.mirror(req).await.unwrap().into_inner();
@@ -64,7 +66,7 @@ async fn one_phase_pair_reaches_kafka_with_both_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_pair_joins_on_complete() {
-    let mut t = spawn_app("two-phase", "").await;
+    let mut t = spawn_app("two-phase", |_| {}).await;
     let resp = t.client.mirror(mirror_req("req-2", "fast", None)).await.unwrap().into_inner();
     assert!(resp.sampled);
     let done = t
@@ -101,7 +103,7 @@ async fn two_phase_pair_joins_on_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_half_is_published_when_the_pairing_timeout_expires() {
-    let mut t = spawn_app("timeout", "[pairing]\ntimeout = \"1s\"\n").await;
+    let mut t = spawn_app("timeout", |c| c.pairing.timeout = Duration::from_secs(1)).await;
     let resp = t.client.mirror(mirror_req("req-3", "fast", None)).await.unwrap().into_inner();
     assert!(resp.sampled);
     let got = consume_async(&t.bootstrap, &t.topic, 1, Duration::from_secs(30)).await;
@@ -123,9 +125,14 @@ async fn missing_half_is_published_when_the_pairing_timeout_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_fraction_matches_the_documented_hash_and_every_sample_is_published() {
-    let extra = "[sampling]\nsalt = \"fraction-test\"\ndefault_rate = 0.2\n[[sampling.rules]]\nslice = \"ood\"\nrate = 1.0\n";
-    let mut t = spawn_app("fraction", extra).await;
-    let sampler = untaken::sampling::Sampler::new(&untaken::config::from_toml(extra).unwrap().sampling);
+    let sampling = SamplingConfig {
+        salt: "fraction-test".into(),
+        default_rate: 0.2,
+        rules: vec![SamplingRule { slice: Some("ood".into()), route_taken: None, rate: 1.0 }],
+        ..Default::default()
+    };
+    let sampler = untaken::sampling::Sampler::new(&sampling);
+    let mut t = spawn_app("fraction", |c| c.sampling = sampling).await;
     let n = 400;
     let mut expected = 0;
     for i in 0..n {
@@ -156,7 +163,7 @@ async fn sampled_fraction_matches_the_documented_hash_and_every_sample_is_publis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counterfactual_follows_the_catalog_and_the_override() {
-    let mut t = spawn_app("routes", "").await;
+    let mut t = spawn_app("routes", |_| {}).await;
     let a = t.client.mirror(mirror_req("r-reasoning", "reasoning", Some(primary_answer("slow")))).await.unwrap().into_inner();
     assert_eq!(a.shadow_route, "fast");
     let mut req = mirror_req("r-override", "fast", Some(primary_answer("fast")));
@@ -180,7 +187,7 @@ async fn counterfactual_follows_the_catalog_and_the_override() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_records_decode_with_the_published_schema() {
-    let mut t = spawn_app("protobuf", "[sink]\nencoding = \"protobuf\"\n").await;
+    let mut t = spawn_app("protobuf", |c| c.sink.encoding = Encoding::Protobuf).await;
     t.client.mirror(mirror_req("pb-1", "fast", Some(primary_answer("p")))).await.unwrap();
     let got = consume_async(&t.bootstrap, &t.topic, 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1);
@@ -201,7 +208,10 @@ async fn protobuf_records_decode_with_the_published_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_published() {
-    let mut t = spawn_app("bad-input", "[server]\nmax_body_bytes = 4096\nmax_labels = 4\n").await;
+    let mut t = spawn_app("bad-input", |c| {
+        c.server.max_body_bytes = 4096;
+        c.server.max_labels = 4;
+    }).await;
     let ok = || mirror_req("bad", "fast", Some(primary_answer("p")));
     let cases: Vec<(MirrorRequest, &str)> = vec![
         (MirrorRequest { request_id: String::new(), ..ok() }, "request_id"),
@@ -231,7 +241,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_published
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_pairs_ask_the_route_taken_again() {
-    let mut t = spawn_app("control", "[sampling]\ndefault_rate = 1.0\ncontrol_rate = 0.5\n").await;
+    let mut t = spawn_app("control", |c| c.sampling.control_rate = 0.5).await;
     let n = 60;
     let mut control_ids = Vec::new();
     for i in 0..n {

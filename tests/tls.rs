@@ -55,13 +55,12 @@ async fn client(addr: std::net::SocketAddr, ca: &str, identity: Option<&(String,
 async fn mutual_tls_admits_only_clients_signed_by_the_configured_ca() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[server]\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
-        write(dir.path(), "server.pem", &pki.server.0),
-        write(dir.path(), "server.key", &pki.server.1),
-        write(dir.path(), "ca.pem", &pki.ca_pem),
-    );
-    let t = common::app::spawn_app("mtls", &extra).await;
+    let tls = untaken::config::TlsConfig {
+        cert_file: write(dir.path(), "server.pem", &pki.server.0).into(),
+        key_file: write(dir.path(), "server.key", &pki.server.1).into(),
+        client_ca_file: Some(write(dir.path(), "ca.pem", &pki.ca_pem).into()),
+    };
+    let t = common::app::spawn_app("mtls", |c| c.server.tls = Some(tls)).await;
     let addr = t.app.grpc_addr;
     let req = || common::app::mirror_req("tls-1", "fast", Some(common::app::primary_answer("p")));
 

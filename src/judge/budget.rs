@@ -17,7 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::config::LimitsConfig;
-use crate::admission::SpendWindow;
+use crate::sidecar::admission::SpendWindow;
 
 pub struct JudgeLimits {
     rate: Option<DefaultDirectRateLimiter>,

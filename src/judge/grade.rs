@@ -39,8 +39,6 @@ pub enum Order {
 }
 
 impl Order {
-    pub const BOTH: [Order; 2] = [Order::PrimaryFirst, Order::CounterfactualFirst];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Order::PrimaryFirst => "primary_first",

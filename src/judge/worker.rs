@@ -36,7 +36,7 @@ use super::offsets::{OffsetTracker, Ticket};
 use super::{decode_pair, JudgeError};
 use crate::config::Encoding;
 use crate::sink::kafka::KafkaSink;
-use crate::sink::SinkError;
+use crate::sink::{Sink as _, SinkError};
 
 /// Commits come at most this often, even when the window fills faster.
 const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);

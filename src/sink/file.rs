@@ -37,7 +37,19 @@ impl FileSink {
             .map_err(std::io::Error::other)?
     }
 
-    pub fn flush_blocking(&self) -> Result<(), super::SinkError> {
+}
+
+impl super::Sink for FileSink {
+    async fn send(&self, record: &Encoded) -> Result<(), super::SinkError> {
+        Ok(self.append(record).await?)
+    }
+
+    /// Fsyncs the file; the timeout does not apply (a local disk).
+    fn flush_blocking(&self, _timeout: std::time::Duration) -> Result<(), super::SinkError> {
         Ok(self.file.lock().expect("file sink lock").sync_data()?)
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
 }

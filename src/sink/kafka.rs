@@ -184,14 +184,24 @@ impl KafkaSink {
             SinkError::Kafka(e)
         }
     }
+}
+
+impl super::Sink for KafkaSink {
+    async fn send(&self, record: &Encoded) -> Result<(), SinkError> {
+        KafkaSink::send(self, record).await
+    }
 
     /// Fails every queued and in-flight record back to its sender (which spools it).
-    pub fn purge(&self) {
+    fn purge(&self) {
         self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
     /// Blocks until librdkafka's queue is delivered or `timeout` passes.
-    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
+    fn flush_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
         self.producer.flush(timeout).map_err(SinkError::Kafka)
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka topic {} at {}", self.topic, self.brokers)
     }
 }

@@ -650,10 +650,17 @@ mod tests {
                 let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
                 let mut model = Model::default();
                 let mut next_id = 0u64;
+                // Each record's size, so what comes back is compared whole, not by id alone.
+                let mut sizes: Vec<usize> = Vec::new();
+                let same = |got: &Encoded, sizes: &[usize]| {
+                    let id: u64 = got.pair_id[1..].parse().unwrap();
+                    *got == record(id, sizes[id as usize])
+                };
                 for op in ops {
                     match op {
                         Op::Append(size) => {
                             spool.append(&record(next_id, size)).unwrap();
+                            sizes.push(size);
                             if !model.active {
                                 model.segments.push(Vec::new());
                                 model.active = true;
@@ -675,6 +682,7 @@ mod tests {
                                 model.segments[0].iter().filter(|(_, d)| !d).map(|(id, _)| format!("p{id}")).collect();
                             let got: Vec<String> = batch.records.iter().map(|r| r.pair_id.clone()).collect();
                             prop_assert_eq!(&got, &want, "oldest segment's undelivered records, in order");
+                            prop_assert!(batch.records.iter().all(|r| same(r, &sizes)), "records come back byte for byte");
                             let took: Vec<usize> = (0..got.len()).filter(|i| mask[i % mask.len()]).collect();
                             spool.mark_delivered(&batch, took.iter().copied());
                             for i in &took {
@@ -705,6 +713,7 @@ mod tests {
                         model.segments.remove(0).into_iter().filter(|(_, d)| !d).map(|(id, _)| format!("p{id}")).collect();
                     let got: Vec<String> = batch.records.iter().map(|r| r.pair_id.clone()).collect();
                     prop_assert_eq!(got, want);
+                    prop_assert!(batch.records.iter().all(|r| same(r, &sizes)), "records come back byte for byte");
                     spool.mark_delivered(&batch, 0..batch.records.len());
                     spool.remove(batch).unwrap();
                 }

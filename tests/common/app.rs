@@ -3,13 +3,17 @@
 //! Every integration test that needs a running sidecar goes through here.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use untaken::app::Running;
+use untaken::app::{Listeners, Running};
+use untaken::config::{Config, RouteConfig};
 use untaken::proto::v1::mirror_client::MirrorClient;
 use untaken::proto::v1::{Answer, MirrorRequest};
 use untaken::simulate::{Behaviour, FakeUpstream};
+
+use super::config;
 
 pub struct TestApp {
     pub app: Running,
@@ -27,75 +31,56 @@ pub fn topic(name: &str) -> String {
     format!("untaken-test-{name}-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Config for the three fake routes, a Kafka sink on `topic`, and `extra` TOML
-/// (which may add `[sampling]`, `[pairing]`... sections; keys must not repeat).
-pub fn config_toml(fast: &str, reasoning: &str, cheap: &str, bootstrap: &str, topic: &str, spool: &str, extra: &str) -> String {
-    let sampling = if extra.contains("[sampling]") { "" } else { "[sampling]\ndefault_rate = 1.0\n" };
-    // Lines of a leading `[server]` section in `extra` join the base server section.
-    let (server_extra, extra) = match extra.strip_prefix("[server]\n") {
-        Some(rest) => {
-            let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
-            (&rest[..end], &rest[end..])
-        }
-        None => ("", extra),
+/// The three fake routes (`fast` ⇄ `reasoning`, `cheap` never shadowed), a Kafka sink
+/// on `topic` and a spool in `spool`, every request sampled: the config `spawn_app`
+/// starts with, before the test's own changes.
+pub fn test_config(fast: &str, reasoning: &str, cheap: &str, bootstrap: &str, topic: &str, spool: &Path) -> Config {
+    let mut c = config::base(bootstrap, topic, spool);
+    let priced = |url: &str, model: &str, counterfactual: &str, input: f64, output: f64| RouteConfig {
+        counterfactual: Some(counterfactual.to_string()),
+        input_usd_per_mtok: input,
+        output_usd_per_mtok: output,
+        ..config::route(url, model)
     };
-    let grace = if server_extra.contains("shutdown_grace") { "" } else { "shutdown_grace = \"5s\"" };
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{grace}
-{server_extra}
-[log]
-format = "text"
-{sampling}
-[routes.fast]
-url = "{fast}"
-model = "fast-model"
-counterfactual = "reasoning"
-timeout = "2s"
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.60
-[routes.reasoning]
-url = "{reasoning}"
-model = "reasoning-model"
-counterfactual = "fast"
-timeout = "2s"
-input_usd_per_mtok = 1.10
-output_usd_per_mtok = 4.40
-[routes.cheap]
-url = "{cheap}"
-model = "cheap-model"
-timeout = "2s"
-[sink.kafka]
-brokers = "{bootstrap}"
-topic = "{topic}"
-delivery_timeout = "10s"
-[spool]
-dir = "{spool}"
-fsync_interval = "100ms"
-{extra}
-"#
-    )
+    c.routes.insert("fast".into(), priced(fast, "fast-model", "reasoning", 0.15, 0.60));
+    c.routes.insert("reasoning".into(), priced(reasoning, "reasoning-model", "fast", 1.10, 4.40));
+    c.routes.insert("cheap".into(), config::route(cheap, "cheap-model"));
+    c.sink.kafka.delivery_timeout = Duration::from_secs(10);
+    c
 }
 
-pub async fn spawn_app(name: &str, extra: &str) -> TestApp {
+/// Starts the sidecar in-process on port-0 listeners and returns once `/ready`
+/// answers 200. `server.listen` and `server.admin_listen` are not used.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> Running {
+    let config = config::validated(config);
+    let listeners = Listeners::loopback().await.expect("bind 127.0.0.1:0");
+    let app = untaken::app::start_on(config, config_path, listeners).await.expect("sidecar starts");
+    super::metrics::wait_ready_status(app.admin_addr, 200, Duration::from_secs(30)).await;
+    app
+}
+
+/// A real tonic client connected to `app`.
+pub async fn client(app: &Running) -> MirrorClient<Channel> {
+    MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.expect("grpc connect")
+}
+
+/// The sidecar on the shared broker with [`test_config`] changed by `change`.
+pub async fn spawn_app(name: &str, change: impl FnOnce(&mut Config)) -> TestApp {
     let bootstrap = super::kafka::shared_bootstrap_async().await;
-    spawn_app_with(name, extra, &bootstrap).await
+    spawn_app_with(name, change, &bootstrap).await
 }
 
-pub async fn spawn_app_with(name: &str, extra: &str, bootstrap: &str) -> TestApp {
+pub async fn spawn_app_with(name: &str, change: impl FnOnce(&mut Config), bootstrap: &str) -> TestApp {
     let answer = Behaviour::Answer { delay: Duration::from_millis(5) };
     let fast = FakeUpstream::start("fast", answer.clone()).await.unwrap();
     let reasoning = FakeUpstream::start("reasoning", answer.clone()).await.unwrap();
     let cheap = FakeUpstream::start("cheap", answer).await.unwrap();
     let topic = topic(name);
     let spool = tempfile::tempdir().unwrap();
-    let text = config_toml(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &topic, spool.path().to_str().unwrap(), extra);
-    let config = untaken::config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    let app = untaken::app::start(config, None).await.expect("sidecar starts");
-    let client = MirrorClient::connect(format!("http://{}", app.grpc_addr)).await.expect("grpc connect");
+    let mut config = test_config(&fast.url(), &reasoning.url(), &cheap.url(), bootstrap, &topic, spool.path());
+    change(&mut config);
+    let app = start(config, None).await;
+    let client = client(&app).await;
     TestApp { app, client, fast, reasoning, cheap, topic, bootstrap: bootstrap.to_string(), spool }
 }
 
@@ -126,13 +111,5 @@ pub fn primary_answer(text: &str) -> Answer {
 
 /// The admin port's /metrics text.
 pub async fn metrics(app: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", app.admin_addr)).await.unwrap().text().await.unwrap()
-}
-
-/// The value of one metric series line (exact name and labels), 0 when absent.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
+    super::metrics::scrape(app.admin_addr).await
 }

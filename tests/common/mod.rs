@@ -1,5 +1,11 @@
 #![allow(dead_code)]
 
-pub mod kafka;
+//! The shared integration-test harness: [`app`] starts the sidecar in-process on
+//! port-0 listeners, [`config`] builds typed configs, [`metrics`] scrapes /metrics
+//! and waits for readiness, [`kafka`] runs a real broker, [`proc`] runs the binary.
+
 pub mod app;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
 pub mod proc;

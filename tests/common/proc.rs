@@ -110,10 +110,7 @@ impl Sidecar {
 
     /// The admin port's /metrics text; empty if it does not answer.
     pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("http://{}/metrics", self.admin)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        super::metrics::scrape(self.admin).await
     }
 
     /// SIGKILL and reap.

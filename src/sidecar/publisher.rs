@@ -18,7 +18,7 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Reason};
 use crate::record::Encoded;
 use crate::sink::spool::{Spool, SpoolError};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{ConfiguredSink, Sink, SinkError};
 
 /// Records sent to the sink at once; bounds the memory held by deliveries in flight.
 /// (512 held a single Kafka producer to 0.4× of kcat's rate; see BENCHMARKS.md.)
@@ -28,8 +28,10 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 pub const MAX_IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
 const KIB: usize = 1024;
 
-pub struct Publisher {
-    sink: Arc<Sink>,
+/// Generic over the [`Sink`] so its tests can drive it with a fake one (acks,
+/// failures, stalls); the sidecar runs it on the [`ConfiguredSink`].
+pub struct Publisher<S: Sink = ConfiguredSink> {
+    sink: Arc<S>,
     spool: Option<Arc<Spool>>,
     metrics: Arc<Metrics>,
     /// False after a failed delivery, until a replay succeeds: new records go
@@ -51,8 +53,8 @@ pub struct Publisher {
     drop_log: LogLimit,
 }
 
-impl Publisher {
-    pub fn new(sink: Arc<Sink>, spool: Option<Arc<Spool>>, metrics: Arc<Metrics>, stall_timeout: Duration) -> Arc<Self> {
+impl<S: Sink> Publisher<S> {
+    pub fn new(sink: Arc<S>, spool: Option<Arc<Spool>>, metrics: Arc<Metrics>, stall_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             sink,
             spool,
@@ -80,7 +82,7 @@ impl Publisher {
             && self.now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) > self.stall_timeout.as_millis() as u64
     }
 
-    pub fn sink(&self) -> &Arc<Sink> {
+    pub fn sink(&self) -> &Arc<S> {
         &self.sink
     }
 
@@ -94,9 +96,7 @@ impl Publisher {
     pub fn divert_to_spool(&self) {
         self.diverted.store(true, Ordering::SeqCst);
         self.healthy.store(false, Ordering::Relaxed);
-        if let Sink::Kafka(k) = self.sink.as_ref() {
-            k.purge();
-        }
+        self.sink.purge();
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -336,5 +336,250 @@ impl Publisher {
             }
             tracing::info!(records = results.len(), "replayed a spool segment");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The publisher against a fake sink whose every send acks, fails (transiently or
+    //! permanently) or stalls until told otherwise or purged, with a real spool on disk.
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use std::sync::Mutex;
+    use tokio::sync::watch;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Mode {
+        Ack,
+        Fail,
+        Reject,
+        Stall,
+    }
+
+    /// Answers every send as `mode` says when it is made; a stalled send waits for the
+    /// mode to change or for a purge (which fails it, as Kafka's purge does).
+    struct FakeSink {
+        mode: watch::Sender<Mode>,
+        purged: CancellationToken,
+        acked: Mutex<Vec<String>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl FakeSink {
+        fn new(mode: Mode) -> Arc<Self> {
+            Arc::new(Self {
+                mode: watch::Sender::new(mode),
+                purged: CancellationToken::new(),
+                acked: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+            })
+        }
+
+        fn set(&self, mode: Mode) {
+            self.mode.send_replace(mode);
+        }
+
+        fn acked_sorted(&self) -> Vec<String> {
+            let mut v = self.acked.lock().unwrap().clone();
+            v.sort();
+            v
+        }
+    }
+
+    struct Counted<'a>(&'a AtomicUsize);
+
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Sink for FakeSink {
+        async fn send(&self, record: &Encoded) -> Result<(), SinkError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let _counted = Counted(&self.in_flight);
+            let mut mode = self.mode.subscribe();
+            loop {
+                let current = *mode.borrow_and_update();
+                match current {
+                    Mode::Ack => {
+                        self.acked.lock().unwrap().push(record.pair_id.clone());
+                        return Ok(());
+                    }
+                    Mode::Fail => return Err(SinkError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure))),
+                    Mode::Reject => return Err(SinkError::Permanent(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))),
+                    Mode::Stall => tokio::select! {
+                        _ = self.purged.cancelled() => return Err(SinkError::Kafka(KafkaError::Canceled)),
+                        _ = mode.changed() => {}
+                    },
+                }
+            }
+        }
+
+        fn purge(&self) {
+            self.purged.cancel();
+        }
+
+        fn flush_blocking(&self, _timeout: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn record(i: usize) -> Encoded {
+        Encoded {
+            pair_id: format!("p{i:05}"),
+            key: format!("r{i}"),
+            headers: vec![("untaken-slice", "s".into())],
+            payload: vec![b'x'; 200],
+            slice: "s".into(),
+        }
+    }
+
+    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| record(i).pair_id).collect()
+    }
+
+    struct Setup {
+        sink: Arc<FakeSink>,
+        publisher: Arc<Publisher<FakeSink>>,
+        metrics: Arc<Metrics>,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    fn setup(mode: Mode, spool: bool, stall_timeout: Duration) -> Setup {
+        let sink = FakeSink::new(mode);
+        let metrics = Arc::new(Metrics::new());
+        let dir = spool.then(|| tempfile::tempdir().unwrap());
+        let spool = dir.as_ref().map(|d| Arc::new(Spool::open(d.path(), 1 << 30).unwrap().0));
+        let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall_timeout);
+        Setup { sink, publisher, metrics, _dir: dir }
+    }
+
+    impl Setup {
+        fn spooled(&self) -> u64 {
+            self.publisher.spool().map_or(0, |s| s.records())
+        }
+
+        fn dropped(&self, reason: &'static str) -> u64 {
+            self.metrics.pairs_dropped.get_or_create(&Reason { reason }).get()
+        }
+
+        /// Feeds `records` to [`Publisher::run`] and closes the channel: returns once
+        /// every one is delivered, spooled or counted.
+        async fn publish_all(&self, records: std::ops::Range<usize>) {
+            let (tx, rx) = mpsc::channel(records.len().max(1));
+            for i in records {
+                tx.try_send(record(i)).unwrap();
+            }
+            drop(tx);
+            let run = self.publisher.clone().run(rx, CancellationToken::new());
+            tokio::time::timeout(Duration::from_secs(30), run).await.expect("the publisher finishes");
+        }
+    }
+
+    /// Polls `done` every 5 ms; fails the test naming `what` after 20 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_records_are_published_once_and_never_spooled() {
+        let s = setup(Mode::Ack, true, Duration::from_secs(2));
+        s.publish_all(0..300).await;
+        assert_eq!(s.sink.acked_sorted(), ids(0..300), "each record reached the sink exactly once");
+        assert_eq!(s.metrics.pairs_published.get(), 300);
+        assert_eq!((s.metrics.pairs_spooled.get(), s.spooled()), (0, 0));
+        assert!(s.publisher.is_healthy());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_records_are_spooled_then_replayed_once_the_sink_recovers() {
+        let s = setup(Mode::Fail, true, Duration::from_secs(2));
+        s.publish_all(0..200).await;
+        assert!(s.sink.acked_sorted().is_empty());
+        assert_eq!((s.metrics.pairs_spooled.get(), s.spooled()), (200, 200), "every failed record is in the spool");
+        assert!(!s.publisher.is_healthy(), "after a failure new records go straight to the spool");
+
+        s.sink.set(Mode::Ack);
+        let stop = CancellationToken::new();
+        let replay = tokio::spawn(s.publisher.clone().run_spool(Duration::from_millis(20), stop.clone()));
+        until("the spool to replay", || s.spooled() == 0 && s.publisher.is_healthy()).await;
+        stop.cancel();
+        replay.await.unwrap();
+        assert_eq!(s.sink.acked_sorted(), ids(0..200), "each spooled record replayed exactly once");
+        assert_eq!(s.metrics.pairs_replayed.get(), 200);
+        assert_eq!(s.metrics.pairs_published.get(), 0, "nothing was acknowledged on the first try");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn permanent_rejections_and_failures_without_a_spool_are_counted_as_dropped() {
+        let s = setup(Mode::Reject, true, Duration::from_secs(2));
+        s.publish_all(0..20).await;
+        assert_eq!(s.dropped("rejected_permanently"), 20, "a record Kafka can never take is not retried");
+        assert_eq!(s.spooled(), 0);
+
+        let s = setup(Mode::Fail, false, Duration::from_secs(2));
+        s.publish_all(0..20).await;
+        assert_eq!(s.dropped("no_spool"), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stall_past_the_stall_timeout_sends_new_records_to_the_spool() {
+        let stall_timeout = Duration::from_millis(100);
+        let s = setup(Mode::Stall, true, stall_timeout);
+        let (tx, rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(s.publisher.clone().run(rx, stop.clone()));
+        for i in 0..5 {
+            tx.send(record(i)).await.unwrap();
+        }
+        until("5 sends waiting on the sink", || s.sink.in_flight.load(Ordering::SeqCst) == 5).await;
+        // What is under test is a timeout: no acknowledgement for longer than it.
+        tokio::time::sleep(stall_timeout + Duration::from_millis(50)).await;
+        tx.send(record(5)).await.unwrap();
+        until("the new record to be spooled", || s.spooled() == 1).await;
+        assert_eq!(s.sink.in_flight.load(Ordering::SeqCst), 5, "the new record did not join the stalled sends");
+
+        s.sink.set(Mode::Ack);
+        let replay = tokio::spawn(s.publisher.clone().run_spool(Duration::from_millis(20), stop.clone()));
+        until("the stalled sends and the spool to deliver", || s.sink.acked.lock().unwrap().len() == 6).await;
+        drop(tx);
+        stop.cancel();
+        run.await.unwrap();
+        replay.await.unwrap();
+        assert_eq!(s.sink.acked_sorted(), ids(0..6));
+        assert_eq!(s.spooled(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_sink_holds_at_most_the_window_and_the_shutdown_deadline_spools_everything() {
+        let s = setup(Mode::Stall, true, Duration::from_secs(3600));
+        let total = MAX_IN_FLIGHT + 100;
+        let (tx, rx) = mpsc::channel(total);
+        for i in 0..total {
+            tx.try_send(record(i)).unwrap();
+        }
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(s.publisher.clone().run(rx, stop.clone()));
+        until("the delivery window to fill", || s.sink.in_flight.load(Ordering::SeqCst) == MAX_IN_FLIGHT).await;
+        // What the shutdown does once its grace is over: purge and spool.
+        s.publisher.divert_to_spool();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), run).await.expect("the drain ends despite the stall").unwrap();
+        assert_eq!(s.sink.max_in_flight.load(Ordering::SeqCst), MAX_IN_FLIGHT, "never more sends waiting than the window");
+        assert_eq!(s.spooled(), total as u64, "every record, sent or waiting, is in the spool");
+        assert_eq!(s.dropped("spool_full") + s.dropped("spool_io") + s.dropped("no_spool"), 0);
+        drop(tx);
     }
 }

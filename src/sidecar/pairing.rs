@@ -149,11 +149,6 @@ impl Table {
             })
             .collect()
     }
-
-    /// The earliest deadline, so the sweeper sleeps exactly as long as it needs.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.expiry.first().map(|(d, _)| *d)
-    }
 }
 
 fn missing(p: &Pending) -> &'static str {
@@ -230,7 +225,6 @@ mod tests {
         t.insert(meta("b"), None, now + Duration::from_secs(1)).unwrap();
         t.counterfactual("a", half(Source::Untaken));
         assert!(t.expire(now + Duration::from_secs(4)).is_empty());
-        assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(5)));
         let out = t.expire(now + Duration::from_secs(5));
         assert_eq!(out.len(), 1);
         assert!(out[0].primary.is_none());
@@ -253,6 +247,6 @@ mod tests {
         let drained = t.drain("shutdown");
         assert_eq!(drained.len(), 2);
         assert!(drained[0].reason.contains("shutdown"));
-        assert!(t.is_empty() && t.next_deadline().is_none());
+        assert!(t.is_empty());
     }
 }
