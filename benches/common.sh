@@ -2,8 +2,9 @@
 # Shell helpers shared by the benchmarks (benches/run.sh, benches/judge.sh): logging,
 # process bookkeeping (every pid in PIDS is killed on exit), free ports, CPU and
 # memory of a process from /proc, and a single-node KRaft broker started with
-# tests/kafka/broker.sh. Sourced, not run. Expects ROOT, WORK, PIDS, PARTITIONS and
-# BROKER_SH to be set by the script that sources it.
+# tests/kafka/broker.sh (its settings are the test harness's: `broker.sh props`).
+# Sourced, not run. Expects ROOT, WORK, PIDS, PARTITIONS, BROKER_SH and KCAT (from
+# benches/tools.sh's require_tools) to be set by the script that sources it.
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -28,20 +29,6 @@ cleanup() {
     rm -rf "$WORK"
   fi
   exit "$rc"
-}
-
-ensure_kcat() { # installs kcat with apt-get when missing (needs root)
-  if ! command -v kcat >/dev/null; then
-    log "installing kcat (apt-get)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >"$WORK/kcat-install.log" 2>&1; then
-      apt-get update -qq >>"$WORK/kcat-install.log" 2>&1 || true
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >>"$WORK/kcat-install.log" 2>&1 ||
-        {
-          tail -n 20 "$WORK/kcat-install.log" >&2
-          die "apt-get install kcat failed"
-        }
-    fi
-  fi
 }
 
 forget_pid() { # remove a pid we stopped ourselves from the cleanup list
@@ -102,40 +89,13 @@ hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 start_broker() {
-  log "Kafka: fetching jars (tests/kafka/broker.sh fetch)"
-  bash "$BROKER_SH" fetch >/dev/null
   local dir="$WORK/kafka" cp
   mkdir -p "$dir"
   KPORT="$(free_port)"
   cp="$(free_port)"
   [[ "$cp" != "$KPORT" ]] || cp=$((KPORT + 1))
-  # The integration-test harness's single-node KRaft settings (tests/common/kafka.rs).
-  cat >"$dir/server.properties" <<EOF
-node.id=1
-process.roles=broker,controller
-listeners=PLAINTEXT://127.0.0.1:$KPORT,CONTROLLER://127.0.0.1:$cp
-advertised.listeners=PLAINTEXT://127.0.0.1:$KPORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:$cp
-log.dirs=$dir/data
-num.partitions=$PARTITIONS
-default.replication.factor=1
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-min.insync.replicas=1
-group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-EOF
+  # The integration-test harness's settings (tests/common/kafka.rs writes them the same way).
+  bash "$BROKER_SH" props "$dir" "$KPORT" "$cp" "num.partitions=$PARTITIONS" || die "broker.sh props failed"
   local cid
   cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
   bash "$BROKER_SH" format "$dir" "$cid" >"$dir/format.out" 2>&1 || {
@@ -149,7 +109,7 @@ EOF
   BROKERS="127.0.0.1:$KPORT"
   local i
   for ((i = 0; i < 900; i++)); do
-    if kcat -L -b "$BROKERS" -m 2 2>/dev/null | grep -q '1 brokers'; then
+    if "$KCAT" -L -b "$BROKERS" -m 2 2>/dev/null | grep -q '1 brokers'; then
       log "Kafka ready at $BROKERS (pid $BROKER_PID)"
       return 0
     fi

@@ -26,7 +26,8 @@
 #                                 BENCH_JUDGE_ALLOCATORS must name the one they were built with)
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
 #
-# Installs kcat with apt-get if missing (needs root). Every process it starts is
+# Installs nothing: kcat and the Kafka jars come from `bash benches/tools.sh` (it
+# stops naming that step when they are missing). Every process it starts is
 # killed on exit.
 set -euo pipefail
 
@@ -46,12 +47,14 @@ PEER="$ROOT/target/release/examples/judge_peer"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-judge-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
+# require_tools (sets KCAT)
+source "$ROOT/benches/tools.sh"
+# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ensure_kcat
+require_tools
 for t in curl awk ss; do command -v "$t" >/dev/null || die "$t not found"; done
 # One worker binary per allocator, built with and without the `mimalloc` feature and
 # copied into WORK (cargo keeps both builds cached, so switching is cheap).
@@ -77,13 +80,13 @@ GRADES="bench.grades.$RANDOM"
 
 log "writing $N pairs to $PAIRS ($PARTITIONS partitions)"
 "$PEER" pairs --count "$N" >"$WORK/pairs.txt"
-kcat -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
+"$KCAT" -P -b "$BROKERS" -t "$PAIRS" -K: -l "$WORK/pairs.txt"
 avg_bytes=$(awk -v n="$N" '{ s += length($0) } END { printf "%d", s / n }' "$WORK/pairs.txt")
 
 # --- (base) kcat reads the same records -------------------------------------------
 log "(base) kcat -C of $N records"
 /usr/bin/time -f '%e %U %S %M' -o "$WORK/kcat.time" \
-  kcat -C -b "$BROKERS" -t "$PAIRS" -o beginning -e -q -f '%o\n' >"$WORK/kcat.out"
+  "$KCAT" -C -b "$BROKERS" -t "$PAIRS" -o beginning -e -q -f '%o\n' >"$WORK/kcat.out"
 read -r K_WALL K_USER K_SYS K_RSS <"$WORK/kcat.time"
 K_COUNT=$(wc -l <"$WORK/kcat.out")
 [[ "$K_COUNT" == "$N" ]] || die "kcat read $K_COUNT records, expected $N"
@@ -132,7 +135,7 @@ now() { date +%s.%N; }
 run_worker() {
   local alloc="$1" group="bench-judge-$1-$RANDOM"
   write_config "$group"
-  kcat -P -b "$BROKERS" -t "$GRADES.$group" -K: /dev/null
+  "$KCAT" -P -b "$BROKERS" -t "$GRADES.$group" -K: /dev/null
   "$WORK/untaken-$alloc" check-config "$WORK/judge.toml" >&2
   log "(j) untaken judge ($alloc) grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
   local t0 t10="" t90="" tend="" maxfl=0 p t f wpid
@@ -168,7 +171,7 @@ run_worker() {
   hwm=$(hwm_kib "$wpid")
   cp "$WORK/metrics.txt" "$WORK/metrics-$alloc.txt"
   stop_pid "$wpid" 30
-  graded=$(kcat -C -b "$BROKERS" -t "$GRADES.$group" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
+  graded=$("$KCAT" -C -b "$BROKERS" -t "$GRADES.$group" -o beginning -e -q -f '%k\n' | sort -u | wc -l)
   calls=$(awk '$1 ~ /^untaken_judge_calls_total/ { s += $NF } END { printf "%d", s }' "$WORK/metrics-$alloc.txt")
   echo "$alloc $t0 $t10 $t90 $tend $ticks $hwm $graded $calls $maxfl" >>"$WORK/runs.txt"
   [[ "$graded" == "$N" ]] || die "($alloc) $graded distinct grades for $N pairs"

@@ -27,6 +27,7 @@
 #   BENCH_LITELLM_UPSTREAM_DELAY_MS=0  answer delay of the fake upstreams
 #   BENCH_SKIP_BUILD=1               use the binaries already in target/release
 #   UNTAKEN_TOOLS                    cache dir of the LiteLLM venv (default ~/.cache/untaken/tools)
+#   (installs nothing: the venv is made once by `bash benches/tools.sh litellm`; the script stops naming that step when it is missing or stale)
 #
 # Loopback only. Writes target/bench/litellm-<stamp>.md; every process it starts is
 # killed on exit and its temp dir removed.
@@ -96,7 +97,8 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
 fi
 BIN="$TARGET_DIR/release"
 log "LiteLLM venv"
-VENV="$(bash "$ROOT/integrations/litellm/venv.sh")"
+VENV="$(bash "$ROOT/integrations/litellm/venv.sh" --check)" ||
+  die "the LiteLLM venv is missing or stale; this benchmark installs nothing: fetch it once with bash benches/tools.sh litellm"
 LITELLM_VERSION="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
 
 start_upstream() { # name -> sets UP_BASE (…/v1)

@@ -14,11 +14,19 @@
 #   (e)    extra: untaken serve, sampling 10 %, fast upstream, Kafka down, at (a)'s
 #          rate for BENCH_KAFKA_DOWN_SOAK s (a Kafka outage; longer than the 30 s
 #          delivery timeout, so the switch to the spool is inside the run)
+#   (bm), (cm)  (b) and (c) again with untaken built with the other allocator
+#          (BENCH_ALLOCATORS: glibc's malloc and mimalloc, side by side)
 #   (k)    Kafka sink alone (examples/sink_bench.rs) vs kcat, same records
 # (a)-(c) use the same payload, concurrency and duration, closed loop (ghz -c),
-# repeated BENCH_ROUNDS times in a rotated order (a b c, b c a, c a b, ...): the
-# two cores are shared, so each target is judged on the median of the per-round
-# ratios, each ratio taken between runs of the same round.
+# repeated BENCH_ROUNDS times in a rotated order (a b c bm cm, b c bm cm a, ...):
+# the two cores are shared, so each target is judged on the median of the
+# per-round ratios, each ratio taken between runs of the same round.
+#
+# Tools: ghz, kcat and the Kafka jars are fetched once, by hand, with
+# `bash benches/tools.sh`; this script installs nothing and stops with a message
+# naming that step when one is missing. The broker is tests/kafka/broker.sh with
+# the test harness's settings (`broker.sh props`). The report is computed from
+# ghz's JSON by benches/run_report.py.
 #
 # Knobs (environment; BENCH_* on purpose: untaken reads UNTAKEN_* variables as
 # config, and builds before 97a9d09 refused unknown ones; it is started without any):
@@ -37,14 +45,19 @@
 #   BENCH_SHADOW_MAX_CONCURRENCY, BENCH_SHADOW_TIMEOUT  what-if: set max_concurrency
 #                          / timeout (e.g. 5s) on the shadow route in every untaken
 #                          config (unset: untaken's defaults, none / 60 s)
-#   BENCH_SKIP_BUILD=1     use the binaries already in target/release
+#   BENCH_ALLOCATORS="glibc mimalloc"  untaken builds measured side by side; the
+#                          first runs (c100), (d), (e) too. glibc: built with
+#                          --no-default-features; mimalloc: --features mimalloc
+#   BENCH_EXTRA_BIN=PATH   also measure this prebuilt untaken as (bx), (cx), e.g. a
+#                          build of an older commit: a before/after in the same run
+#   BENCH_EXTRA_NAME=NAME  what the report calls it (default "prebuilt")
+#   BENCH_SKIP_BUILD=1     use the binaries already in target/bench/bin
 #   BENCH_KEEP=1           keep the temp dir (logs, configs, ghz JSON)
-#   UNTAKEN_TOOLS          cache dir for ghz (default ~/.cache/untaken/tools)
+#   UNTAKEN_TOOLS          the tools cache dir of benches/tools.sh (default ~/.cache/untaken/tools)
 #
-# Writes: target/release (cargo), target/bench/ (results), the tools cache dir,
-# the Kafka jar cache of tests/kafka/broker.sh, and one temp dir it removes.
-# Installs kcat with apt-get if missing (needs root). Every process it starts is
-# killed on exit.
+# Writes: target/release (cargo), target/bench/ (results and the untaken builds
+# in target/bench/bin), and one temp dir it removes. Needs python3 and jq. Every
+# process it starts is killed on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,9 +75,9 @@ KRECORDS="${BENCH_KAFKA_RECORDS:-50000}"
 SINK_CONC="${BENCH_SINK_CONCURRENCY:-4096}"
 UP_DELAY="${BENCH_UPSTREAM_DELAY_MS:-0}"
 PARTITIONS="${BENCH_PARTITIONS:-3}"
-TOOLS="${UNTAKEN_TOOLS:-${HOME:-/tmp}/.cache/untaken/tools}"
-GHZ_VERSION="v0.121.0" # builds with Go 1.26
-GHZ="$TOOLS/bin/ghz"
+read -r -a ALLOCATORS <<<"${BENCH_ALLOCATORS:-glibc mimalloc}"
+[[ -n "${BENCH_EXTRA_BIN:-}" ]] && ALLOCATORS+=(prebuilt)
+C_RATE=0.1
 BROKER_SH="$ROOT/tests/kafka/broker.sh"
 TCK="$(getconf CLK_TCK)"
 OUT_DIR="$ROOT/target/bench"
@@ -73,7 +86,9 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/untaken-bench.XXXXXX")"
 PIDS=()
 
-# log, die, cleanup, ensure_kcat, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, rss_kib, start_broker
+# GHZ_VERSION, require_tools (sets GHZ and KCAT)
+source "$ROOT/benches/tools.sh"
+# log, die, cleanup, stop_pid, free_port, wait_line, cpu_ticks, hwm_kib, rss_kib, start_broker
 source "$ROOT/benches/common.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -93,28 +108,44 @@ host_cpu() { # busy (steal excluded), total and steal jiffies of the whole machi
 
 # ---------------------------------------------------------------- tools, build
 
-install_tools() {
-  if [[ ! -x "$GHZ" ]]; then
-    command -v go >/dev/null || die "go not found (needed once to install ghz)"
-    log "installing ghz $GHZ_VERSION into $TOOLS/bin (Go module proxy)"
-    mkdir -p "$TOOLS/bin"
-    GOBIN="$TOOLS/bin" GOMODCACHE="$TOOLS/go/mod" GOCACHE="$TOOLS/go/build" GOPATH="$TOOLS/go" GOFLAGS=-modcacherw \
-      go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION" >"$WORK/ghz-install.log" 2>&1 ||
-      {
-        tail -n 30 "$WORK/ghz-install.log" >&2
-        die "go install ghz failed"
-      }
-  fi
-  ensure_kcat
-  for t in jq ss curl awk; do command -v "$t" >/dev/null || die "$t not found"; done
+check_tools() {
+  require_tools
+  for t in python3 jq ss curl awk; do command -v "$t" >/dev/null || die "$t not found"; done
+}
+
+# The tag suffix of an allocator's runs: "" for the first (b, c), "m" for mimalloc (bm, cm).
+alloc_suffix() {
+  [[ "$1" == "${ALLOCATORS[0]}" ]] && return 0
+  case "$1" in
+    mimalloc) echo m ;;
+    glibc) echo g ;;
+    prebuilt) echo x ;;
+  esac
+}
+alloc_flags() {
+  case "$1" in
+    glibc) echo --no-default-features ;;
+    mimalloc) echo --features mimalloc ;;
+    prebuilt) echo "(prebuilt: ${BENCH_EXTRA_NAME:-prebuilt}, $BENCH_EXTRA_BIN)" ;;
+    *) die "BENCH_ALLOCATORS: unknown allocator '$1' (glibc, mimalloc)" ;;
+  esac
 }
 
 build() {
+  mkdir -p "$OUT_DIR/bin"
+  local alloc
   if [[ "${BENCH_SKIP_BUILD:-}" == 1 ]]; then
-    log "BENCH_SKIP_BUILD=1: using target/release as it is"
+    log "BENCH_SKIP_BUILD=1: using target/release and target/bench/bin as they are"
   else
-    log "cargo build --release (untaken, noop_mirror, fake_upstream, sink_bench)"
-    cargo build --release --quiet --bin untaken --example noop_mirror --example fake_upstream --example sink_bench
+    log "cargo build --release (noop_mirror, fake_upstream, sink_bench)"
+    cargo build --release --quiet --example noop_mirror --example fake_upstream --example sink_bench
+    for alloc in "${ALLOCATORS[@]}"; do
+      [[ "$alloc" == prebuilt ]] && continue
+      log "cargo build --release --bin untaken $(alloc_flags "$alloc") ($alloc)"
+      # shellcheck disable=SC2046
+      cargo build --release --quiet --bin untaken $(alloc_flags "$alloc")
+      cp "$ROOT/target/release/untaken" "$OUT_DIR/bin/untaken-$alloc"
+    done
   fi
   # What was measured: the commit and the uncommitted changes the build saw.
   SRC_STATE="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -126,11 +157,14 @@ build() {
     SRC_STATE+=" (clean)"
   fi
   log "source: $SRC_STATE"
-  BIN="$ROOT/target/release/untaken"
+  declare -gA BINS
+  for alloc in "${ALLOCATORS[@]}"; do BINS[$alloc]="$OUT_DIR/bin/untaken-$alloc"; done
+  [[ -n "${BENCH_EXTRA_BIN:-}" ]] && BINS[prebuilt]="$BENCH_EXTRA_BIN"
+  BIN="${BINS[${ALLOCATORS[0]}]}"
   NOOP="$ROOT/target/release/examples/noop_mirror"
   FAKE="$ROOT/target/release/examples/fake_upstream"
   SINKB="$ROOT/target/release/examples/sink_bench"
-  for b in "$BIN" "$NOOP" "$FAKE" "$SINKB"; do [[ -x "$b" ]] || die "missing $b"; done
+  for b in "${BINS[@]}" "$NOOP" "$FAKE" "$SINKB"; do [[ -x "$b" ]] || die "missing $b"; done
 }
 
 # --------------------------------------------------------------------- payload
@@ -283,7 +317,7 @@ msum() {
 
 # ------------------------------------------------------------------- scenarios
 
-declare -A RPS P50 P99 AVG COUNT ERRS CPU CPUUS HWM BUSY GHZCPU AUX OTHER STEAL
+declare -A RPS P50 P99 AVG COUNT ERRS CPU HWM BUSY GHZCPU AUX OTHER STEAL
 
 children_cpu() { # user+sys seconds of this shell's waited-for children so far
   # `times` must run in this shell, not in a $( ) subshell that has no children.
@@ -311,14 +345,8 @@ measure() {
   x1="$(aux_ticks)"
   read -r hb1 ht1 hs1 < <(host_cpu)
   local j="$WORK/ghz-$tag.json"
-  RPS[$tag]="$(jq -r '.rps' "$j")"
-  COUNT[$tag]="$(jq -r '.count' "$j")"
-  P50[$tag]="$(jq -r '[.latencyDistribution[] | select(.percentage == 50)][0].latency / 1e6' "$j")"
-  P99[$tag]="$(jq -r '[.latencyDistribution[] | select(.percentage == 99)][0].latency / 1e6' "$j")"
-  AVG[$tag]="$(jq -r '.average / 1e6' "$j")"
-  ERRS[$tag]="$(jq -r '[(.errorDistribution // {}) | to_entries[] | .value] | add // 0' "$j")"
+  read -r "RPS[$tag]" "COUNT[$tag]" "P50[$tag]" "P99[$tag]" "AVG[$tag]" "ERRS[$tag]" < <(python3 "$ROOT/benches/run_report.py" summary "$j")
   CPU[$tag]="$(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN { printf "%.2f", (b - a) / t }')"
-  CPUUS[$tag]="$(awk -v c="${CPU[$tag]}" -v n="${COUNT[$tag]}" 'BEGIN { printf "%.1f", (n > 0 ? c * 1e6 / n : 0) }')"
   HWM[$tag]="$(hwm_kib "$SERVER_PID")"
   BUSY[$tag]="$(awk -v a="$hb0" -v b="$hb1" -v x="$ht0" -v y="$ht1" 'BEGIN { printf "%.0f", 100 * (b - a) / (y - x) }')"
   # Steal: time our vCPUs were runnable but the hypervisor ran someone else's work.
@@ -329,8 +357,10 @@ measure() {
   # softirq time not charged to a process, any other process (host jiffies are
   # CLK_TCK units too).
   OTHER[$tag]="$(awk -v a="$hb0" -v b="$hb1" -v t="$TCK" -v s="${CPU[$tag]}" -v g="${GHZCPU[$tag]}" -v x="${AUX[$tag]}" 'BEGIN { o = (b - a) / t - s - g - x; printf "%.2f", (o < 0) ? 0 : o }')"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tag" "${CPU[$tag]}" "${GHZCPU[$tag]}" "${AUX[$tag]}" "${OTHER[$tag]}" \
+    "${STEAL[$tag]}" "${HWM[$tag]}" "${BUSY[$tag]}" >>"$WORK/runs.tsv"
   if [[ "${ERRS[$tag]}" != 0 ]]; then
-    log "$tag: ghz errors: $(jq -c '.errorDistribution' "$j")"
+    log "$tag: ghz errors: $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("errorDistribution"))' "$j")"
   fi
   log "$tag: $(printf '%.0f' "${RPS[$tag]}") rps, p50 ${P50[$tag]} ms, p99 ${P99[$tag]} ms, server cpu ${CPU[$tag]} s, ghz cpu ${GHZCPU[$tag]} s, broker+upstream cpu ${AUX[$tag]} s, other cpu ${OTHER[$tag]} s, steal ${STEAL[$tag]} s, VmHWM ${HWM[$tag]} KiB, errors ${ERRS[$tag]}"
 }
@@ -394,9 +424,9 @@ kafka_bench() {
     for ((k = 1; k <= KREPEATS; k++)); do
       topic="bench.kcat.$variant.$k.$STAMP"
       # First record: creates the topic and warms up, untimed (as in sink_bench).
-      kcat -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-warm.txt"
+      "$KCAT" -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-warm.txt"
       t0="$(date +%s.%N)"
-      kcat -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-timed.txt" ||
+      "$KCAT" -P -b "$BROKERS" -t "$topic" -K: "${hdrs[@]}" -X acks=all -X enable.idempotence=true "${extra[@]}" <"$WORK/records-timed.txt" ||
         die "kcat produce failed"
       t1="$(date +%s.%N)"
       vals+=" $(awk -v a="$t0" -v b="$t1" -v n="$KRECORDS" 'BEGIN { printf "%.0f", n / (b - a) }')"
@@ -427,10 +457,13 @@ declare -A KCAT KCAT_ALL SINK SINK_ALL
 
 # ----------------------------------------------------------------------- main
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 mkdir -p "$OUT_DIR"
-install_tools
+check_tools
 build
 write_payload
+: >"$WORK/runs.tsv"
 FAST_URL="http://127.0.0.1:9/unused" # overwritten below
 start_broker
 
@@ -439,8 +472,10 @@ FAST_URL="$UPSTREAM_URL"
 FAST_PID="$UPSTREAM_PID"
 log "fast fake upstream at $FAST_URL"
 
-run_scenario() { # a|b|c ROUND
-  local s="$1" r="$2"
+run_scenario() { # a|b|c|bm|cm ROUND
+  local s="$1" r="$2" alloc="${ALLOCATORS[0]}" a
+  for a in "${ALLOCATORS[@]}"; do [[ "${s:1}" == "$(alloc_suffix "$a")" ]] && alloc="$a"; done
+  BIN="${BINS[$alloc]}"
   case "$s" in
     a)
       log "(a) round $r: baseline no-op server"
@@ -448,48 +483,26 @@ run_scenario() { # a|b|c ROUND
       measure "a$r" "$DURATION"
       stop_pid "$SERVER_PID" 5
       ;;
-    b)
-      log "(b) round $r: untaken, sampling 0 %"
-      scenario_untaken "b$r" 0.0 "$FAST_URL" "$BROKERS" "bench.pairs.b$r.$STAMP" "$DURATION"
+    b*)
+      log "($s) round $r: untaken ($alloc), sampling 0 %"
+      scenario_untaken "$s$r" 0.0 "$FAST_URL" "$BROKERS" "bench.pairs.$s$r.$STAMP" "$DURATION"
       ;;
-    c)
-      log "(c) round $r: untaken, sampling 10 %, fast upstream, real Kafka"
-      scenario_untaken "c$r" 0.1 "$FAST_URL" "$BROKERS" "bench.pairs.c$r.$STAMP" "$DURATION"
+    c*)
+      log "($s) round $r: untaken ($alloc), sampling $C_RATE, fast upstream, real Kafka"
+      scenario_untaken "$s$r" "$C_RATE" "$FAST_URL" "$BROKERS" "bench.pairs.$s$r.$STAMP" "$DURATION"
       ;;
   esac
 }
-ORDER=(a b c)
+ORDER=(a)
+for alloc in "${ALLOCATORS[@]}"; do ORDER+=("b$(alloc_suffix "$alloc")" "c$(alloc_suffix "$alloc")"); done
 for ((r = 1; r <= ROUNDS; r++)); do
-  k=$(((r - 1) % 3))
-  for ((i = 0; i < 3; i++)); do run_scenario "${ORDER[$(((i + k) % 3))]}" "$r"; done
+  k=$(((r - 1) % ${#ORDER[@]}))
+  for ((i = 0; i < ${#ORDER[@]}; i++)); do run_scenario "${ORDER[$(((i + k) % ${#ORDER[@]}))]}" "$r"; done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
-# Median over rounds of a per-round quantity (RPS or P99) or of a per-round ratio.
-med_of() { # ARRAY SCENARIO
-  local -n arr="$1"
-  local r vals=""
-  for ((r = 1; r <= ROUNDS; r++)); do vals+=" ${arr[$2$r]}"; done
-  median <<<"$vals"
-}
-med_ratio() { # ARRAY NUM DEN
-  local -n arr="$1"
-  local r vals=""
-  for ((r = 1; r <= ROUNDS; r++)); do vals+=" $(ratio "${arr[$2$r]}" "${arr[$3$r]}")"; done
-  median <<<"$vals"
-}
-all_ratios() { # ARRAY NUM DEN -> "x / y / z"
-  local -n arr="$1"
-  local r out=()
-  for ((r = 1; r <= ROUNDS; r++)); do out+=("$(ratio "${arr[$2$r]}" "${arr[$3$r]}")"); done
-  local IFS=/
-  echo "${out[*]}" | sed 's|/| / |g'
-}
-BASE_RPS="$(printf '%.0f' "$(med_of RPS a)")"
-# (d)'s own healthy comparison for the p99 target is (c): its median p99.
-C_P99_MED="$(med_of P99 c)"
-log "(c100) untaken, sampling 100 %, fast upstream, real Kafka, at $BASE_RPS rps (median of (a))"
+BIN="${BINS[${ALLOCATORS[0]}]}"
+BASE_RPS="$(printf '%.0f' "$(python3 "$ROOT/benches/run_report.py" median "$WORK" rps a)")"
+log "(c100) untaken (${ALLOCATORS[0]}), sampling 100 %, fast upstream, real Kafka, at $BASE_RPS rps (median of (a))"
 scenario_untaken c100 1.0 "$FAST_URL" "$BROKERS" "bench.pairs.c100.$STAMP" "$DURATION" "$BASE_RPS"
 
 kafka_bench
@@ -499,8 +512,8 @@ stop_pid "$BROKER_PID" 20
 BROKER_PID=
 
 if [[ "$KDOWN_SOAK" != 0 ]]; then
-  log "(e) untaken, sampling 10 %, fast upstream, Kafka down, ${KDOWN_SOAK}s at $BASE_RPS rps"
-  soak e 0.1 "$FAST_URL" "$KDOWN_SOAK"
+  log "(e) untaken, sampling $C_RATE, fast upstream, Kafka down, ${KDOWN_SOAK}s at $BASE_RPS rps"
+  soak e "$C_RATE" "$FAST_URL" "$KDOWN_SOAK"
 fi
 stop_pid "$FAST_PID" 5
 
@@ -512,108 +525,29 @@ stop_pid "$HANG_PID" 5
 
 # --------------------------------------------------------------------- report
 
-verdict() { # VALUE OP LIMIT
-  awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN {
-    ok = (op == ">=") ? (v >= l) : (op == "<=") ? (v <= l) : (v < l); print ok ? "PASS" : "MISS" }'
-}
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-name_of() {
-  case "$1" in
-    a*) echo "(a) no-op tonic server, round ${1#a}" ;;
-    b*) echo "(b) untaken 0 %, round ${1#b}" ;;
-    c100) echo "(c100) untaken 100 %, Kafka up, -r $BASE_RPS [reference]" ;;
-    c*) echo "(c) untaken 10 %, Kafka up, round ${1#c}" ;;
-    d) echo "(d) untaken 100 %, upstream hangs, Kafka down, -r $BASE_RPS" ;;
-    e) echo "(e) [extra] untaken 10 %, fast upstream, Kafka down, -r $BASE_RPS" ;;
-  esac
-}
+# What the report needs besides the ghz JSON, /metrics snapshots and runs.tsv.
+export M_STAMP="$STAMP" M_SOURCE="$SRC_STATE" M_ROUNDS="$ROUNDS" M_BASE_RPS="$BASE_RPS" M_C_RATE="$C_RATE"
+export M_PARTITIONS="$PARTITIONS" M_THREADS_D="${THREADS[d]:-?}" M_FDS_D="${FDS[d]:-?}" M_THREADS_E="${THREADS[e]:-?}" M_FDS_E="${FDS[e]:-?}"
+export M_ALLOCS="$(for a in "${ALLOCATORS[@]}"; do printf '%s\t%s\t%s\n' "$(alloc_suffix "$a")" "$a" "$(alloc_flags "$a")"; done)"
+export M_MACHINE="$(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+export M_SETTINGS="${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, (c) sampled at $C_RATE, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
+export M_WHAT_IF="${BENCH_SHADOW_MAX_CONCURRENCY:+shadow route max_concurrency=$BENCH_SHADOW_MAX_CONCURRENCY }${BENCH_SHADOW_TIMEOUT:+timeout=$BENCH_SHADOW_TIMEOUT}"
+export M_KCAT_VERSION="kcat $("$KCAT" -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $("$KCAT" -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}'))"
+export M_RDKAFKA="rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")"
+export M_KRECORDS="$KRECORDS" M_REC_BYTES="$REC_BYTES" M_KREPEATS="$KREPEATS" M_SINK_CONC="$SINK_CONC"
+export M_KCAT_PLAIN="${KCAT[plain]}" M_KCAT_PLAIN_ALL="${KCAT_ALL[plain]}" M_KCAT_LZ4="${KCAT[lz4]}" M_KCAT_LZ4_ALL="${KCAT_ALL[lz4]}"
+export M_SINK_CAPPED="${SINK[capped]}" M_SINK_CAPPED_ALL="${SINK_ALL[capped]}" M_SINK_UNBOUNDED="${SINK[unbounded]}" M_SINK_UNBOUNDED_ALL="${SINK_ALL[unbounded]}"
+python3 "$ROOT/benches/run_report.py" meta >"$WORK/meta.json" || die "run_report.py meta failed"
 
 REPORT="$OUT_DIR/results-$STAMP.md"
-TAGS=()
-for ((r = 1; r <= ROUNDS; r++)); do TAGS+=("a$r" "b$r" "c$r"); done
-TAGS+=(c100 d)
-[[ "$KDOWN_SOAK" != 0 ]] && TAGS+=(e)
-{
-  echo "# untaken benchmark $STAMP"
-  echo
-  echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-  echo "- source measured: $SRC_STATE, built at the start of the run"
-  [[ -n "${BENCH_SHADOW_MAX_CONCURRENCY:-}${BENCH_SHADOW_TIMEOUT:-}" ]] &&
-    echo "- WHAT-IF run, not the defaults: shadow route max_concurrency=${BENCH_SHADOW_MAX_CONCURRENCY:-unset}, timeout=${BENCH_SHADOW_TIMEOUT:-default}"
-  echo "- settings: ${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
-  echo
-  echo "| run | rps | p50 ms | p99 ms | avg ms | calls | errors | server CPU s | server µs/call | ghz CPU s | broker+upstream CPU s | other CPU s | steal s | peak RSS MiB | host busy |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  for t in "${TAGS[@]}"; do
-    printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s%% |\n' "$(name_of "$t")" "${RPS[$t]}" \
-      "${P50[$t]}" "${P99[$t]}" "${AVG[$t]}" "${COUNT[$t]}" "${ERRS[$t]}" "${CPU[$t]}" "${CPUUS[$t]}" \
-      "${GHZCPU[$t]}" "${AUX[$t]}" "${OTHER[$t]}" "${STEAL[$t]}" "$(mib "${HWM[$t]}")" "${BUSY[$t]}"
-  done
-  echo
-  echo "Medians over the rounds: (a) $(printf '%.0f' "$(med_of RPS a)") rps, p99 $(med_of P99 a) ms;" \
-    "(b) $(printf '%.0f' "$(med_of RPS b)") rps, p99 $(med_of P99 b) ms; (c) $(printf '%.0f' "$(med_of RPS c)") rps, p99 $(med_of P99 c) ms;" \
-    "server CPU per call (a) $(med_of CPUUS a) µs, (b) $(med_of CPUUS b) µs, (c) $(med_of CPUUS c) µs."
-  echo
-  echo "| target | per round | median | limit | verdict |"
-  echo "|---|---|---|---|---|"
-  m="$(med_ratio RPS b a)"
-  echo "| (b) 0 % throughput vs (a) | $(all_ratios RPS b a) | ${m}x | >= 0.80x | $(verdict "$m" '>=' 0.8) |"
-  m="$(med_ratio P99 b a)"
-  echo "| (b) 0 % p99 vs (a) | $(all_ratios P99 b a) | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
-  m="$(med_ratio RPS c a)"
-  echo "| (c) 10 % throughput vs (a) | $(all_ratios RPS c a) | ${m}x | >= 0.80x | $(verdict "$m" '>=' 0.8) |"
-  m="$(med_ratio P99 c a)"
-  echo "| (c) 10 % p99 vs (a) | $(all_ratios P99 c a) | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
-  m="$(ratio "${P99[d]}" "$C_P99_MED")"
-  echo "| (d) hanging + Kafka down: p99 vs (c) median | - | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
-  m="$(mib "${HWM[d]}")"
-  echo "| (d) peak RSS (VmHWM) | - | ${m} MiB | < 128 MiB | $(verdict "$m" '<' 128) |"
-  best="${KCAT[plain]}"
-  [[ "${KCAT[lz4]}" -gt "$best" ]] && best="${KCAT[lz4]}"
-  m="$(ratio "${SINK[capped]}" "$best")"
-  echo "| Kafka sink ($SINK_CONC in flight, as the publisher) vs kcat (the faster setting) | - | ${m}x | >= 0.50x | $(verdict "$m" '>=' 0.5) |"
-  if [[ "$KDOWN_SOAK" != 0 ]]; then
-    m="$(mib "${HWM[e]}")"
-    echo "| (e) [extra] Kafka outage at 10 %: peak RSS, same budget | - | ${m} MiB | < 128 MiB | $(verdict "$m" '<' 128) |"
-    m="$(ratio "${P99[e]}" "$C_P99_MED")"
-    echo "| (e) [extra] Kafka outage at 10 %: p99 vs (c) median | - | ${m}x | <= 1.25x | $(verdict "$m" '<=' 1.25) |"
-  fi
-  echo
-  echo "(d) also vs (c100), its healthy twin at the same offered rate: p99 $(ratio "${P99[d]}" "${P99[c100]}")x;" \
-    "(d) sustained $(printf '%.0f' "${RPS[d]}") of $BASE_RPS rps offered, (c100) $(printf '%.0f' "${RPS[c100]}")."
-  echo
-  echo "Kafka: $KRECORDS records of $REC_BYTES B (key:payload line), acks=all, enable.idempotence=true, topic of $PARTITIONS partitions, $KREPEATS repeats each, fresh topic each:"
-  echo
-  echo "| producer | records/s, median | each repeat |"
-  echo "|---|---|---|"
-  echo "| kcat $(kcat -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $(kcat -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}')), no compression | ${KCAT[plain]} | ${KCAT_ALL[plain]} |"
-  echo "| kcat, -X compression.type=lz4 (untaken's setting) | ${KCAT[lz4]} | ${KCAT_ALL[lz4]} |"
-  echo "| untaken KafkaSink::send (rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")), $SINK_CONC in flight (sidecar/publisher.rs MAX_IN_FLIGHT) | ${SINK[capped]} | ${SINK_ALL[capped]} |"
-  echo "| untaken KafkaSink::send, all $KRECORDS in flight [diagnostic] | ${SINK[unbounded]} | ${SINK_ALL[unbounded]} |"
-  echo
-  echo "What untaken did (its /metrics at the end of each run, warm-up included):"
-  echo
-  echo "| run | sampled | not sampled | shed | published | spooled | dropped | pending at end |"
-  echo "|---|---|---|---|---|---|---|---|"
-  for t in "${TAGS[@]}"; do
-    [[ "$t" == a* ]] && continue
-    echo "| $t | $(msum "$t" untaken_mirror_requests_total 'decision="sampled"') | $(msum "$t" untaken_mirror_requests_total 'decision="not_sampled"') | $(msum "$t" untaken_mirror_requests_total 'decision="shed"') | $(msum "$t" untaken_pairs_published_total) | $(msum "$t" untaken_pairs_spooled_total) | $(msum "$t" untaken_pairs_dropped_total) | $(msum "$t" untaken_pending_pairs) |"
-  done
-  echo
-  echo "Shed reasons: $(for t in "${TAGS[@]}"; do [[ "$t" == a* ]] && continue; x="$(grep '^untaken_mirror_requests_total{decision="shed"' "$WORK/metrics-$t.txt" | sed -E 's/.*reason="([^"]*)".* ([0-9.e+]+)$/\1=\2/' | tr '\n' ' ')"; [[ -n "$x" ]] && printf '%s: %s; ' "$t" "$x"; done; true)"
-  echo
-  for t in d e; do
-    [[ -f "$WORK/rss-$t.txt" ]] || continue
-    echo "($t) at the end: ${THREADS[$t]} threads, ${FDS[$t]} open fds, $(msum "$t" untaken_shadow_inflight) shadow calls in flight, $(msum "$t" untaken_pending_pairs) pairs pending, $(msum "$t" untaken_pairs_spooled_total) spooled, $(msum "$t" untaken_pairs_dropped_total) dropped."
-    echo
-    echo "($t) every 2 s from start, s:RSS MiB/pending/spooled: $(awk 'NR == 1 { t0 = $1 } $2 > 0 { printf "%d:%.0f/%s/%s ", $1 - t0, $2 / 1024, $3, $4 }' "$WORK/rss-$t.txt")"
-    echo
-  done
-} >"$REPORT"
-for t in "${TAGS[@]}"; do cp "$WORK/ghz-$t.json" "$OUT_DIR/ghz-$t-$STAMP.json"; done
-for t in "${TAGS[@]}"; do [[ -f "$WORK/metrics-$t.txt" ]] && cp "$WORK/metrics-$t.txt" "$OUT_DIR/metrics-$t-$STAMP.txt"; done
-for t in d e; do cp "$WORK/untaken-$t.log" "$OUT_DIR/untaken-$t-$STAMP.log" 2>/dev/null || true; done
+python3 "$ROOT/benches/run_report.py" report "$WORK" >"$REPORT" || die "run_report.py failed (BENCH_KEEP=1 keeps its inputs in the temp dir)"
+# The report's inputs, beside it: `run_report.py report DIR` recomputes it from a dir holding them.
+KEPT="$OUT_DIR/run-$STAMP"
+mkdir -p "$KEPT"
+cp "$WORK/runs.tsv" "$WORK/meta.json" "$WORK"/ghz-*.json "$WORK"/metrics-*.txt "$KEPT/"
+cp "$WORK"/rss-*.txt "$KEPT/" 2>/dev/null || true
+for t in d e; do cp "$WORK/untaken-$t.log" "$KEPT/" 2>/dev/null || true; done
 echo
 cat "$REPORT"
 echo
-log "report: $REPORT (ghz JSON, /metrics snapshots and (d)'s log beside it)"
+log "report: $REPORT; its inputs (ghz JSON, /metrics snapshots, runs.tsv, meta.json) in $KEPT"

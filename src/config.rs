@@ -575,7 +575,8 @@ impl Config {
         check_duration("server.shutdown_grace", self.server.shutdown_grace, Duration::ZERO)?;
         check_duration("server.secret_poll_interval", self.server.secret_poll_interval, MIN_POSITIVE)?;
         check_duration("pairing.timeout", self.pairing.timeout, MIN_POSITIVE)?;
-        // librdkafka refuses a message timeout not above `linger.ms` (5 ms), and 0 means "forever".
+        // librdkafka refuses a message timeout not above `linger.ms` (sink::kafka::LINGER_MS, 50 ms),
+        // and 0 means "forever".
         check_duration("sink.kafka.delivery_timeout", self.sink.kafka.delivery_timeout, Duration::from_millis(100))?;
         check_duration("sink.kafka.stall_timeout", self.sink.kafka.stall_timeout, MIN_POSITIVE)?;
         check_duration("spool.fsync_interval", self.spool.fsync_interval, MIN_POSITIVE)?;

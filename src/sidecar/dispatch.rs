@@ -76,7 +76,7 @@ impl Engine {
             ready
         };
         if let Some(ready) = ready {
-            self.finish(ready);
+            self.finish_here(ready);
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - `tests/kafka/pom.xml` names the broker jars; `tests/kafka/broker.sh
 //!   fetch` resolves them once with Maven into a cache dir
 //!   (`$UNTAKEN_KAFKA_CACHE`, default `~/.cache/untaken/kafka-<version>`) and
-//!   later runs reuse it. `broker.sh format` / `broker.sh run` format the
+//!   later runs reuse it. `broker.sh props` writes server.properties (the same
+//!   settings benches/ use), `broker.sh format` / `broker.sh run` format the
 //!   KRaft storage and exec `java -cp "$LIBS/*" kafka.Kafka server.properties`.
 //! - [`Broker`]: one broker in its own temp work dir (server.properties,
 //!   `data/` = log.dirs, `broker.log`, `broker.out`) on two free loopback
@@ -271,79 +272,36 @@ impl Broker {
         out
     }
 
+    /// server.properties from `broker.sh props`: the settings the benchmarks use too
+    /// (benches/common.sh), with `extra` replacing or adding keys.
     fn write_config(&self, extra: &[(&str, &str)]) {
-        let data = self.dir.path().join("data");
-        let props = vec![
-            ("node.id", "1".to_string()),
-            ("process.roles", "broker,controller".to_string()),
-            (
-                "listeners",
-                format!(
-                    "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
-                    self.port, self.controller_port
-                ),
-            ),
-            (
-                "advertised.listeners",
-                format!("PLAINTEXT://127.0.0.1:{}", self.port),
-            ),
-            ("controller.listener.names", "CONTROLLER".into()),
-            ("inter.broker.listener.name", "PLAINTEXT".into()),
-            (
-                "listener.security.protocol.map",
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
-            ),
-            (
-                "controller.quorum.bootstrap.servers",
-                format!("127.0.0.1:{}", self.controller_port),
-            ),
-            ("log.dirs", data.display().to_string()),
-            ("num.partitions", "1".into()),
-            ("default.replication.factor", "1".into()),
-            ("auto.create.topics.enable", "true".into()),
-            ("offsets.topic.replication.factor", "1".into()),
-            ("offsets.topic.num.partitions", "1".into()),
-            ("transaction.state.log.replication.factor", "1".into()),
-            ("transaction.state.log.min.isr", "1".into()),
-            ("transaction.state.log.num.partitions", "1".into()),
-            (
-                "share.coordinator.state.topic.replication.factor",
-                "1".into(),
-            ),
-            ("share.coordinator.state.topic.min.isr", "1".into()),
-            ("min.insync.replicas", "1".into()),
-            ("group.initial.rebalance.delay.ms", "0".into()),
-            // After a SIGKILL the restarted broker cannot register until the
-            // controller expires the old session; keep that short.
-            ("broker.heartbeat.interval.ms", "500".into()),
-            ("broker.session.timeout.ms", "3000".into()),
-            ("num.network.threads", "2".into()),
-            ("num.io.threads", "2".into()),
-            ("num.recovery.threads.per.data.dir", "1".into()),
+        let mut args = vec![
+            "props".to_string(),
+            self.dir.path().display().to_string(),
+            self.port.to_string(),
+            self.controller_port.to_string(),
         ];
-        let mut props: Vec<(String, String)> =
-            props.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        for (k, v) in extra {
-            props.retain(|(key, _)| key != k);
-            props.push((k.to_string(), v.to_string()));
-        }
-        let text: String = props.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        fs::write(self.dir.path().join("server.properties"), text)
-            .expect("kafka harness: cannot write server.properties");
+        args.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        self.broker_sh(&args, "writing server.properties");
     }
 
     fn format(&self) {
+        let args = ["format".to_string(), self.dir.path().display().to_string(), cluster_id()];
+        self.broker_sh(&args, "formatting KRaft storage");
+    }
+
+    /// Runs `broker.sh ARGS...` to completion; panics with its output and the broker
+    /// log tail if it fails.
+    fn broker_sh(&self, args: &[String], what: &str) {
         let out = Command::new("bash")
             .arg(script())
-            .arg("format")
-            .arg(self.dir.path())
-            .arg(cluster_id())
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("kafka harness: cannot run bash tests/kafka/broker.sh");
         if !out.status.success() {
             panic!(
-                "kafka harness: formatting KRaft storage failed ({}):\n{}{}\n{}",
+                "kafka harness: {what} failed ({}):\n{}{}\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),

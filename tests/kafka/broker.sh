@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real Apache Kafka broker (KRaft, single node, combined broker+controller)
-# for the integration tests. Driven by tests/common/kafka.rs; usable by hand.
+# for the integration tests. Driven by tests/common/kafka.rs and by the
+# benchmarks (benches/common.sh); usable by hand.
 #
 #   broker.sh fetch
 #       Resolve the broker jars with Maven (tests/kafka/pom.xml) into a cache
@@ -8,6 +9,15 @@
 #       pom's checksum makes later calls return at once (offline too); a
 #       changed pom re-fetches. Cache dir:
 #       ${UNTAKEN_KAFKA_CACHE:-$HOME/.cache/untaken/kafka-$KAFKA_VERSION}
+#
+#   broker.sh check
+#       Print the libs dir if the jars are fetched; else exit 1. Fetches nothing.
+#
+#   broker.sh props WORKDIR PORT CONTROLLER_PORT [KEY=VALUE...]
+#       Write WORKDIR/server.properties: the one single-node KRaft setup of the
+#       tests and the benchmarks (PLAINTEXT on 127.0.0.1:PORT, the controller on
+#       127.0.0.1:CONTROLLER_PORT, log.dirs WORKDIR/data). Each KEY=VALUE
+#       replaces that key's default or adds it, e.g. num.partitions=3.
 #
 #   broker.sh format WORKDIR CLUSTER_ID
 #       Format the KRaft storage named by WORKDIR/server.properties
@@ -133,6 +143,56 @@ jvm_opts() {
     ${UNTAKEN_KAFKA_JAVA_OPTS:-})
 }
 
+cmd_props() {
+  local usage="usage: broker.sh props WORKDIR PORT CONTROLLER_PORT [KEY=VALUE...]"
+  local workdir="${1:?$usage}" port="${2:?$usage}" cport="${3:?$usage}"
+  shift 3
+  [[ "$port" =~ ^[0-9]+$ && "$cport" =~ ^[0-9]+$ ]] || die "$usage (ports are numbers)"
+  mkdir -p "$workdir"
+  local defaults=(
+    node.id=1
+    process.roles=broker,controller
+    "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+    "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+    controller.listener.names=CONTROLLER
+    inter.broker.listener.name=PLAINTEXT
+    listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+    "controller.quorum.bootstrap.servers=127.0.0.1:$cport"
+    "log.dirs=$workdir/data"
+    num.partitions=1
+    default.replication.factor=1
+    auto.create.topics.enable=true
+    offsets.topic.replication.factor=1
+    offsets.topic.num.partitions=1
+    transaction.state.log.replication.factor=1
+    transaction.state.log.min.isr=1
+    transaction.state.log.num.partitions=1
+    share.coordinator.state.topic.replication.factor=1
+    share.coordinator.state.topic.min.isr=1
+    min.insync.replicas=1
+    group.initial.rebalance.delay.ms=0
+    # After a SIGKILL the restarted broker cannot register until the controller
+    # expires the old session; keep that short.
+    broker.heartbeat.interval.ms=500
+    broker.session.timeout.ms=3000
+    num.network.threads=2
+    num.io.threads=2
+    num.recovery.threads.per.data.dir=1
+  )
+  local kv key out=()
+  for kv in "$@"; do
+    [[ "$kv" == ?*=* ]] || die "props: '$kv' is not KEY=VALUE"
+  done
+  for kv in "${defaults[@]}" "$@"; do
+    key="${kv%%=*}"
+    # A later KEY=VALUE replaces the earlier one.
+    local i kept=()
+    for i in "${out[@]}"; do [[ "${i%%=*}" == "$key" ]] || kept+=("$i"); done
+    out=("${kept[@]}" "$kv")
+  done
+  printf '%s\n' "${out[@]}" >"$workdir/server.properties"
+}
+
 cmd_format() {
   local workdir="${1:?usage: broker.sh format WORKDIR CLUSTER_ID}"
   local cluster_id="${2:?usage: broker.sh format WORKDIR CLUSTER_ID}"
@@ -188,11 +248,13 @@ cmd_configs() {
 
 case "${1:-}" in
   fetch) cmd_fetch ;;
+  props) shift && cmd_props "$@" ;;
+  check) fetched && echo "$LIBS" || die "Kafka $KAFKA_VERSION jars not fetched into $CACHE (run: $0 fetch)" ;;
   format) shift && cmd_format "$@" ;;
   run) shift && cmd_run "$@" ;;
   configs) shift && cmd_configs "$@" ;;
   *)
-    echo "usage: $0 fetch | format WORKDIR CLUSTER_ID | run WORKDIR [WATCH_PID] | configs BOOTSTRAP ARGS..." >&2
+    echo "usage: $0 fetch | check | props WORKDIR PORT CONTROLLER_PORT [KEY=VALUE...] | format WORKDIR CLUSTER_ID | run WORKDIR [WATCH_PID] | configs BOOTSTRAP ARGS..." >&2
     exit 2
     ;;
 esac
