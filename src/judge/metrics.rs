@@ -96,6 +96,16 @@ impl JudgeMetrics {
         r.register("rebalances", "Consumer group rebalances by kind", m.rebalances.clone());
         r.register("grade_delivery_seconds", "Time from send to Kafka acknowledgement of a grade", sink.kafka_delivery_seconds.clone());
         r.register("grade_delivery_errors", "Grade deliveries Kafka failed, by error", sink.kafka_delivery_errors.clone());
+        r.register(
+            "secret_reloads",
+            "Changed secret files re-read, by secret and outcome (rejected: the previous version stays in force)",
+            sink.secret_reloads.clone(),
+        );
+        r.register(
+            "secret_file_rejected",
+            "1 while a secret's files hold a version that was rejected and the previous one stays in force, by secret",
+            sink.secret_rejected.clone(),
+        );
         JudgeMetrics { registry: r, ..m }
     }
 

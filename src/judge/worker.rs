@@ -39,6 +39,7 @@ use super::{decode_pair, JudgeError};
 use crate::config::Encoding;
 use crate::librdkafka_log::LimitedLogs;
 use crate::log_limit::LogLimit;
+use crate::secrets::{SecretWatch, Version};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{Sink as _, SinkError};
 
@@ -185,13 +186,18 @@ fn producer_config(config: &JudgeConfig) -> crate::config::KafkaConfig {
 /// to `server.shutdown_grace` to be acknowledged, the producer is flushed, and what
 /// is acknowledged is committed. Returns an error only for start-up failures.
 pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<AtomicBool>) -> Result<WorkerSummary, JudgeError> {
+    // What the secret files hold, taken before the clients and the grader read them.
+    let key_file = config.judge.pairwise.as_ref().and_then(|p| p.api_key_file.clone());
+    let key_since = key_file.as_ref().map(|p| Version::of(std::slice::from_ref(p)));
+    let kafka_files = crate::secrets::kafka_files(&config.kafka.client());
+    let kafka_since = Version::of(&kafka_files);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
     let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
     let consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
-    let sink = KafkaSink::new(&producer_config(config), sink_metrics)?;
+    let sink = KafkaSink::new(&producer_config(config), sink_metrics.clone())?;
     let grader = Grader::new(config, metrics.clone())?;
     let task_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -201,6 +207,21 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         dedup: Mutex::new(RecentIds::new(config.kafka.dedup_capacity)),
         stop: task_stop.clone(),
     });
+    let mut secrets = SecretWatch::new(config.server.secret_poll_interval, sink_metrics);
+    if let (Some(key), Some(path), Some(since)) = (shared.grader.api_key(), key_file, key_since) {
+        secrets.add("judge.pairwise.api_key_file", vec![path], since, crate::secrets::store_text(key));
+    }
+    if !kafka_files.is_empty() {
+        let (shared, producer) = (shared.clone(), producer_config(config));
+        secrets.add("kafka", kafka_files, kafka_since, move |_| {
+            // librdkafka reads these files itself, when a client is created.
+            shared.sink.rebuild(&producer).map_err(|e| e.to_string())?;
+            tracing::warn!("grades producer rebuilt with the new Kafka secret files; the pairs consumer keeps the ones it was created with until the worker restarts");
+            Ok(())
+        });
+    }
+    let secrets_stop = CancellationToken::new();
+    let watching = (!secrets.is_empty()).then(|| tokio::spawn(secrets.run(secrets_stop.clone())));
     let window = config.kafka.in_flight;
     let grading = config.limits.max_concurrency as usize;
     // A finished task stays in the set (with its output) until joined, so completions
@@ -301,6 +322,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     // Drain: stop reading, give in-flight grades the grace period, then give up on
     // the rest (their offsets stay uncommitted and are re-read later).
     ready.store(false, Ordering::SeqCst);
+    secrets_stop.cancel();
+    if let Some(w) = watching {
+        let _ = w.await;
+    }
     tracing::info!(in_flight, backlog = backlog.len(), "draining");
     let grace = tokio::time::sleep(config.server.shutdown_grace);
     tokio::pin!(grace);
