@@ -194,7 +194,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
     let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
-    let consumer: Arc<StreamConsumer<GroupContext>> =
+    let mut consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
     let sink = KafkaSink::new(&producer_config(config), sink_metrics.clone())?;
@@ -211,13 +211,18 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     if let (Some(key), Some(path), Some(since)) = (shared.grader.api_key(), key_file, key_since) {
         secrets.add("judge.pairwise.api_key_file", vec![path], since, crate::secrets::store_text(key));
     }
+    // Consumers built from rotated Kafka secret files, for the main loop to switch to.
+    let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<StreamConsumer<GroupContext>>();
     if !kafka_files.is_empty() {
-        let (shared, producer) = (shared.clone(), producer_config(config));
+        let (shared, producer, config) = (shared.clone(), producer_config(config), config.clone());
+        let (tracker, metrics) = (tracker.clone(), metrics.clone());
         secrets.add("kafka", kafka_files, kafka_since, move |_| {
-            // librdkafka reads these files itself, when a client is created.
+            // librdkafka reads these files itself, when a client is created: both clients
+            // are built anew, the consumer first (nothing changes if librdkafka refuses it).
+            let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
+            let fresh = consumer_config(&config).map_err(|e| e.to_string())?.create_with_context(context).map_err(|e| e.to_string())?;
             shared.sink.rebuild(&producer).map_err(|e| e.to_string())?;
-            tracing::warn!("grades producer rebuilt with the new Kafka secret files; the pairs consumer keeps the ones it was created with until the worker restarts");
-            Ok(())
+            fresh_tx.send(fresh).map_err(|_| "the worker is stopping".to_string())
         });
     }
     let secrets_stop = CancellationToken::new();
@@ -289,6 +294,11 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     }
                 }
             }
+            Some(fresh) = fresh_rx.recv() => {
+                consumer = replace_consumer(consumer, fresh, &config.kafka.pairs_topic, &tracker, &metrics).await;
+                paused = false; // the new consumer's partitions are paused again below if need be
+                last_commit = tokio::time::Instant::now();
+            }
             _ = tick.tick() => {
                 if paused {
                     // Partitions assigned since the pause must be paused too.
@@ -326,6 +336,8 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     if let Some(w) = watching {
         let _ = w.await;
     }
+    // A consumer built but not switched to is closed off the runtime.
+    tokio::task::spawn_blocking(move || drop(fresh_rx)).await.ok();
     tracing::info!(in_flight, backlog = backlog.len(), "draining");
     let grace = tokio::time::sleep(config.server.shutdown_grace);
     tokio::pin!(grace);
@@ -358,6 +370,28 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     // Closing the consumer leaves the group (revoking: offsets are already committed).
     tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
     Ok(summary)
+}
+
+/// Switches the pairs consumer to one built from rotated secret files (librdkafka reads
+/// them only when a client is created). What is acknowledged is committed first; the
+/// old consumer then leaves the group, its revocation committing again and forgetting
+/// its partitions, so records read and not acknowledged are read again by whoever gets
+/// them (at least once); then the new consumer joins. Network, on the blocking pool.
+async fn replace_consumer(
+    old: Arc<StreamConsumer<GroupContext>>,
+    fresh: StreamConsumer<GroupContext>,
+    topic: &str,
+    tracker: &Arc<Mutex<OffsetTracker>>,
+    metrics: &JudgeMetrics,
+) -> Arc<StreamConsumer<GroupContext>> {
+    commit(&old, tracker, metrics).await;
+    // Closes it, unless the lag computation still holds it (it then closes when that ends).
+    tokio::task::spawn_blocking(move || drop(old)).await.ok();
+    match fresh.subscribe(&[topic]) {
+        Ok(()) => tracing::info!("pairs consumer rebuilt with the new Kafka secret files"),
+        Err(e) => tracing::error!(error = %e, "the rebuilt pairs consumer cannot subscribe"),
+    }
+    Arc::new(fresh)
 }
 
 fn item(ticket: Ticket, m: &BorrowedMessage<'_>) -> Item {
