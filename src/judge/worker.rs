@@ -15,6 +15,10 @@
 //! or the judge endpoint is down (its circuit is open); it resumes when all allow. Scaling out is Kafka's: more replicas with
 //! the same `group_id` split the partitions, with no coordination of our own.
 //!
+//! Secret files (the judge's API key, Kafka's) are watched by a [`SecretWatch`]: a
+//! rotated Kafka file rebuilds the grades producer and the consumer, which the main
+//! loop switches to (`replace_consumer`).
+//!
 //! Never logs a pair's content: only ids, topics, partitions, offsets and errors.
 
 use std::collections::VecDeque;
