@@ -103,7 +103,8 @@ fn default_listen() -> String {
 fn default_admin_listen() -> String {
     "127.0.0.1:9464".into()
 }
-fn default_secret_poll_interval() -> Duration {
+/// Also the judge worker's `server.secret_poll_interval` default.
+pub(crate) fn default_secret_poll_interval() -> Duration {
     Duration::from_secs(10)
 }
 

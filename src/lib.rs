@@ -24,7 +24,8 @@
 //!   log lines that repeat per record, at most one a second.
 //! - [`librdkafka_log`]: librdkafka's own log and error lines, one per severity per 10 s.
 //! - [`judge`]: `untaken judge`, the grading worker (pairs in, `GradeRecord`s out).
-//! - [`secrets`]: the token, TLS and Kafka/route secret files, re-read when they rotate.
+//! - [`secrets`]: secret files re-read when they rotate (`SecretWatch`, shared by both roles): the
+//!   sidecar's token, TLS and Kafka/route files, the judge's API key and Kafka files.
 //! - [`report`]: `untaken report`: grades → per-slice statistics and regression flags.
 //! - [`demo`], [`simulate`]: `untaken demo` and the fake peers (OpenAI upstreams) it and
 //!   the tests use.

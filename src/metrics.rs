@@ -43,7 +43,8 @@ pub struct Reason {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretOutcome {
-    /// The config key of the secret (`server.tls`, `server.auth_token_file`, `sink.kafka`, `routes.api_key_file`).
+    /// The config key of the secret (`server.tls`, `server.auth_token_file`, `sink.kafka`, `routes.api_key_file`;
+    /// the judge worker: `judge.pairwise.api_key_file`, `kafka`).
     pub secret: &'static str,
     /// `ok`, or `rejected` (the previous version stays in force).
     pub outcome: &'static str,
@@ -170,16 +171,7 @@ impl Metrics {
         r.register("kafka_delivery_seconds", "Time from send to Kafka acknowledgement", m.kafka_delivery_seconds.clone());
         r.register("kafka_delivery_errors", "Kafka delivery failures by error", m.kafka_delivery_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
-        r.register(
-            "secret_reloads",
-            "Changed secret files re-read, by secret and outcome (rejected: the previous version stays in force)",
-            m.secret_reloads.clone(),
-        );
-        r.register(
-            "secret_file_rejected",
-            "1 while a secret's files hold a version that was rejected and the previous one stays in force, by secret",
-            m.secret_rejected.clone(),
-        );
+        register_secret_series(&mut r, &m);
         r.register(
             "pairs_lost_in_crash",
             "Pairs pending at the last crash (counted from the spool's journal on start)",
@@ -226,6 +218,21 @@ impl Metrics {
     pub fn render(&self) -> String {
         render(&self.registry)
     }
+}
+
+/// Registers `m`'s secret reload series in `r` (the sidecar's registry, or the judge
+/// worker's under its own prefix: both watch their secret files with `secrets::SecretWatch`).
+pub fn register_secret_series(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "secret_reloads",
+        "Changed secret files re-read, by secret and outcome (rejected: the previous version stays in force)",
+        m.secret_reloads.clone(),
+    );
+    r.register(
+        "secret_file_rejected",
+        "1 while a secret's files hold a version that was rejected and the previous one stays in force, by secret",
+        m.secret_rejected.clone(),
+    );
 }
 
 /// The Prometheus text exposition of a registry.

@@ -1,7 +1,8 @@
 //! `untaken judge` against a real Kafka broker and a fake judge endpoint on loopback:
 //! every pair graded (once in the normal case, at least once across a SIGKILL),
 //! position bias cancelled, judge faults retried within bounds then recorded, the
-//! budget pausing consumption, two workers sharing a group, file mode, check-config.
+//! budget pausing consumption, two workers sharing a group, file mode, check-config,
+//! the judge key and the Kafka secret files rotated under a running worker.
 
 mod common;
 
@@ -20,6 +21,7 @@ use untaken::judge::fake::{FakeJudge, Mode, Preference};
 use untaken::judge::{JudgeError, WorkerSummary};
 use untaken::proto::v1::{GradeOutcome, GradeRecord, PairKind, PairRecord};
 use untaken::record::{self, Encoded, Half, PairMeta, RouteInfo, Source};
+use untaken::simulate::SecretVolume;
 use untaken::sink::kafka::KafkaSink;
 
 use common::app::topic;
@@ -810,4 +812,122 @@ async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
     // worker says so once per client and period, with how many lines it held back.
     assert!(lines.iter().any(|l| l.contains(&broker) || l.contains("Connection refused")), "the outage is logged:\n{text}");
     assert!(lines.len() <= 12, "{} lines in 8 s:\n{text}", lines.len());
+}
+
+/// `toml` with the secret files polled every 100 ms.
+fn polling_secrets(toml: &str) -> String {
+    toml.replace("[server]\n", "[server]\nsecret_poll_interval = \"100ms\"\n")
+}
+
+/// The judge endpoint's key file rotates the way Kubernetes updates a mounted Secret
+/// while pairs are graded: the next calls carry the new key, and once the provider
+/// revokes the old one grading goes on. An empty key file is rejected and counted, and
+/// the key in force stays. Every pair is graded, none becomes a judge error (a call
+/// with a revoked key would: the fake judge answers it 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_rejected() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("sk-pairs"), topic("sk-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 2).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let volume = SecretVolume::new(dir.path());
+    volume.update(&[("api-key", b"sk-first\n")]);
+    let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(50), false).await.unwrap();
+    judge.accept_keys(&["sk-first"]);
+    let key = format!("api_key_file = \"{}\"", volume.path("api-key").display());
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sk-group"), admin_addr(), &pairwise(&judge.url(), &key), "[limits]\nmax_concurrency = 8\n", "");
+    let worker = Worker::start(&polling_secrets(&toml)).await;
+    let ok = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="ok"}"#;
+    let rejected = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="rejected"}"#;
+    let stuck = r#"untaken_judge_secret_file_rejected{secret="judge.pairwise.api_key_file"}"#;
+    let pairs: Vec<_> = (0..350).map(|i| pair(i, "x", "longer", None, 200)).collect();
+
+    // Mid-stream: the provider accepts both keys while the new one is rolled out.
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[..300], Encoding::Json)).await;
+    wait_metrics(&worker, "50 grades before the rotation", |m| published(m) >= 50.0).await;
+    judge.accept_keys(&["sk-first", "sk-second"]);
+    volume.update(&[("api-key", b"sk-second\n")]);
+    let m = wait_metrics(&worker, "the new key in force", |m| metric(m, ok) == 1.0).await;
+    assert!(published(&m) < 300.0, "pairs were still being graded at the rotation:\n{m}");
+    wait_metrics(&worker, "the first 300 pairs graded", |m| published(m) == 300.0).await;
+
+    // The old key is revoked; a broken key file leaves the new one in force.
+    judge.accept_keys(&["sk-second"]);
+    volume.update(&[("api-key", b"  \n")]);
+    let m = wait_metrics(&worker, "the empty key file rejected", |m| metric(m, rejected) == 1.0).await;
+    assert_eq!(metric(&m, stuck), 1.0, "the rejection stays visible until fixed:\n{m}");
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[300..], Encoding::Json)).await;
+    let m = wait_metrics(&worker, "all 350 pairs graded", |m| published(m) == 350.0).await;
+    assert_eq!(metric(&m, r#"untaken_judge_calls_total{outcome="client_error"}"#), 0.0, "no call was refused:\n{m}");
+    assert_eq!(metric(&m, ok), 1.0);
+
+    let got = all_graded(&bootstrap, &grades_topic, 350, Duration::from_secs(30)).await;
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded), "no pair became a judge error");
+    let keys = judge.calls_by_key();
+    assert_eq!(keys.keys().map(String::as_str).collect::<Vec<_>>(), ["sk-first", "sk-second"], "only the keys in force were sent: {keys:?}");
+    assert!(keys["sk-second"] >= 100, "the last 50 pairs (2 calls each) and more carried the new key: {keys:?}");
+    worker.stop().await;
+}
+
+/// The judge's Kafka secret files rotate while pairs are graded. Each valid version
+/// builds a new grades producer and a new consumer in the same group, which take over
+/// (shown by rotating to a `security.protocol` that cannot reach the broker: the worker
+/// then holds no partition until a working version is rotated in); a version
+/// librdkafka refuses is rejected and counted, the clients in force stay; every pair
+/// is graded at least once. The test broker has no SASL listener, so the password
+/// itself is not checked by a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_kafka_secret_files_rebuild_both_clients_and_every_pair_is_graded() {
+    let bootstrap = shared_bootstrap_async().await;
+    let (pairs_topic, grades_topic) = (topic("sr-pairs"), topic("sr-grades"));
+    create_topic_async(&bootstrap, &pairs_topic, 2).await;
+    create_topic_async(&bootstrap, &grades_topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let volume = SecretVolume::new(dir.path());
+    let rotate = |password: &str, protocol: &str| volume.update(&[("password", password.as_bytes()), ("protocol", protocol.as_bytes())]);
+    rotate("first-password", "plaintext");
+    let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(50), false).await.unwrap();
+    let kafka = format!(
+        "sasl_password_file = \"{}\"\ndelivery_timeout = \"2s\"\n[kafka.librdkafka_files]\n\"security.protocol\" = \"{}\"",
+        volume.path("password").display(),
+        volume.path("protocol").display()
+    );
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sr-group"), admin_addr(), &pairwise(&judge.url(), ""), "[limits]\nmax_concurrency = 8\n", &kafka);
+    let worker = Worker::start(&polling_secrets(&toml)).await;
+    let ok = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="ok"}"#;
+    let rejected = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="rejected"}"#;
+    let retries = "untaken_judge_grade_send_retries_total";
+    let pairs: Vec<_> = (0..220).map(|i| pair(i, "x", "longer", None, 200)).collect();
+
+    // A new password mid-stream: the replaced producer is flushed, no grade fails.
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[..200], Encoding::Json)).await;
+    wait_metrics(&worker, "30 grades before the rotation", |m| published(m) >= 30.0).await;
+    rotate("second-password", "plaintext");
+    let m = wait_metrics(&worker, "both clients rebuilt", |m| metric(m, ok) == 1.0).await;
+    assert!(published(&m) < 200.0, "pairs were still being graded at the rotation:\n{m}");
+    let m = wait_metrics(&worker, "the first 200 pairs graded", |m| published(m) >= 200.0).await;
+    assert_eq!(metric(&m, retries), 0.0, "no grade failed across the rebuild:\n{m}");
+    let assigned = |m: &str| metric(m, "untaken_judge_assigned_partitions");
+    wait_metrics(&worker, "the new consumer holds the partitions", |m| assigned(m) == 2.0).await;
+
+    // Clients that cannot reach the broker: the old consumer left the group, the new one cannot join.
+    rotate("second-password", "ssl");
+    wait_metrics(&worker, "the second rebuild", |m| metric(m, ok) == 2.0).await;
+    wait_metrics(&worker, "no partition held by an unreachable consumer", |m| assigned(m) == 0.0).await;
+    produce(&bootstrap, &pairs_topic, encoded(&pairs[200..], Encoding::Json)).await;
+
+    // A value librdkafka refuses: rejected, the clients in force stay.
+    rotate("third-password", "carrier-pigeon");
+    wait_metrics(&worker, "the refused version rejected", |m| metric(m, rejected) == 1.0).await;
+
+    // Back to a working protocol: the new consumer joins and the waiting pairs are graded.
+    rotate("third-password", "plaintext");
+    wait_metrics(&worker, "the third rebuild", |m| metric(m, ok) == 3.0).await;
+    let got = all_graded(&bootstrap, &grades_topic, 220, Duration::from_secs(60)).await;
+    assert!(got.iter().all(|g| g.outcome() == GradeOutcome::Graded), "every pair graded");
+    let m = wait_metrics(&worker, "all 220 grades acknowledged", |m| published(m) >= 220.0).await;
+    assert_eq!(metric(&m, rejected), 1.0, "{m}");
+    assert_eq!(assigned(&m), 2.0, "{m}");
+    worker.stop().await;
 }

@@ -28,7 +28,7 @@ use super::metrics::JudgeMetrics;
 use super::prompt::ChatMessage;
 use super::verdict::{self, Raw};
 use crate::sidecar::admission::estimate_for;
-use crate::config::Secret;
+use crate::secrets::LiveToken;
 use crate::usage::Usage;
 
 /// Longest wait between retries, whatever the backoff or `Retry-After` says.
@@ -56,7 +56,8 @@ enum Call {
 pub struct JudgeClient {
     http: reqwest::Client,
     config: PairwiseConfig,
-    api_key: Option<Secret>,
+    /// The key in force, loaded at each call: a rotated key file is used from the next call.
+    api_key: Option<LiveToken>,
     /// The `response_format` asking for a structured verdict, when configured.
     response_format: Option<Value>,
     circuit: Circuit,
@@ -76,7 +77,7 @@ struct ChatRequest<'a> {
 
 impl JudgeClient {
     /// `metrics` receives the circuit's state.
-    pub fn new(config: &PairwiseConfig, api_key: Option<Secret>, metrics: &JudgeMetrics) -> Self {
+    pub fn new(config: &PairwiseConfig, api_key: Option<LiveToken>, metrics: &JudgeMetrics) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
@@ -236,7 +237,7 @@ impl JudgeClient {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
         if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key.expose());
+            req = req.bearer_auth(key.load().expose());
         }
         let resp = match req.send().await {
             Ok(r) => r,

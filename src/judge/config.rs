@@ -338,11 +338,20 @@ pub struct JudgeServerConfig {
     /// exits anyway (their offsets stay uncommitted and are graded again later).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often the secret files (`judge.pairwise.api_key_file`, `kafka.sasl_password_file`,
+    /// `kafka.librdkafka_files`) are re-read, as the sidecar's setting of the same name; a
+    /// changed one is validated and put in force without a restart (see "Rotating secrets").
+    #[serde(with = "humantime_serde")]
+    pub secret_poll_interval: Duration,
 }
 
 impl Default for JudgeServerConfig {
     fn default() -> Self {
-        Self { admin_listen: "127.0.0.1:9465".into(), shutdown_grace: Duration::from_secs(20) }
+        Self {
+            admin_listen: "127.0.0.1:9465".into(),
+            shutdown_grace: Duration::from_secs(20),
+            secret_poll_interval: crate::config::default_secret_poll_interval(),
+        }
     }
 }
 
@@ -436,6 +445,7 @@ impl JudgeConfig {
             })?;
         }
         check_addr("server.admin_listen", &self.server.admin_listen)?;
+        positive("server.secret_poll_interval", self.server.secret_poll_interval)?;
         Ok(())
     }
 
@@ -521,6 +531,7 @@ mod tests {
         assert_eq!(c.kafka.grades_topic, "untaken.grades");
         assert_eq!(c.kafka.client().topic, "untaken.grades");
         assert_eq!(c.limits.budget_window, Duration::from_secs(3600));
+        assert_eq!(c.server.secret_poll_interval, Duration::from_secs(10), "the sidecar's default");
     }
 
     #[test]
@@ -547,6 +558,8 @@ mod tests {
         assert_eq!(e.key, "judge.reference.method", "{e}");
         let e = from_toml(&format!("{PAIRWISE}\npairs_topic = \"untaken.grades\"\n")).unwrap_err();
         assert_eq!(e.key, "kafka.grades_topic");
+        let e = from_toml(&format!("{PAIRWISE}\n[server]\nsecret_poll_interval = \"0s\"\n")).unwrap_err();
+        assert_eq!(e.key, "server.secret_poll_interval", "{e}");
     }
 
     #[test]

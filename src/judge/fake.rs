@@ -7,14 +7,19 @@
 //! `[Answer A]` / `[Answer B]` markers the real prompt uses). The circuit breaker's
 //! probes (one-token completions) answer by the steady mode, never from the script:
 //! a script is faults of graded calls, the steady mode the endpoint's state.
+//!
+//! It counts calls by the bearer key they carry and, once told which keys are valid,
+//! answers HTTP 401 to any other, as a provider does once a rotated-out key is revoked.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -58,6 +63,10 @@ struct FakeState {
     calls: Arc<AtomicU64>,
     structured: bool,
     usage: (u64, u64),
+    /// Calls by the bearer key they carried (`""` without one): one entry per key.
+    keys: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Keys answered; any other gets 401. `None`: every call is answered.
+    accepted: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 pub struct FakeJudge {
@@ -83,6 +92,8 @@ impl FakeJudge {
             calls: Arc::new(AtomicU64::new(0)),
             structured,
             usage: (1000, 100),
+            keys: Arc::default(),
+            accepted: Arc::default(),
         };
         let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(state.clone());
         tokio::spawn(async move {
@@ -105,6 +116,18 @@ impl FakeJudge {
         *self.state.steady.lock().expect("mode lock") = mode;
     }
 
+    /// From now on only calls carrying one of `keys` as their bearer key are answered;
+    /// any other gets HTTP 401.
+    pub fn accept_keys(&self, keys: &[&str]) {
+        *self.state.accepted.lock().expect("accepted lock") = Some(keys.iter().map(|k| k.to_string()).collect());
+    }
+
+    /// Calls received so far (probes and refused calls included) by the bearer key they
+    /// carried (`""` for none).
+    pub fn calls_by_key(&self) -> BTreeMap<String, u64> {
+        self.state.keys.lock().expect("keys lock").clone()
+    }
+
     /// Calls received so far (probes included).
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
@@ -120,8 +143,15 @@ fn is_probe(body: &[u8]) -> bool {
     body.windows(15).any(|w| w == br#""max_tokens":1,"#)
 }
 
-async fn chat(State(state): State<FakeState>, body: axum::body::Bytes) -> Response {
+async fn chat(State(state): State<FakeState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let auth = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = auth.strip_prefix("Bearer ").unwrap_or(auth).to_string();
+    let refused = state.accepted.lock().expect("accepted lock").as_ref().is_some_and(|ok| !ok.contains(&key));
+    *state.keys.lock().expect("keys lock").entry(key).or_default() += 1;
+    if refused {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid api key"}))).into_response();
+    }
     let steady = *state.steady.lock().expect("mode lock");
     // Probes see the endpoint's steady state: the script is for graded calls.
     let mode = if is_probe(&body) { steady } else { state.script.lock().expect("script lock").pop().unwrap_or(steady) };

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use super::budget::JudgeLimits;
@@ -19,12 +20,13 @@ use super::metrics::JudgeMetrics;
 use super::prompt::{conversation, Prompt};
 use super::reference;
 use crate::config::ConfigError;
+use crate::secrets::LiveToken;
 use crate::proto::v1::{GradeOutcome, GradeRecord, JudgeInfo, PairRecord};
 
 // One per worker: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Method {
-    Pairwise { client: JudgeClient, prompt: Prompt, model: String, allow_self_judging: bool },
+    Pairwise { client: JudgeClient, prompt: Prompt, model: String, allow_self_judging: bool, api_key: Option<LiveToken> },
     Reference(ReferenceConfig),
 }
 
@@ -42,8 +44,10 @@ impl Grader {
                 let p = config.judge.pairwise.as_ref().ok_or_else(|| ConfigError::new("judge.pairwise", "missing"))?;
                 let prompt = Prompt::new(&p.rubric, p.structured_output, p.max_answer_chars);
                 let info = JudgeInfo { kind: "pairwise".into(), model: p.model.clone(), prompt_version: prompt.version().into() };
-                let client = JudgeClient::new(p, p.api_key()?, &metrics);
-                (Method::Pairwise { client, prompt, model: p.model.clone(), allow_self_judging: p.allow_self_judging }, info)
+                let api_key: Option<LiveToken> = p.api_key()?.map(|k| Arc::new(ArcSwap::from_pointee(k)));
+                let client = JudgeClient::new(p, api_key.clone(), &metrics);
+                let method = Method::Pairwise { client, prompt, model: p.model.clone(), allow_self_judging: p.allow_self_judging, api_key };
+                (method, info)
             }
             JudgeKind::Reference => {
                 let r = config.judge.reference.clone().ok_or_else(|| ConfigError::new("judge.reference", "missing"))?;
@@ -63,6 +67,15 @@ impl Grader {
         match &self.method {
             Method::Pairwise { client, .. } => client.endpoint_down(),
             Method::Reference(_) => false,
+        }
+    }
+
+    /// The judge endpoint's API key in force, if one is configured: storing a new one
+    /// here makes the next judge call carry it.
+    pub fn api_key(&self) -> Option<LiveToken> {
+        match &self.method {
+            Method::Pairwise { api_key, .. } => api_key.clone(),
+            Method::Reference(_) => None,
         }
     }
 
@@ -97,7 +110,7 @@ impl Grader {
                     }
                 }
             },
-            Method::Pairwise { client, prompt, model, allow_self_judging } => {
+            Method::Pairwise { client, prompt, model, allow_self_judging, .. } => {
                 let arm_models = [pair.route_taken.as_ref(), pair.route_not_taken.as_ref()].map(|r| r.map(|r| r.model.as_str()));
                 if !allow_self_judging && arm_models.contains(&Some(model.as_str())) {
                     let why = format!("the judge model `{model}` is an arm of this pair (set judge.pairwise.allow_self_judging to allow)");

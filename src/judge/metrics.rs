@@ -96,6 +96,7 @@ impl JudgeMetrics {
         r.register("rebalances", "Consumer group rebalances by kind", m.rebalances.clone());
         r.register("grade_delivery_seconds", "Time from send to Kafka acknowledgement of a grade", sink.kafka_delivery_seconds.clone());
         r.register("grade_delivery_errors", "Grade deliveries Kafka failed, by error", sink.kafka_delivery_errors.clone());
+        crate::metrics::register_secret_series(&mut r, sink);
         JudgeMetrics { registry: r, ..m }
     }
 
@@ -119,7 +120,9 @@ mod tests {
 
     #[test]
     fn renders_the_worker_series() {
-        let m = JudgeMetrics::new(&SinkMetrics::new());
+        let sink = SinkMetrics::new();
+        let m = JudgeMetrics::new(&sink);
+        sink.secret_reloads.get_or_create(&crate::metrics::SecretOutcome { secret: "kafka", outcome: "ok" }).inc();
         m.published(GradeOutcome::CounterfactualFailed);
         m.call("malformed");
         m.judge_spend_usd.inc_by(0.25);
@@ -129,5 +132,6 @@ mod tests {
         assert!(text.contains("untaken_judge_spend_usd_total 0.25"), "{text}");
         assert!(text.contains("untaken_judge_consumer_lag 0"), "{text}");
         assert!(text.contains("untaken_judge_grade_delivery_seconds_count 0"), "{text}");
+        assert!(text.contains(r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="ok"} 1"#), "{text}");
     }
 }

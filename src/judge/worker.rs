@@ -15,6 +15,10 @@
 //! or the judge endpoint is down (its circuit is open); it resumes when all allow. Scaling out is Kafka's: more replicas with
 //! the same `group_id` split the partitions, with no coordination of our own.
 //!
+//! Secret files (the judge's API key, Kafka's) are watched by a [`SecretWatch`]: a
+//! rotated Kafka file rebuilds the grades producer and the consumer, which the main
+//! loop switches to (`replace_consumer`).
+//!
 //! Never logs a pair's content: only ids, topics, partitions, offsets and errors.
 
 use std::collections::VecDeque;
@@ -39,6 +43,7 @@ use super::{decode_pair, JudgeError};
 use crate::config::Encoding;
 use crate::librdkafka_log::LimitedLogs;
 use crate::log_limit::LogLimit;
+use crate::secrets::{SecretWatch, Version};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{Sink as _, SinkError};
 
@@ -185,13 +190,18 @@ fn producer_config(config: &JudgeConfig) -> crate::config::KafkaConfig {
 /// to `server.shutdown_grace` to be acknowledged, the producer is flushed, and what
 /// is acknowledged is committed. Returns an error only for start-up failures.
 pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken, ready: Arc<AtomicBool>) -> Result<WorkerSummary, JudgeError> {
+    // What the secret files hold, taken before the clients and the grader read them.
+    let key_file = config.judge.pairwise.as_ref().and_then(|p| p.api_key_file.clone());
+    let key_since = key_file.as_ref().map(|p| Version::of(std::slice::from_ref(p)));
+    let kafka_files = crate::secrets::kafka_files(&config.kafka.client());
+    let kafka_since = Version::of(&kafka_files);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
     let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
-    let consumer: Arc<StreamConsumer<GroupContext>> =
+    let mut consumer: Arc<StreamConsumer<GroupContext>> =
         Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
-    let sink = KafkaSink::new(&producer_config(config), sink_metrics)?;
+    let sink = KafkaSink::new(&producer_config(config), sink_metrics.clone())?;
     let grader = Grader::new(config, metrics.clone())?;
     let task_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -201,6 +211,26 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         dedup: Mutex::new(RecentIds::new(config.kafka.dedup_capacity)),
         stop: task_stop.clone(),
     });
+    let mut secrets = SecretWatch::new(config.server.secret_poll_interval, sink_metrics);
+    if let (Some(key), Some(path), Some(since)) = (shared.grader.api_key(), key_file, key_since) {
+        secrets.add("judge.pairwise.api_key_file", vec![path], since, crate::secrets::store_text(key));
+    }
+    // Consumers built from rotated Kafka secret files, for the main loop to switch to.
+    let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel::<StreamConsumer<GroupContext>>();
+    if !kafka_files.is_empty() {
+        let (shared, producer, config) = (shared.clone(), producer_config(config), config.clone());
+        let (tracker, metrics) = (tracker.clone(), metrics.clone());
+        secrets.add("kafka", kafka_files, kafka_since, move |_| {
+            // librdkafka reads these files itself, when a client is created: both clients
+            // are built anew, the consumer first (nothing changes if librdkafka refuses it).
+            let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
+            let fresh = consumer_config(&config).map_err(|e| e.to_string())?.create_with_context(context).map_err(|e| e.to_string())?;
+            shared.sink.rebuild(&producer).map_err(|e| e.to_string())?;
+            fresh_tx.send(fresh).map_err(|_| "the worker is stopping".to_string())
+        });
+    }
+    let secrets_stop = CancellationToken::new();
+    let watching = (!secrets.is_empty()).then(|| tokio::spawn(secrets.run(secrets_stop.clone())));
     let window = config.kafka.in_flight;
     let grading = config.limits.max_concurrency as usize;
     // A finished task stays in the set (with its output) until joined, so completions
@@ -268,6 +298,11 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     }
                 }
             }
+            Some(fresh) = fresh_rx.recv() => {
+                consumer = replace_consumer(consumer, fresh, &config.kafka.pairs_topic, &tracker, &metrics).await;
+                paused = false; // the new consumer's partitions are paused again below if need be
+                last_commit = tokio::time::Instant::now();
+            }
             _ = tick.tick() => {
                 if paused {
                     // Partitions assigned since the pause must be paused too.
@@ -301,6 +336,12 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     // Drain: stop reading, give in-flight grades the grace period, then give up on
     // the rest (their offsets stay uncommitted and are re-read later).
     ready.store(false, Ordering::SeqCst);
+    secrets_stop.cancel();
+    if let Some(w) = watching {
+        let _ = w.await;
+    }
+    // A consumer built but not switched to is closed off the runtime.
+    tokio::task::spawn_blocking(move || drop(fresh_rx)).await.ok();
     tracing::info!(in_flight, backlog = backlog.len(), "draining");
     let grace = tokio::time::sleep(config.server.shutdown_grace);
     tokio::pin!(grace);
@@ -333,6 +374,28 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     // Closing the consumer leaves the group (revoking: offsets are already committed).
     tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
     Ok(summary)
+}
+
+/// Switches the pairs consumer to one built from rotated secret files (librdkafka reads
+/// them only when a client is created). What is acknowledged is committed first; the
+/// old consumer then leaves the group, its revocation committing again and forgetting
+/// its partitions, so records read and not acknowledged are read again by whoever gets
+/// them (at least once); then the new consumer joins. Network, on the blocking pool.
+async fn replace_consumer(
+    old: Arc<StreamConsumer<GroupContext>>,
+    fresh: StreamConsumer<GroupContext>,
+    topic: &str,
+    tracker: &Arc<Mutex<OffsetTracker>>,
+    metrics: &JudgeMetrics,
+) -> Arc<StreamConsumer<GroupContext>> {
+    commit(&old, tracker, metrics).await;
+    // Closes it, unless the lag computation still holds it (it then closes when that ends).
+    tokio::task::spawn_blocking(move || drop(old)).await.ok();
+    match fresh.subscribe(&[topic]) {
+        Ok(()) => tracing::info!("pairs consumer rebuilt with the new Kafka secret files"),
+        Err(e) => tracing::error!(error = %e, "the rebuilt pairs consumer cannot subscribe"),
+    }
+    Arc::new(fresh)
 }
 
 fn item(ticket: Ticket, m: &BorrowedMessage<'_>) -> Item {

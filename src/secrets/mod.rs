@@ -1,7 +1,9 @@
 //! Secrets that rotate without a restart: the gRPC bearer token, the TLS
 //! certificate, key and client CA, the routes' API key files, and Kafka's secret
 //! files (`sasl_password_file`, `librdkafka_files`, and the files librdkafka's
-//! `*.location` settings name).
+//! `*.location` settings name). [`SecretWatch`] is the machinery, shared by both
+//! roles: the sidecar's [`Secrets`] and the judge worker (its endpoint's API key and
+//! its Kafka files, wired in `judge::worker`).
 //!
 //! Owns noticing that a secret file changed, validating the new version, putting
 //! it in force, and counting each attempt in
@@ -42,91 +44,66 @@ use crate::metrics::{Metrics, SecretLabel, SecretOutcome};
 use crate::sink::ConfiguredSink;
 pub use tls::LiveTls;
 
-/// The bearer token in force; the auth interceptor reads it on every call.
+/// A text secret in force (the bearer token, the judge's API key); its users load it
+/// at each use, so the next call carries a rotated value.
 pub type LiveToken = Arc<ArcSwap<Secret>>;
 
 /// The sidecar's secrets as read at start, and the watch that keeps them current.
 pub struct Secrets {
     token: Option<LiveToken>,
     tls: Option<Arc<LiveTls>>,
+    watch: SecretWatch,
+}
+
+/// What some secret files held at one moment: taken before the value put in force is
+/// read, so that a rotation landing in between is applied (again) at the first poll.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Version(Fingerprint);
+
+impl Version {
+    /// What `paths` hold now (reads files).
+    pub fn of(paths: &[PathBuf]) -> Self {
+        Self(seen(paths))
+    }
+}
+
+/// Groups of secret files, each polled for a new version which is validated and put in
+/// force by its own `apply`, every attempt counted in `metrics`.
+pub struct SecretWatch {
     groups: Vec<Group>,
     poll: Duration,
     metrics: Arc<Metrics>,
 }
 
-impl Secrets {
-    /// Reads the bearer token and the TLS files (a broken one is a config error naming
-    /// its key) and prepares the watch of every secret file `config` names. Reads files.
-    pub fn load(config: &Config, engine: Arc<Engine>, sink: Arc<ConfiguredSink>) -> Result<Self, ConfigError> {
-        // Each group's files are fingerprinted before the value put in force is read: a
-        // rotation landing in between is then applied (again) at the first poll, never missed.
-        // (The sink and the engine read Kafka's and the routes' files a moment earlier.)
-        let mut groups = Vec::new();
-        let metrics = engine.metrics().clone();
-        let token_path = config.server.auth_token_file.clone().filter(|_| config.server.auth_token_env.is_none());
-        let token_seen = token_path.as_ref().map(|p| seen(std::slice::from_ref(p)));
-        let token = config.server.auth_token()?.map(|t| Arc::new(ArcSwap::from_pointee(t)));
-        if let (Some(token), Some(path), Some(first)) = (&token, token_path, token_seen) {
-            let token = token.clone();
-            let group = Group::new("server.auth_token_file", vec![path], move |files| {
-                let text = std::str::from_utf8(&files[0]).map_err(|_| "the token file is not UTF-8 text".to_string())?;
-                token.store(Arc::new(Secret::new(text.trim())));
-                Ok(())
-            });
-            groups.push(Group { seen: first, ..group });
-        }
-        let tls = match &config.server.tls {
-            None => None,
-            Some(t) => {
-                let mut paths = vec![t.cert_file.clone(), t.key_file.clone()];
-                paths.extend(t.client_ca_file.clone());
-                let first = seen(&paths);
-                let files = read(&paths).map_err(|e| ConfigError::new("server.tls", e))?;
-                let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice))
-                    .map_err(|e| ConfigError::new(format!("server.tls.{}", e.file), e.message))?;
-                let live = Arc::new(LiveTls::new(built));
-                let target = live.clone();
-                let group = Group::new("server.tls", paths, move |files| {
-                    let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice)).map_err(|e| e.to_string())?;
-                    target.store(built);
-                    Ok(())
-                });
-                groups.push(Group { seen: first, ..group });
-                Some(live)
-            }
-        };
-        if let ConfiguredSink::Kafka(_) = sink.as_ref() {
-            let paths = kafka_files(&config.sink.kafka);
-            if !paths.is_empty() {
-                let kafka = config.sink.kafka.clone();
-                groups.push(Group::new("sink.kafka", paths, move |_| match sink.as_ref() {
-                    // librdkafka reads these files itself, when a client is created.
-                    ConfiguredSink::Kafka(k) => k.rebuild(&kafka).map_err(|e| e.to_string()),
-                    ConfiguredSink::File(_) => Ok(()),
-                }));
-            }
-        }
-        // Routes come and go with config reloads: their files are looked up at each poll.
-        let routes = engine.clone();
-        let files = move || routes.live().config.routes.values().filter_map(|r| r.api_key_file.clone()).collect();
-        groups.push(Group::dynamic("routes.api_key_file", Box::new(files), move |_| {
-            engine.reread_route_keys().map_err(|e| e.to_string())
-        }));
-        Ok(Self { token, tls, groups, poll: config.server.secret_poll_interval, metrics })
+impl SecretWatch {
+    /// An empty watch polling every `poll`, counting in `metrics`' `secret_reloads` and `secret_rejected`.
+    pub fn new(poll: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { groups: Vec::new(), poll, metrics }
     }
 
-    /// The bearer token callers must present, if one is configured.
-    pub fn token(&self) -> Option<LiveToken> {
-        self.token.clone()
+    /// Watches `paths` (the secret `secret`, its metric label), in force as they were at
+    /// `since`. `apply` gets a changed version's contents, in the order of `paths`, none
+    /// empty; it validates them and puts them in force, or says what is wrong (never the
+    /// content). It runs on the blocking pool.
+    pub fn add(
+        &mut self,
+        secret: &'static str,
+        paths: Vec<PathBuf>,
+        since: Version,
+        apply: impl FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
+    ) {
+        let group = Group::new(secret, paths, apply);
+        self.groups.push(Group { seen: since.0, ..group });
     }
 
-    /// The TLS configuration of the gRPC port, if TLS is on.
-    pub fn tls(&self) -> Option<Arc<LiveTls>> {
-        self.tls.clone()
+    /// True when no file is watched.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 
-    /// Polls the files until `stop`, putting each valid new version in force.
-    pub async fn watch(mut self, stop: CancellationToken) {
+    /// Polls the files until `stop` (every `poll`, and at once on SIGHUP), putting each
+    /// valid new version in force.
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,10 +133,89 @@ impl Secrets {
     }
 }
 
+/// An `apply` for a one-file text secret: the file's trimmed UTF-8 text goes into `target`.
+pub fn store_text(target: LiveToken) -> impl FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static {
+    move |files| {
+        let text = std::str::from_utf8(&files[0]).map_err(|_| "the file is not UTF-8 text".to_string())?;
+        target.store(Arc::new(Secret::new(text.trim())));
+        Ok(())
+    }
+}
+
+impl Secrets {
+    /// Reads the bearer token and the TLS files (a broken one is a config error naming
+    /// its key) and prepares the watch of every secret file `config` names. Reads files.
+    pub fn load(config: &Config, engine: Arc<Engine>, sink: Arc<ConfiguredSink>) -> Result<Self, ConfigError> {
+        // Each group's files are fingerprinted before the value put in force is read: a
+        // rotation landing in between is then applied (again) at the first poll, never missed.
+        // (The sink and the engine read Kafka's and the routes' files a moment earlier.)
+        let mut watch = SecretWatch::new(config.server.secret_poll_interval, engine.metrics().clone());
+        let token_path = config.server.auth_token_file.clone().filter(|_| config.server.auth_token_env.is_none());
+        let token_seen = token_path.as_ref().map(|p| Version::of(std::slice::from_ref(p)));
+        let token = config.server.auth_token()?.map(|t| Arc::new(ArcSwap::from_pointee(t)));
+        if let (Some(token), Some(path), Some(first)) = (&token, token_path, token_seen) {
+            watch.add("server.auth_token_file", vec![path], first, store_text(token.clone()));
+        }
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => {
+                let mut paths = vec![t.cert_file.clone(), t.key_file.clone()];
+                paths.extend(t.client_ca_file.clone());
+                let first = Version::of(&paths);
+                let files = read(&paths).map_err(|e| ConfigError::new("server.tls", e))?;
+                let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice))
+                    .map_err(|e| ConfigError::new(format!("server.tls.{}", e.file), e.message))?;
+                let live = Arc::new(LiveTls::new(built));
+                let target = live.clone();
+                watch.add("server.tls", paths, first, move |files| {
+                    let built = tls::server_config(&files[0], &files[1], files.get(2).map(Vec::as_slice)).map_err(|e| e.to_string())?;
+                    target.store(built);
+                    Ok(())
+                });
+                Some(live)
+            }
+        };
+        if let ConfiguredSink::Kafka(_) = sink.as_ref() {
+            let paths = kafka_files(&config.sink.kafka);
+            if !paths.is_empty() {
+                let kafka = config.sink.kafka.clone();
+                let since = Version::of(&paths);
+                watch.add("sink.kafka", paths, since, move |_| match sink.as_ref() {
+                    // librdkafka reads these files itself, when a client is created.
+                    ConfiguredSink::Kafka(k) => k.rebuild(&kafka).map_err(|e| e.to_string()),
+                    ConfiguredSink::File(_) => Ok(()),
+                });
+            }
+        }
+        // Routes come and go with config reloads: their files are looked up at each poll.
+        let routes = engine.clone();
+        let files = move || routes.live().config.routes.values().filter_map(|r| r.api_key_file.clone()).collect();
+        watch.groups.push(Group::dynamic("routes.api_key_file", Box::new(files), move |_| {
+            engine.reread_route_keys().map_err(|e| e.to_string())
+        }));
+        Ok(Self { token, tls, watch })
+    }
+
+    /// The bearer token callers must present, if one is configured.
+    pub fn token(&self) -> Option<LiveToken> {
+        self.token.clone()
+    }
+
+    /// The TLS configuration of the gRPC port, if TLS is on.
+    pub fn tls(&self) -> Option<Arc<LiveTls>> {
+        self.tls.clone()
+    }
+
+    /// Polls the files until `stop`, putting each valid new version in force.
+    pub async fn watch(self, stop: CancellationToken) {
+        self.watch.run(stop).await
+    }
+}
+
 /// The files librdkafka reads secrets from: the SASL password file, the
 /// `librdkafka_files`, and the files the `*.location` settings name (certificates and
 /// keys librdkafka loads when a client is created).
-fn kafka_files(kafka: &KafkaConfig) -> Vec<PathBuf> {
+pub fn kafka_files(kafka: &KafkaConfig) -> Vec<PathBuf> {
     let locations = kafka.librdkafka.iter().filter(|(k, _)| k.ends_with(".location")).map(|(_, v)| PathBuf::from(v));
     kafka
         .sasl_password_file
