@@ -20,6 +20,8 @@
 #   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed; the default)
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
 #   BENCH_JUDGE_MALLOC_ARENA_MAX  what-if: glibc MALLOC_ARENA_MAX for the worker (unset: glibc's default)
+#   BENCH_JUDGE_THREADS="1 2"     [limits] worker_threads: one (j) run per value and allocator
+#                                 (1 is the default; 2 = one per core here, Tokio's own default)
 #   BENCH_JUDGE_ALLOCATORS="glibc mimalloc"  one (j) run per global allocator, side by side
 #                                 (the `mimalloc` cargo feature; glibc is the default build)
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release (then
@@ -40,6 +42,7 @@ CONCURRENCY="${BENCH_JUDGE_CONCURRENCY:-512}"
 IN_FLIGHT="${BENCH_JUDGE_IN_FLIGHT:-1024}"
 PARTITIONS="${BENCH_PARTITIONS:-6}"
 ALLOCATORS="${BENCH_JUDGE_ALLOCATORS:-glibc mimalloc}"
+THREADS="${BENCH_JUDGE_THREADS:-1 2}"
 BROKER_SH="$ROOT/tests/kafka/broker.sh"
 TCK="$(getconf CLK_TCK)"
 BIN="$ROOT/target/release/untaken"
@@ -97,7 +100,7 @@ JUDGE_PID=$!
 PIDS+=("$JUDGE_PID")
 JUDGE_ADDR=$(wait_line "$WORK/judge.out" '^listening on ' "$JUDGE_PID" | awk '{ print $3 }')
 ADMIN="127.0.0.1:$(free_port)"
-write_config() { # $1: consumer group
+write_config() { # $1: consumer group, $2: worker threads
   cat >"$WORK/judge.toml" <<TOML
 [judge]
 kind = "pairwise"
@@ -108,6 +111,7 @@ input_usd_per_mtok = 1.0
 output_usd_per_mtok = 4.0
 [limits]
 max_concurrency = $CONCURRENCY
+worker_threads = $2
 [kafka]
 brokers = "$BROKERS"
 pairs_topic = "$PAIRS"
@@ -131,19 +135,19 @@ published() { # grades acknowledged so far, from the worker's /metrics
 now() { date +%s.%N; }
 
 # Grades all N pairs with one worker binary (a fresh consumer group and grades topic);
-# appends "alloc t0 t10 t90 tend ticks hwm graded calls maxfl" to $WORK/runs.txt.
-run_worker() {
-  local alloc="$1" group="bench-judge-$1-$RANDOM"
-  write_config "$group"
+# appends "run t0 t10 t90 tend ticks hwm graded calls maxfl" to $WORK/runs.txt.
+run_worker() { # $1: allocator, $2: worker threads
+  local bin="$1" alloc="$1,${2}-thread" group="bench-judge-$1-$2-$RANDOM"
+  write_config "$group" "$2"
   "$KCAT" -P -b "$BROKERS" -t "$GRADES.$group" -K: /dev/null
-  "$WORK/untaken-$alloc" check-config "$WORK/judge.toml" >&2
+  "$WORK/untaken-$bin" check-config "$WORK/judge.toml" >&2
   log "(j) untaken judge ($alloc) grading $N pairs (fake judge ${DELAY} ms, $CONCURRENCY calls in flight at most)"
   local t0 t10="" t90="" tend="" maxfl=0 p t f wpid
   t0=$(now)
   if [[ -n "${BENCH_JUDGE_MALLOC_ARENA_MAX:-}" ]]; then
-    MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$WORK/untaken-$alloc" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
+    MALLOC_ARENA_MAX="$BENCH_JUDGE_MALLOC_ARENA_MAX" "$WORK/untaken-$bin" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
   else
-    "$WORK/untaken-$alloc" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
+    "$WORK/untaken-$bin" judge --config "$WORK/judge.toml" >"$WORK/worker-$alloc.log" 2>&1 &
   fi
   wpid=$!
   PIDS+=("$wpid")
@@ -177,7 +181,7 @@ run_worker() {
   [[ "$graded" == "$N" ]] || die "($alloc) $graded distinct grades for $N pairs"
 }
 
-for a in $ALLOCATORS; do run_worker "$a"; done
+for a in $ALLOCATORS; do for t in $THREADS; do run_worker "$a" "$t"; done; done
 
 # --- report -------------------------------------------------------------------------
 awk -v n="$N" -v bytes="$avg_bytes" -v kw="$K_WALL" -v ku="$K_USER" -v ks="$K_SYS" -v krss="$K_RSS" -v tck="$TCK" \

@@ -273,6 +273,9 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             init_logging(&cfg.log.level, cfg.log.format);
+            drop(runtime);
+            let threads = cfg.limits.worker_threads as usize;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("tokio runtime");
             let code = runtime.block_on(judge(cfg, pairs.zip(grades)));
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
