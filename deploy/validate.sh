@@ -11,8 +11,9 @@
 #      placeholder `latest` tags) and on deploy/monitoring;
 #   5. promtool check rules + promtool test rules (deploy/monitoring/rules.test.yaml);
 #   6. check_manifests.py: the invariants that are untaken's own (sidecar and
-#      judge worker), and then `untaken check-config` on the untaken.toml and
-#      judge.toml of each rendered ConfigMap.
+#      judge worker), read from `untaken check-config --effective-json` of each
+#      rendered ConfigMap's untaken.toml / judge.toml; then `untaken check-config`
+#      on each with stand-ins for the pod's Secrets.
 # Exits non-zero with a message on the first failing step.
 #
 # Environment:
@@ -204,34 +205,30 @@ PY
 (cd "$out/promtool" && "$promtool" test rules rules.test.yaml) \
   || fail "promtool test rules: deploy/monitoring/rules.test.yaml failed (see above)"
 
-args=(--configs-out "$out")
+# untaken's own invariants, on the effective config of each rendered ConfigMap
+# (check_manifests.py runs `untaken check-config --effective-json` on it), then
+# `untaken check-config` once more with stand-ins for the pod's Secrets, which it reads.
+if [[ -n ${UNTAKEN_BIN:-} ]]; then
+  untaken=("$UNTAKEN_BIN")
+else
+  untaken=(cargo run --quiet --locked --manifest-path "$here/../Cargo.toml" --bin untaken --)
+fi
+args=(--configs-out "$out" --untaken "$(printf '%q ' "${untaken[@]}")")
 [[ ${VERBOSE:-0} == 1 ]] && args+=(--verbose)
 untaken_renders=()
 for r in "${renders[@]}"; do [[ $r == monitoring=* ]] || untaken_renders+=("$r"); done
 if ! "$venv/bin/python" "$here/check_manifests.py" "${args[@]}" "${untaken_renders[@]}"; then
   fail "manifests break untaken's deployment invariants (see ERROR lines above)"
 fi
-
-# The config each rendered ConfigMap carries, through untaken's own parser
-# (unknown keys, values, secrets: stand-ins for the pod's Secrets).
-if [[ -n ${UNTAKEN_BIN:-} ]]; then
-  untaken=("$UNTAKEN_BIN")
-else
-  untaken=(cargo run --quiet --locked --manifest-path "$here/../Cargo.toml" --bin untaken --)
-fi
 for r in "${untaken_renders[@]}"; do
   name=${r%%=*}
-  [[ -f $out/$name.toml ]] || fail "check_manifests.py wrote no config for $name"
-  mapfile -t stand_ins <"$out/$name.env"
-  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name.toml"; then
-    fail "untaken check-config rejects the untaken.toml rendered into $name's ConfigMap"
-  fi
-  # The judge worker's config, when the rendering has the judge Deployment.
-  [[ -f $out/$name-judge.toml ]] || continue
-  mapfile -t stand_ins <"$out/$name-judge.env"
-  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name-judge.toml"; then
-    fail "untaken check-config rejects the judge.toml rendered into $name's judge ConfigMap"
-  fi
+  for config in "$name" "$name-judge"; do
+    [[ -f $out/$config.toml ]] || continue
+    mapfile -t stand_ins <"$out/$config.env"
+    if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$config.toml"; then
+      fail "untaken check-config rejects $config.toml (rendered into $name's ConfigMaps) with stand-ins for its Secrets"
+    fi
+  done
 done
 
 step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"

@@ -10,8 +10,8 @@
 //! impossible the test fails with the reason, it never skips.
 //!
 //! A second test breaks copies of deploy/ the ways a user could (a misspelt
-//! field, a grace period shorter than the drain, an unknown config key, an alert
-//! that no longer fires; more judge replicas than partitions, a judge readiness
+//! field, a grace period shorter than the drain (also when spelt "40sec"), an
+//! unknown config key, an alert that no longer fires; more judge replicas than partitions, a judge readiness
 //! probe on the wrong path, a grades topic without its KafkaTopic, an unknown
 //! judge config key) and expects validate.sh to fail, naming what caught it.
 //!
@@ -85,6 +85,13 @@ const MISTAKES: &[Mistake] = &[
         from: "terminationGracePeriodSeconds: 45",
         to: "terminationGracePeriodSeconds: 20",
         expected: "terminationGracePeriodSeconds 20 < server.shutdown_grace 30s",
+    },
+    // Any duration spelling untaken accepts is read as untaken reads it (no copy of its parser).
+    Mistake {
+        file: "k8s/base/untaken.toml",
+        from: "shutdown_grace = \"30s\"",
+        to: "shutdown_grace = \"40sec\"",
+        expected: "terminationGracePeriodSeconds 45 < server.shutdown_grace 40s + 10s",
     },
     Mistake {
         file: "k8s/overlays/example/untaken.toml",
