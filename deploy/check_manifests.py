@@ -18,7 +18,8 @@ Extra checks, each one untaken's own: --config is a mounted ConfigMap file
 untaken's uid 65532; the containers' ephemeral-storage limits exceed the spool
 (else the kubelet evicts untaken before the spool is full); max.message.bytes
 exceeds server.max_body_bytes (a pair holds three bodies); our topics set
-partitions (the KafkaTopic schema leaves them optional); the judge reads the
+partitions and a strimzi.io/cluster label (the KafkaTopic schema, like
+Strimzi's CRD, leaves them optional); the judge reads the
 topic the sidecar writes, with no more replicas than that topic's partitions.
 DIR receives NAME.toml / NAME-judge.toml, their effective JSON, and NAME.env /
 NAME-judge.env: stand-ins for the pod's Secrets, for validate.sh's final
@@ -267,17 +268,19 @@ class Render:
         return next((d for d in self.docs if d["kind"] == "KafkaTopic" and (dig(d, "spec", "topicName") or d["metadata"]["name"]) == name), None)
 
     def our_topic(self, name: str, setting: str, brokers: str) -> dict | None:
-        """The KafkaTopic untaken writes `name` to: present, partitions set, with the brokers' Strimzi cluster."""
+        """The KafkaTopic untaken writes `name` to: present, partitions set, managed by the brokers' Strimzi cluster."""
         t = self.topic(name)
         if not self.check(t is not None, "KafkaTopic", f"no KafkaTopic for {setting} {name!r}", f"topic {name} exists"):
             return None
         where = f"KafkaTopic/{t['metadata']['name']}"
         self.check("partitions" in t["spec"], where, "spec.partitions must be set: the broker default would decide how many judges can work",
                    "partitions set")
+        cluster, ns = dig(t, "metadata", "labels", "strimzi.io/cluster"), t["metadata"].get("namespace")
+        self.check(bool(cluster), where, "no strimzi.io/cluster label: no Topic Operator creates the topic untaken needs",
+                   f"managed by Strimzi cluster {cluster}")
         host = (hostport(brokers.split(",")[0]) or ("", 0))[0]
         m = re.match(r"^([a-z0-9-]+)-kafka-bootstrap\.([a-z0-9-]+)(\.|$)", host)
         if m:  # Strimzi: <cluster>-kafka-bootstrap.<namespace>; its Topic Operator watches that namespace
-            cluster, ns = dig(t, "metadata", "labels", "strimzi.io/cluster"), t["metadata"].get("namespace")
             self.check((cluster, ns) == (m[1], m[2]), where,
                        f"strimzi.io/cluster={cluster!r} in namespace {ns!r}, but the brokers are cluster {m[1]!r} in {m[2]!r}",
                        "topic sits with the brokers' Strimzi cluster")
