@@ -491,7 +491,8 @@ impl Config {
         check_addr("server.listen", &self.server.listen)?;
         check_addr("server.admin_listen", &self.server.admin_listen)?;
         self.server.auth_token()?;
-        if let Some(tls) = &self.server.tls {
+        // TLS files are secrets too: not read while only the effective config is wanted.
+        if let Some(tls) = self.server.tls.as_ref().filter(|_| !crate::effective_config::secrets_absent()) {
             for (key, path) in [("cert_file", Some(&tls.cert_file)), ("key_file", Some(&tls.key_file)), ("client_ca_file", tls.client_ca_file.as_ref())] {
                 if let Some(path) = path {
                     if !path.is_file() {
@@ -603,7 +604,9 @@ impl Config {
                 }
             }
             self.sink.kafka.sasl_password()?;
-            self.sink.kafka.file_settings()?;
+            if !crate::effective_config::secrets_absent() {
+                self.sink.kafka.file_settings()?;
+            }
         }
         crate::redact::Redactor::new(&self.redaction)?;
         if self.spool.max_bytes < 4096 && self.spool.dir.is_some() {

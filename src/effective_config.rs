@@ -93,13 +93,20 @@ mod tests {
                 [server]
                 shutdown_grace = "1m 30s"
                 auth_token_file = "/nonexistent/token"
+                [server.tls]
+                cert_file = "/nonexistent/tls.crt"
+                key_file = "/nonexistent/tls.key"
                 [routes.a]
                 url = "http://127.0.0.1:1/v1"
                 model = "m"
                 api_key_env = "UNTAKEN_TEST_UNSET_VARIABLE"
+                [sink.kafka]
+                brokers = "127.0.0.1:9"
                 [sink.kafka.librdkafka]
-                "sasl.password" = "hunter2"
+                "sasl.oauthbearer.client.secret" = "hunter2"
                 "client.id" = "x"
+                [sink.kafka.librdkafka_files]
+                "ssl.key.pem" = "/nonexistent/client.key"
                 "#,
             )
         })
@@ -109,7 +116,9 @@ mod tests {
         assert_eq!(json["spool"]["max_bytes"], 256 * 1024 * 1024);
         assert_eq!(json["server"]["auth_token_file"], "/nonexistent/token");
         assert_eq!(json["routes"]["a"]["api_key_env"], "UNTAKEN_TEST_UNSET_VARIABLE");
-        assert_eq!(json["sink"]["kafka"]["librdkafka"]["sasl.password"], "[redacted]");
+        assert_eq!(json["sink"]["kafka"]["librdkafka"]["sasl.oauthbearer.client.secret"], "[redacted]");
+        assert_eq!(json["sink"]["kafka"]["librdkafka_files"]["ssl.key.pem"], "/nonexistent/client.key");
+        assert_eq!(json["server"]["tls"]["key_file"], "/nonexistent/tls.key");
         assert_eq!(json["sink"]["kafka"]["librdkafka"]["client.id"], "x");
         assert!(!json.to_string().contains("hunter2"));
         // Outside effective_json, secrets are read and durations are text again.
@@ -130,6 +139,10 @@ mod tests {
                 url = "http://127.0.0.1:1/v1"
                 model = "m"
                 api_key_file = "/nonexistent/key"
+                [kafka]
+                brokers = "127.0.0.1:9"
+                [kafka.librdkafka_files]
+                "ssl.key.pem" = "/nonexistent/client.key"
                 "#,
             )
         })

@@ -439,7 +439,7 @@ impl JudgeConfig {
             }
         }
         read_secret("kafka.sasl_password".into(), k.sasl_password_env.as_ref(), k.sasl_password_file.as_ref())?;
-        for (name, path) in &k.librdkafka_files {
+        for (name, path) in k.librdkafka_files.iter().filter(|_| !crate::effective_config::secrets_absent()) {
             std::fs::metadata(path).map_err(|e| {
                 ConfigError::new(format!("kafka.librdkafka_files.\"{name}\""), format!("cannot read {}: {e}", path.display()))
             })?;
