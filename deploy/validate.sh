@@ -271,4 +271,4 @@ for r in "${untaken_renders[@]}"; do
   done
 done
 
-step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"
+step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas and the PrometheusRule CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"
