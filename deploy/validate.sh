@@ -5,14 +5,16 @@
 #      ${UNTAKEN_TOOLS:-$HOME/.cache/untaken/tools};
 #   2. renders deploy/k8s/base, every deploy/k8s/overlays/* and deploy/monitoring;
 #   3. kubeconform -strict: built-in kinds against the Kubernetes JSON schemas
-#      that kubernetes-validate ships, KafkaTopic and PrometheusRule against
-#      deploy/schemas/*.json; a kind without a schema fails;
+#      that kubernetes-validate ships, PrometheusRule against prometheus-operator's
+#      own CRD (fetched once with `go mod download`, converted), KafkaTopic
+#      against deploy/schemas/kafkatopic.json; a kind without a schema fails;
 #   4. kube-score on every overlay (what gets applied; the base keeps
 #      placeholder `latest` tags) and on deploy/monitoring;
 #   5. promtool check rules + promtool test rules (deploy/monitoring/rules.test.yaml);
 #   6. check_manifests.py: the invariants that are untaken's own (sidecar and
-#      judge worker), and then `untaken check-config` on the untaken.toml and
-#      judge.toml of each rendered ConfigMap.
+#      judge worker), read from `untaken check-config --effective-json` of each
+#      rendered ConfigMap's untaken.toml / judge.toml; then `untaken check-config`
+#      on each with stand-ins for the pod's Secrets.
 # Exits non-zero with a message on the first failing step.
 #
 # Environment:
@@ -27,6 +29,7 @@ KUSTOMIZE_VERSION=v5.8.2             # newest that builds with Go 1.26 (v5.8.3 n
 KUBECONFORM_VERSION=v0.8.0
 KUBE_SCORE_VERSION=v1.20.0
 PROMETHEUS_VERSION=v0.316.0          # the Go module version of Prometheus 3.x's promtool
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # its Go module ships the PrometheusRule CRD
 KUBERNETES_VALIDATE_VERSION=1.37.0   # ships JSON schemas for Kubernetes 1.25 .. 1.37
 K8S_VERSION=${UNTAKEN_K8S_VERSION:-1.33.0}
 PYTHON=${PYTHON:-python3}
@@ -114,6 +117,43 @@ if [[ ! -f $sdir/.complete ]]; then
   touch "$sdir/.complete"
 fi
 
+# --- CRD schemas for kubeconform ----------------------------------------------------
+# The PrometheusRule CRD as prometheus-operator publishes it (its Go module ships
+# example/prometheus-operator-crd), converted as kubeconform's openapi2jsonschema.py
+# does: openAPIV3Schema, int-or-string as either, and strict (additionalProperties
+# false wherever properties are listed). Strimzi publishes its CRDs in no package
+# registry: deploy/schemas/kafkatopic.json is a faithful subset (see its description).
+crds=$tools/crd-schemas-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION
+if [[ ! -f $crds/.complete ]]; then
+  command -v go >/dev/null || fail "'go' not found: it is needed once to fetch the PrometheusRule CRD into $crds"
+  step "fetching the PrometheusRule CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION (first run only)"
+  mod=$(GOTOOLCHAIN=local GOFLAGS=-modcacherw go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" 2>"$tools/crd-download.log") \
+    || { cat "$tools/crd-download.log" >&2; fail "go mod download prometheus-operator@$PROMETHEUS_OPERATOR_VERSION failed"; }
+  rm -rf "$crds" && mkdir -p "$crds"
+  "$venv/bin/python" - "$crds" "$mod" <<'PY' || fail "cannot convert the PrometheusRule CRD into a JSON schema"
+import json, pathlib, sys, yaml
+mod = json.loads(sys.argv[2])
+crd = yaml.safe_load(open(pathlib.Path(mod["Dir"]) / "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"))
+def strict(node):
+    if isinstance(node, list):
+        return [strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: strict(v) for k, v in node.items()}
+    if node.pop("x-kubernetes-int-or-string", False):
+        node = {"oneOf": [{"type": "string"}, {"type": "integer"}], **{k: v for k, v in node.items() if k != "type"}}
+    if "properties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    return node
+(version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+schema = strict(version["schema"]["openAPIV3Schema"])
+schema["description"] = f"{crd['metadata']['name']} v1, prometheus-operator {mod['Version']}: " + schema.get("description", "")
+json.dump(schema, open(pathlib.Path(sys.argv[1]) / "prometheusrule.json", "w"), indent=1)
+PY
+  touch "$crds/.complete"
+fi
+
 # --- render --------------------------------------------------------------------
 out=$(mktemp -d "${TMPDIR:-/tmp}/untaken-validate.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -141,6 +181,7 @@ step "rendered ${#renders[@]} kustomizations with kustomize $KUSTOMIZE_VERSION"
 files=("${renders[@]#*=}")
 if ! "$kubeconform" -strict -summary -kubernetes-version "$K8S_VERSION" \
     -schema-location "$schemas/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    -schema-location "$crds/{{ .ResourceKind }}.json" \
     -schema-location "$deploy/schemas/{{ .ResourceKind }}.json" "${files[@]}"; then
   fail "kubeconform: manifests do not match their schemas (see above)"
 fi
@@ -204,34 +245,30 @@ PY
 (cd "$out/promtool" && "$promtool" test rules rules.test.yaml) \
   || fail "promtool test rules: deploy/monitoring/rules.test.yaml failed (see above)"
 
-args=(--configs-out "$out")
+# untaken's own invariants, on the effective config of each rendered ConfigMap
+# (check_manifests.py runs `untaken check-config --effective-json` on it), then
+# `untaken check-config` once more with stand-ins for the pod's Secrets, which it reads.
+if [[ -n ${UNTAKEN_BIN:-} ]]; then
+  untaken=("$UNTAKEN_BIN")
+else
+  untaken=(cargo run --quiet --locked --manifest-path "$here/../Cargo.toml" --bin untaken --)
+fi
+args=(--configs-out "$out" --untaken "$(printf '%q ' "${untaken[@]}")")
 [[ ${VERBOSE:-0} == 1 ]] && args+=(--verbose)
 untaken_renders=()
 for r in "${renders[@]}"; do [[ $r == monitoring=* ]] || untaken_renders+=("$r"); done
 if ! "$venv/bin/python" "$here/check_manifests.py" "${args[@]}" "${untaken_renders[@]}"; then
   fail "manifests break untaken's deployment invariants (see ERROR lines above)"
 fi
-
-# The config each rendered ConfigMap carries, through untaken's own parser
-# (unknown keys, values, secrets: stand-ins for the pod's Secrets).
-if [[ -n ${UNTAKEN_BIN:-} ]]; then
-  untaken=("$UNTAKEN_BIN")
-else
-  untaken=(cargo run --quiet --locked --manifest-path "$here/../Cargo.toml" --bin untaken --)
-fi
 for r in "${untaken_renders[@]}"; do
   name=${r%%=*}
-  [[ -f $out/$name.toml ]] || fail "check_manifests.py wrote no config for $name"
-  mapfile -t stand_ins <"$out/$name.env"
-  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name.toml"; then
-    fail "untaken check-config rejects the untaken.toml rendered into $name's ConfigMap"
-  fi
-  # The judge worker's config, when the rendering has the judge Deployment.
-  [[ -f $out/$name-judge.toml ]] || continue
-  mapfile -t stand_ins <"$out/$name-judge.env"
-  if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$name-judge.toml"; then
-    fail "untaken check-config rejects the judge.toml rendered into $name's judge ConfigMap"
-  fi
+  for config in "$name" "$name-judge"; do
+    [[ -f $out/$config.toml ]] || continue
+    mapfile -t stand_ins <"$out/$config.env"
+    if ! env "${stand_ins[@]}" "${untaken[@]}" check-config "$out/$config.toml"; then
+      fail "untaken check-config rejects $config.toml (rendered into $name's ConfigMaps) with stand-ins for its Secrets"
+    fi
+  done
 done
 
-step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"
+step "OK in $((SECONDS - start))s (kustomize $KUSTOMIZE_VERSION, kubeconform $KUBECONFORM_VERSION strict with Kubernetes $K8S_VERSION schemas and the PrometheusRule CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION, kube-score $KUBE_SCORE_VERSION, promtool $PROMETHEUS_VERSION, untaken check-config)"

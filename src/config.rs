@@ -70,7 +70,7 @@ pub struct ServerConfig {
     /// Longest label key or value, in bytes.
     pub max_label_bytes: usize,
     /// How long shutdown waits for in-flight shadow calls before spooling the rest.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub shutdown_grace: Duration,
     /// File holding a bearer token `Mirror` and `Complete` callers must present.
     pub auth_token_file: Option<PathBuf>,
@@ -81,7 +81,7 @@ pub struct ServerConfig {
     /// How often the secret files (auth token, TLS, routes' API keys, Kafka's) are
     /// re-read; a changed one is validated and put in force without a restart.
     /// Kubernetes refreshes a mounted Secret within about a minute, so 10 s adds little.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub secret_poll_interval: Duration,
 }
 
@@ -192,7 +192,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub counterfactual: Option<String>,
     /// Whole-call timeout for a shadow request to this route.
-    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    #[serde(default = "default_route_timeout", with = "crate::effective_config::duration")]
     pub timeout: Duration,
     /// Environment variable holding the API key (sent as a bearer token).
     #[serde(default)]
@@ -231,7 +231,7 @@ fn default_route_timeout() -> Duration {
 #[serde(deny_unknown_fields, default)]
 pub struct PairingConfig {
     /// How long a pair waits for its missing half before it is published without it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub timeout: Duration,
     /// Most pairs waiting at once; past it new samples are shed (`pairing_full`).
     pub max_pending: usize,
@@ -308,12 +308,12 @@ pub struct KafkaConfig {
     /// Environment variable holding `sasl.password`.
     pub sasl_password_env: Option<String>,
     /// How long a record may wait for Kafka before it goes to the spool instead.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub delivery_timeout: Duration,
     /// When deliveries are outstanding and none has been acknowledged for this long,
     /// Kafka is taken to be down: new records go straight to the spool (so memory does
     /// not fill while the delivery timeout runs out) until a replay succeeds.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub stall_timeout: Duration,
     /// Extra librdkafka settings, passed through as given. Put no secret here (use
     /// `librdkafka_files`); values of keys naming a password or secret never print.
@@ -359,7 +359,7 @@ pub struct SpoolConfig {
     /// The spool never grows past this many bytes; past it records are refused and counted.
     pub max_bytes: u64,
     /// How often spooled data is fsynced.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub fsync_interval: Duration,
 }
 
@@ -491,7 +491,8 @@ impl Config {
         check_addr("server.listen", &self.server.listen)?;
         check_addr("server.admin_listen", &self.server.admin_listen)?;
         self.server.auth_token()?;
-        if let Some(tls) = &self.server.tls {
+        // TLS files are secrets too: not read while only the effective config is wanted.
+        if let Some(tls) = self.server.tls.as_ref().filter(|_| !crate::effective_config::secrets_absent()) {
             for (key, path) in [("cert_file", Some(&tls.cert_file)), ("key_file", Some(&tls.key_file)), ("client_ca_file", tls.client_ca_file.as_ref())] {
                 if let Some(path) = path {
                     if !path.is_file() {
@@ -603,7 +604,9 @@ impl Config {
                 }
             }
             self.sink.kafka.sasl_password()?;
-            self.sink.kafka.file_settings()?;
+            if !crate::effective_config::secrets_absent() {
+                self.sink.kafka.file_settings()?;
+            }
         }
         crate::redact::Redactor::new(&self.redaction)?;
         if self.spool.max_bytes < 4096 && self.spool.dir.is_some() {
@@ -645,7 +648,11 @@ fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
 
 /// A secret from an environment variable or a file (`{key}_env` / `{key}_file` name
 /// the setting in errors); `None` when neither is configured.
+/// Reads nothing while [`crate::effective_config::effective_json`] loads a config.
 pub fn read_secret(key: String, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<Secret>, ConfigError> {
+    if crate::effective_config::secrets_absent() {
+        return Ok(None);
+    }
     if let Some(var) = env {
         return std::env::var(var)
             .map(|v| Some(Secret::new(v.trim())))

@@ -35,6 +35,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod effective_config;
 pub mod log_limit;
 pub mod judge;
 pub mod librdkafka_log;

@@ -46,7 +46,13 @@ enum Command {
     /// Validate a config file and exit (0 when valid, 64 when not). A file with a
     /// top-level [judge] table is checked as a judge config; a sidecar config also
     /// prints the worst-case memory it allows.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        file: PathBuf,
+        /// Write the effective config to this file as JSON instead (defaults applied,
+        /// durations in seconds, secrets as their `*_env`/`*_file` references, never read).
+        #[arg(long, value_name = "OUT")]
+        effective_json: Option<PathBuf>,
+    },
     /// The whole story locally: a router, the sidecar, the judge and the report, on simulated models.
     Demo {
         /// Number of router requests to send.
@@ -224,7 +230,26 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
-        Command::CheckConfig { file } if untaken::judge::config::is_judge_config(&file) => {
+        Command::CheckConfig { file, effective_json: Some(out) } => {
+            let json = if untaken::judge::config::is_judge_config(&file) {
+                untaken::effective_config::effective_json(|| untaken::judge::config::load(Some(&file)))
+            } else {
+                untaken::effective_config::effective_json(|| config::load(Some(&file)))
+            };
+            let written = json.and_then(|j| {
+                let text = serde_json::to_string_pretty(&j).expect("a JSON value prints");
+                std::fs::write(&out, text + "\n")
+                    .map_err(|e| ConfigError::new("--effective-json", format!("cannot write {}: {e}", out.display())))
+            });
+            match written {
+                Ok(()) => {
+                    println!("{}: ok, effective config in {}", file.display(), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_error(&e),
+            }
+        }
+        Command::CheckConfig { file, .. } if untaken::judge::config::is_judge_config(&file) => {
             match untaken::judge::config::load(Some(&file)) {
                 Ok(c) => {
                     println!("{}: ok (judge {}, pairs {}, grades {})", file.display(), c.judge.kind.as_str(), c.kafka.pairs_topic, c.kafka.grades_topic);
@@ -233,7 +258,7 @@ fn main() -> ExitCode {
                 Err(e) => config_error(&e),
             }
         }
-        Command::CheckConfig { file } => match config::load(Some(&file)) {
+        Command::CheckConfig { file, .. } => match config::load(Some(&file)) {
             Ok(c) => {
                 println!("{}: ok ({} routes, sink {:?})", file.display(), c.routes.len(), c.sink.effective_kind());
                 print!("{}", untaken::memory::ceiling(&c));

@@ -200,3 +200,47 @@ async fn pairs_pending_at_a_crash_are_counted_on_the_next_start() {
     assert_eq!(lost, 3.0, "three pairs were pending at the SIGKILL");
     assert_eq!(status.code(), Some(0));
 }
+
+/// `check-config --effective-json` is what deploy/check_manifests.py reads: the
+/// config as the binary will run it (defaults applied, durations in seconds, any
+/// spelling humantime accepts), with secrets as references that are not read and
+/// never printed; a bad config still exits 64 naming the key.
+#[test]
+fn check_config_effective_json_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = dir.path().join("untaken.toml");
+    let base = "[server]\nshutdown_grace = \"1min 30sec\"\n\
+        [routes.a]\nurl = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
+        [sink.kafka]\nbrokers = \"127.0.0.1:9\"\nsasl_password_file = \"/nowhere/password\"\n\
+        [sink.kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"hunter2\"\n";
+    std::fs::write(&sidecar, base).unwrap();
+    let out_json = dir.path().join("effective.json");
+    let run = |file: &Path| {
+        Command::new(BIN)
+            .args(["check-config", "--effective-json", out_json.to_str().unwrap(), file.to_str().unwrap()])
+            .env_remove("UNTAKEN_SINK__KAFKA__SASL_PASSWORD_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = run(&sidecar);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&out_json).unwrap();
+    assert!(!written.contains("hunter2"), "a secret value was printed:\n{written}");
+    let json: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(json["server"]["shutdown_grace"], 90.0, "{written}");
+    assert_eq!(json["server"]["max_body_bytes"], 1024 * 1024, "the default applies:\n{written}");
+    assert_eq!(json["sink"]["kafka"]["sasl_password_file"], "/nowhere/password");
+
+    let judge = dir.path().join("judge.toml");
+    std::fs::write(&judge, "[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\napi_key_env = \"UNTAKEN_TEST_NO_SUCH_KEY\"\n").unwrap();
+    let out = run(&judge);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    assert_eq!(json["server"]["shutdown_grace"], 20.0, "the judge's own default");
+    assert_eq!(json["judge"]["pairwise"]["api_key_env"], "UNTAKEN_TEST_NO_SUCH_KEY");
+
+    std::fs::write(&sidecar, base.replace("1min 30sec", "soon")).unwrap();
+    let out = run(&sidecar);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shutdown_grace"), "{}", String::from_utf8_lossy(&out.stderr));
+}

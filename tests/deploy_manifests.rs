@@ -1,8 +1,8 @@
 //! Validates the deployment files in `deploy/` by running `deploy/validate.sh`,
 //! which uses the ecosystem's own tools: kustomize renders the base, the overlays
 //! and deploy/monitoring; kubeconform checks every document strictly (Kubernetes
-//! schemas shipped by kubernetes-validate, deploy/schemas/*.json for KafkaTopic
-//! and PrometheusRule); kube-score lints the overlays; promtool checks the alert
+//! schemas shipped by kubernetes-validate, prometheus-operator's own CRD for
+//! PrometheusRule, deploy/schemas/kafkatopic.json for KafkaTopic); kube-score lints the overlays; promtool checks the alert
 //! rules and runs their unit tests; check_manifests.py checks the invariants that
 //! are untaken's own; and this crate's `untaken check-config` parses the config
 //! each rendered ConfigMap carries. The first run installs the pinned tools into
@@ -10,10 +10,10 @@
 //! impossible the test fails with the reason, it never skips.
 //!
 //! A second test breaks copies of deploy/ the ways a user could (a misspelt
-//! field, a grace period shorter than the drain, an unknown config key, an alert
-//! that no longer fires; more judge replicas than partitions, a judge readiness
-//! probe on the wrong path, a grades topic without its KafkaTopic, an unknown
-//! judge config key) and expects validate.sh to fail, naming what caught it.
+//! field, a grace period shorter than the drain (also when spelt "40sec"), an
+//! unknown config key, an alert that no longer fires; more judge replicas than partitions, a judge readiness
+//! probe on the wrong path, a grades topic without its KafkaTopic or without
+//! partitions, an unknown judge config key, a misspelt PrometheusRule field) and expects validate.sh to fail, naming what caught it.
 //!
 //! A third test checks that the worst-case memory each shipped `untaken.toml`
 //! allows (`untaken check-config` prints it) fits the untaken container's memory
@@ -86,6 +86,13 @@ const MISTAKES: &[Mistake] = &[
         to: "terminationGracePeriodSeconds: 20",
         expected: "terminationGracePeriodSeconds 20 < server.shutdown_grace 30s",
     },
+    // Any duration spelling untaken accepts is read as untaken reads it (no copy of its parser).
+    Mistake {
+        file: "k8s/base/untaken.toml",
+        from: "shutdown_grace = \"30s\"",
+        to: "shutdown_grace = \"40sec\"",
+        expected: "terminationGracePeriodSeconds 45 < server.shutdown_grace 40s + 10s",
+    },
     Mistake {
         file: "k8s/overlays/example/untaken.toml",
         from: "[pairing]",
@@ -115,6 +122,20 @@ const MISTAKES: &[Mistake] = &[
         from: "[limits]",
         to: "[limits]\nbudget_usd = 3.0",
         expected: "untaken check-config rejects the judge.toml rendered into base's judge ConfigMap",
+    },
+    // Strimzi's CRD leaves partitions optional; untaken's topics must set them.
+    Mistake {
+        file: "k8s/base/judge-kafkatopic.yaml",
+        from: "  partitions: 12\n",
+        to: "",
+        expected: "spec.partitions must be set",
+    },
+    // Checked against prometheus-operator's own CRD (strict): a misspelt rule-group field.
+    Mistake {
+        file: "monitoring/prometheusrule.yaml",
+        from: "    - name: untaken-judge",
+        to: "    - name: untaken-judge\n      intervall: 1m",
+        expected: "kubeconform: manifests do not match their schemas",
     },
     Mistake {
         file: "monitoring/prometheusrule.yaml",

@@ -101,10 +101,10 @@ pub struct PairwiseConfig {
     pub max_retries: u32,
     /// First retry delay; doubled on each retry (with jitter), at most 10 s. A 429's
     /// `Retry-After` is honoured up to the same cap.
-    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    #[serde(default = "default_retry_backoff", with = "crate::effective_config::duration")]
     pub retry_backoff: Duration,
     /// Whole-call timeout of one judge call.
-    #[serde(default = "default_judge_timeout", with = "humantime_serde")]
+    #[serde(default = "default_judge_timeout", with = "crate::effective_config::duration")]
     pub timeout: Duration,
     /// Answers longer than this many characters are cut (and marked) in the prompt.
     #[serde(default = "default_max_answer_chars")]
@@ -124,10 +124,10 @@ pub struct PairwiseConfig {
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
     /// Delay before the first probe of an open circuit; doubled after each failed probe.
-    #[serde(default = "default_breaker_probe_interval", with = "humantime_serde")]
+    #[serde(default = "default_breaker_probe_interval", with = "crate::effective_config::duration")]
     pub breaker_probe_interval: Duration,
     /// Longest delay between probes of an open circuit.
-    #[serde(default = "default_breaker_max_probe_interval", with = "humantime_serde")]
+    #[serde(default = "default_breaker_max_probe_interval", with = "crate::effective_config::duration")]
     pub breaker_max_probe_interval: Duration,
 }
 
@@ -234,7 +234,7 @@ pub struct LimitsConfig {
     /// pauses consumption until the window allows more; no pair is skipped.
     pub budget_usd_per_hour: Option<f64>,
     /// Length of the budget's rolling window (an hour; shorter only for tests and demos).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub budget_window: Duration,
     /// Tokio worker threads of `untaken judge` (restart only). The worker waits on the
     /// network: one thread grades over 800 pairs a second with a 200 ms judge; a second
@@ -290,10 +290,10 @@ pub struct JudgeKafkaConfig {
     /// Recently graded pair ids remembered to skip duplicates (bounded memory).
     pub dedup_capacity: usize,
     /// How often acknowledged offsets are committed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub commit_interval: Duration,
     /// How long a grade may wait for Kafka's acknowledgement before the send is retried.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub delivery_timeout: Duration,
     /// File holding `sasl.password`.
     pub sasl_password_file: Option<PathBuf>,
@@ -350,12 +350,12 @@ pub struct JudgeServerConfig {
     pub admin_listen: String,
     /// On SIGTERM, how long in-flight grades may take to finish before the worker
     /// exits anyway (their offsets stay uncommitted and are graded again later).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub shutdown_grace: Duration,
     /// How often the secret files (`judge.pairwise.api_key_file`, `kafka.sasl_password_file`,
     /// `kafka.librdkafka_files`) are re-read, as the sidecar's setting of the same name; a
     /// changed one is validated and put in force without a restart (see "Rotating secrets").
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::effective_config::duration")]
     pub secret_poll_interval: Duration,
 }
 
@@ -454,7 +454,7 @@ impl JudgeConfig {
             }
         }
         read_secret("kafka.sasl_password".into(), k.sasl_password_env.as_ref(), k.sasl_password_file.as_ref())?;
-        for (name, path) in &k.librdkafka_files {
+        for (name, path) in k.librdkafka_files.iter().filter(|_| !crate::effective_config::secrets_absent()) {
             std::fs::metadata(path).map_err(|e| {
                 ConfigError::new(format!("kafka.librdkafka_files.\"{name}\""), format!("cannot read {}: {e}", path.display()))
             })?;
