@@ -12,6 +12,8 @@
 //! - [`redact`]: the redaction rules applied to bodies before they leave the process.
 //! - [`record`]: builds and encodes the `PairRecord` (pure).
 //! - [`memory`]: the worst-case memory a config allows (pure).
+//! - [`effective_config`]: `check-config --effective-json`, the config as it will run (defaults
+//!   applied, durations in seconds, secrets as references only) for deploy/check_manifests.py.
 //! - [`sidecar`]: the request path: `validate`, `engine` (Mirror/Complete), `admission`,
 //!   `dispatch` (shadow calls), `pairing` (join table), `expiry`, `finish` (record
 //!   building), `publisher` (delivery, spool, replay).
