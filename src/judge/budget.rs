@@ -1,6 +1,6 @@
 //! Admission for judge calls: a rate limit (governor), a cap on calls in flight and
 //! a spend budget per rolling window (an hour by default), in buckets of 1/60th of
-//! the window as for shadow calls ([`SpendWindow`]).
+//! the window as for shadow calls ([`Spend`](crate::sidecar::admission::Spend)).
 //!
 //! Calls in flight count against the budget as for shadow calls (the same
 //! [`Spend`] reservation): a call reserves its estimated cost when admitted

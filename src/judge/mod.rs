@@ -8,7 +8,7 @@
 //! - [`features`]: request features, half summaries, answer text (pure).
 //! - [`verdict`]: strict verdict parsing (pure).
 //! - [`prompt`]: the versioned pairwise prompt (pure).
-//! - [`reference`]: matching an answer against a known answer (pure).
+//! - [`reference`](mod@reference): matching an answer against a known answer (pure).
 //! - [`grade`]: outcome, score and encoding of a grade (pure).
 //! - [`offsets`]: which offsets may be committed (pure).
 //! - [`dedup`]: recently graded pair ids, bounded (pure).

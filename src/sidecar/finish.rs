@@ -1,6 +1,6 @@
 //! Finishing a pair: redact, build and encode the record off the request path (on
 //! the blocking pool when it is big), then hand it to the publisher. A pair the shadow
-//! call completes is built in that call's task ([`Engine::finish_here`]); one completed
+//! call completes is built in that call's task (`Engine::finish_here`); one completed
 //! by `Complete`, the expiry or the drain, in a task of its own.
 //!
 //! Owns the hand-off channel's size ([`RECORDS_CHANNEL`]) and the count of pairs
