@@ -131,13 +131,17 @@ impl Worker {
         w
     }
 
-    /// The worker in-process, without waiting for it to be ready.
+    /// The worker in-process, its admin port on a listener bound to 127.0.0.1:0
+    /// (`server.admin_listen` is not used), without waiting for it to be ready.
     fn spawn(toml: &str) -> Worker {
         let cfg = untaken::judge::config::from_toml(toml).unwrap();
-        let admin: SocketAddr = cfg.server.admin_listen.parse().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
+        let admin = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let handle = tokio::spawn(async move { untaken::judge::run_kafka(&cfg, s).await });
+        let handle = tokio::spawn(async move { untaken::judge::run_kafka_on(&cfg, listener, s).await });
         Worker { stop, handle, admin }
     }
 
@@ -148,20 +152,11 @@ impl Worker {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("http://{}/ready", self.admin)).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("judge worker not ready within 30 s");
+        common::metrics::wait_ready_status(self.admin, 200, Duration::from_secs(30)).await;
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+        common::metrics::scrape(self.admin).await
     }
 
     async fn stop(self) -> WorkerSummary {
@@ -170,9 +165,9 @@ impl Worker {
     }
 }
 
-fn admin_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
+/// `server.admin_listen` of an in-process worker: [`Worker::spawn`] binds the
+/// admin port itself, so the config's value is never bound.
+const IN_PROCESS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 fn published(metrics: &str) -> f64 {
     ["graded", "primary_failed", "counterfactual_failed", "both_failed", "incomplete", "judge_error", "no_reference"]
@@ -246,8 +241,7 @@ async fn reference_judge_grades_a_thousand_pairs_once_and_skips_undecodable_reco
     records.extend((0..5).map(garbage));
     produce(&bootstrap, &pairs_topic, records).await;
 
-    let admin = admin_addr();
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "")).await;
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, IN_PROCESS, REFERENCE, "", "")).await;
     let got = grades(&bootstrap, &grades_topic, 1000, Duration::from_secs(90)).await;
     assert_eq!(got.len(), 1000, "1,000 pairs in, 1,000 grades out");
     let extra = grades(&bootstrap, &grades_topic, 1001, Duration::from_secs(3)).await;
@@ -318,7 +312,8 @@ async fn sigkill_mid_stream_then_restart_grades_every_pair_at_least_once() {
     let window = 64;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("judge.toml");
-    let admin = admin_addr();
+    // The binary, killed and restarted, must come back on the same admin port.
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let toml = judge_toml(
         &bootstrap,
         &pairs_topic,
@@ -383,7 +378,7 @@ async fn position_bias_cancels_out_and_a_length_preference_shows_in_the_grades()
             &pairs_topic,
             &grades_topic,
             &topic("pos-group"),
-            admin_addr(),
+            IN_PROCESS,
             &pairwise(&judge.url(), &format!("{prices}\nstructured_output = {structured}")),
             "",
             "encoding = \"json\"",
@@ -424,7 +419,7 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     create_topic_async(&bootstrap, &grades_topic, 1).await;
     let judge = FakeJudge::start(Preference::Longer, Duration::ZERO, false).await.unwrap();
     let cfg = pairwise(&judge.url(), "max_attempts = 2\nmax_retries = 1\ntimeout = \"300ms\"");
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("f-group"), admin_addr(), &cfg, "", "")).await;
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("f-group"), IN_PROCESS, &cfg, "", "")).await;
     let mut n = 0;
     // One pair at a time, under a given judge behaviour; returns its grade.
     let mut grade_one = |p: PairRecord| {
@@ -499,7 +494,7 @@ async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_not
     // max_tokens = 100 at the same price: each call is estimated at $1 up front.
     let cfg = pairwise(&judge.url(), "output_usd_per_mtok = 10000.0\nmax_tokens = 100");
     let limits = "[limits]\nmax_concurrency = 2\nbudget_usd_per_hour = 3.0\nbudget_window = \"6s\"\n";
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), admin_addr(), &cfg, limits, "")).await;
+    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), IN_PROCESS, &cfg, limits, "")).await;
     let start = Instant::now();
     let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
@@ -535,9 +530,9 @@ async fn two_workers_in_one_group_split_the_partitions_and_grade_everything_once
     let (pairs_topic, grades_topic, group) = (topic("g-pairs"), topic("g-grades"), topic("g-group"));
     create_topic_async(&bootstrap, &pairs_topic, 4).await;
     create_topic_async(&bootstrap, &grades_topic, 4).await;
-    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
-    let a = Worker::start(&toml(admin_addr())).await;
-    let b = Worker::start(&toml(admin_addr())).await;
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, IN_PROCESS, REFERENCE, "", "");
+    let a = Worker::start(&toml).await;
+    let b = Worker::start(&toml).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (ma, mb) = (a.metrics().await, b.metrics().await);
@@ -633,10 +628,10 @@ async fn ready_only_once_a_partition_is_assigned() {
     // One partition: a second replica in the group gets nothing to consume.
     create_topic_async(&bootstrap, &pairs_topic, 1).await;
     create_topic_async(&bootstrap, &grades_topic, 1).await;
-    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
-    let first = Worker::start(&toml(admin_addr())).await;
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, IN_PROCESS, REFERENCE, "", "");
+    let first = Worker::start(&toml).await;
     assert_eq!(metric(&first.metrics().await, "untaken_judge_assigned_partitions"), 1.0, "ready means assigned");
-    let second = Worker::spawn(&toml(admin_addr()));
+    let second = Worker::spawn(&toml);
     // The group rebalances: one replica keeps the partition, the other gets nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (assigned, idle) = loop {
@@ -670,15 +665,7 @@ async fn ready_only_once_a_partition_is_assigned() {
 
 /// Polls the worker's metrics until `ok` holds (30 s at most).
 async fn wait_metrics(w: &Worker, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = w.metrics().await;
-        if ok(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{what} within 30 s:\n{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::metrics::wait_metrics(w.admin, what, Duration::from_secs(30), ok).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,7 +678,7 @@ async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_ski
     let judge_addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{judge_addr}/v1/chat/completions");
     let breaker = "max_retries = 1\nbreaker_failures = 3\nbreaker_probe_interval = \"100ms\"\nbreaker_max_probe_interval = \"400ms\"\ntimeout = \"2s\"";
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), admin_addr(), &pairwise(&url, breaker), "", "");
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), IN_PROCESS, &pairwise(&url, breaker), "", "");
     let worker = Worker::start(&toml).await;
     let pairs: Vec<_> = (0..40).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs[..10], Encoding::Json)).await;
@@ -792,7 +779,7 @@ fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
 async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (config, log) = (dir.path().join("judge.toml"), dir.path().join("judge.log"));
-    let admin = admin_addr();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let broker = common::proc::dead_addr();
     std::fs::write(&config, judge_toml(&broker, "pairs", "grades", "g", admin, REFERENCE, "", "")).unwrap();
     let mut judge = Sidecar::spawn_judge(&config, admin, &log);
@@ -836,7 +823,7 @@ async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_reje
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(50), false).await.unwrap();
     judge.accept_keys(&["sk-first"]);
     let key = format!("api_key_file = \"{}\"", volume.path("api-key").display());
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sk-group"), admin_addr(), &pairwise(&judge.url(), &key), "[limits]\nmax_concurrency = 8\n", "");
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sk-group"), IN_PROCESS, &pairwise(&judge.url(), &key), "[limits]\nmax_concurrency = 8\n", "");
     let worker = Worker::start(&polling_secrets(&toml)).await;
     let ok = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="ok"}"#;
     let rejected = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="rejected"}"#;
@@ -893,7 +880,7 @@ async fn rotated_kafka_secret_files_rebuild_both_clients_and_every_pair_is_grade
         volume.path("password").display(),
         volume.path("protocol").display()
     );
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sr-group"), admin_addr(), &pairwise(&judge.url(), ""), "[limits]\nmax_concurrency = 8\n", &kafka);
+    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sr-group"), IN_PROCESS, &pairwise(&judge.url(), ""), "[limits]\nmax_concurrency = 8\n", &kafka);
     let worker = Worker::start(&polling_secrets(&toml)).await;
     let ok = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="ok"}"#;
     let rejected = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="rejected"}"#;
