@@ -1020,11 +1020,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         accepted.extend(s.await.unwrap());
     }
     // Every pair built, so the records wait in the sidecar (or its spool), not in the engine.
-    let m = wait_metrics(sc.admin, "every pair built", Duration::from_secs(120), |m| {
-        m.lines().filter(|l| l.starts_with("untaken_pairs_built_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
-            == n as f64
-    })
-    .await;
+    let m = wait_metrics(sc.admin, "every pair built", Duration::from_secs(120), |m| metric_sum(m, "untaken_pairs_built_total") == n as f64).await;
     let (published, spooled) = (metric(&m, "untaken_pairs_published_total"), metric(&m, SPOOLED));
     println!(
         "[throttled] {n} accepted in {:?}; at SIGTERM {published} published, {spooled} spooled, {} waiting in memory",

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::app::{metric, metrics, mirror_req, primary_answer, spawn_app, spawn_app_with, wait_metric};
+use common::app::{metric, metrics, mirror_req, primary_answer, spawn_app, spawn_app_with, wait_metric, wait_metric_at_least};
 use common::kafka::{consume_async, shared_bootstrap_async};
 use tonic::Code;
 use untaken::simulate::SecretVolume;
@@ -106,19 +106,6 @@ async fn shadow_authorization(upstream: &untaken::simulate::FakeUpstream, n: usi
     }
 }
 
-/// Waits until `series` reads at least `n`.
-async fn wait_at_least(app: &untaken::app::Running, series: &str, n: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = metrics(app).await;
-        if metric(&m, series) >= n {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {series} >= {n}; last /metrics:\n{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Sends `Mirror` calls with ids `kr-{range}`, each sampled and complete, `gap` apart.
 async fn send(mut client: untaken::proto::v1::mirror_client::MirrorClient<tonic::transport::Channel>, ids: std::ops::Range<usize>, gap: Duration) {
     for i in ids {
@@ -157,12 +144,12 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
 
     // A new password while records flow: nothing is lost, and nothing needs the spool.
     let flow = tokio::spawn(send(t.client.clone(), 0..200, Duration::from_millis(5)));
-    wait_at_least(&t.app, published, 50.0).await;
+    wait_metric_at_least(&t.app, published, 50.0).await;
     rotate("second-password", "plaintext");
     wait_metric(&t.app, ok, 1.0).await;
     let at_rotation = metric(&metrics(&t.app).await, published);
     flow.await.unwrap();
-    wait_at_least(&t.app, published, 200.0).await;
+    wait_metric_at_least(&t.app, published, 200.0).await;
     assert!(at_rotation < 200.0, "records still flowed after the rotation ({at_rotation} before it)");
     assert_eq!(metric(&metrics(&t.app).await, spooled), 0.0, "the replaced producer was flushed, not purged");
 
@@ -170,7 +157,7 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
     rotate("second-password", "ssl");
     wait_metric(&t.app, ok, 2.0).await;
     send(t.client.clone(), 200..220, Duration::ZERO).await;
-    wait_at_least(&t.app, spooled, 1.0).await;
+    wait_metric_at_least(&t.app, spooled, 1.0).await;
 
     // A value librdkafka refuses: rejected, and the producer in force stays.
     rotate("third-password", "carrier-pigeon");
