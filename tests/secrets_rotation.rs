@@ -179,3 +179,56 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
     t.app.shutdown();
     t.app.wait().await;
 }
+
+/// Logs never contain a secret: the tokens in force and rotated in, the Kafka
+/// password, and the value librdkafka refused in a rotated file appear nowhere in
+/// the log (the sidecar's or librdkafka's), while each rejection is logged, naming
+/// the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_each_rejected_secret_and_never_contain_a_secret_value() {
+    let log = common::logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = SecretVolume::new(dir.path());
+    volume.update(&[("token", b"zq-token-one\n"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    let bootstrap = shared_bootstrap_async().await;
+    let mut t = spawn_app_with(
+        "secret-logs",
+        |c| {
+            c.server.auth_token_file = Some(volume.path("token"));
+            c.server.secret_poll_interval = Duration::from_millis(100);
+            c.sink.kafka.sasl_password_file = Some(volume.path("password"));
+            c.sink.kafka.librdkafka_files.insert("security.protocol".into(), volume.path("protocol"));
+        },
+        &bootstrap,
+    )
+    .await;
+    assert!(t.client.mirror(with_token("l-1", "zq-token-one")).await.is_ok());
+    let refused = t.client.mirror(with_token("l-2", "zq-token-wrong")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A token rotated in, then a token file that is not text: rejected.
+    volume.update(&[("token", b"zq-token-two\n"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="server.auth_token_file",outcome="ok"}"#, 1.0).await;
+    volume.update(&[("token", b"\xff\xfe zq-token-broken"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="server.auth_token_file",outcome="rejected"}"#, 1.0).await;
+    // A new password with a protocol librdkafka refuses: rejected.
+    volume.update(&[("token", b"zq-token-two\n"), ("password", b"zq-password-two"), ("protocol", b"carrier-pigeon")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="sink.kafka",outcome="rejected"}"#, 1.0).await;
+    assert!(t.client.mirror(with_token("l-3", "zq-token-two")).await.is_ok());
+    t.app.shutdown();
+    t.app.wait().await;
+
+    let text = log.text();
+    let rejections: Vec<&str> = text.lines().filter(|l| l.contains("new secret rejected")).collect();
+    for secret in ["server.auth_token_file", "sink.kafka"] {
+        assert!(
+            rejections.iter().any(|l| l.contains(&format!("secret=\"{secret}\""))),
+            "the rejection of {secret} is logged, naming it; rejections logged:\n{}",
+            rejections.join("\n")
+        );
+    }
+    for value in ["zq-token-one", "zq-token-two", "zq-token-wrong", "zq-token-broken", "zq-password-one", "zq-password-two", "carrier-pigeon"] {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(value)).collect();
+        assert!(leaks.is_empty(), "`{value}` is in the log:\n{}", leaks.join("\n"));
+    }
+}
