@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::app::{mirror_req, primary_answer};
 use common::metrics::{interesting, metric, metric_sum, scrape, wait_metrics};
 use common::kafka::{consume_async, create_topic_async, shared_bootstrap_async, Broker};
-use common::proc::{dead_addr, free_port, Sidecar};
+use common::proc::{dead_addr, Sidecar};
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -260,15 +260,14 @@ async fn broker_killed_mid_traffic_loses_nothing() {
 
 // ----- 2. sidecar SIGKILLed with a full spool ------------------------------------
 
-/// Writes `setup` to `dir/untaken.toml` on fresh ports and starts the binary (which
-/// must be told its ports in the file, so they are probed here).
+/// Writes `setup` to `dir/untaken.toml` listening on port 0 and starts the binary;
+/// its ports are read from its `untaken started` log line.
 async fn spawn_binary(setup: &mut Config, dir: &Path, log: &str) -> Sidecar {
-    let (grpc, admin) = (free_port(), free_port());
-    setup.server.listen = format!("127.0.0.1:{grpc}");
-    setup.server.admin_listen = format!("127.0.0.1:{admin}");
+    setup.server.listen = "127.0.0.1:0".into();
+    setup.server.admin_listen = "127.0.0.1:0".into();
     let path = dir.join("untaken.toml");
     common::config::write(setup, &path);
-    let mut sc = Sidecar::spawn(&path, setup.server.listen.parse().unwrap(), setup.server.admin_listen.parse().unwrap(), &dir.join(log));
+    let mut sc = Sidecar::spawn_on_port_0(&path, &dir.join(log), Duration::from_secs(30)).await;
     sc.wait_ready(Duration::from_secs(30)).await;
     sc
 }
