@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::app::{mirror_req, primary_answer};
 use common::metrics::{interesting, metric, metric_sum, scrape, wait_metrics};
 use common::kafka::{consume_async, create_topic_async, shared_bootstrap_async, Broker};
-use common::proc::{dead_addr, free_port, Sidecar};
+use common::proc::{dead_addr, Sidecar};
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -260,15 +260,14 @@ async fn broker_killed_mid_traffic_loses_nothing() {
 
 // ----- 2. sidecar SIGKILLed with a full spool ------------------------------------
 
-/// Writes `setup` to `dir/untaken.toml` on fresh ports and starts the binary (which
-/// must be told its ports in the file, so they are probed here).
+/// Writes `setup` to `dir/untaken.toml` listening on port 0 and starts the binary;
+/// its ports are read from its `untaken started` log line.
 async fn spawn_binary(setup: &mut Config, dir: &Path, log: &str) -> Sidecar {
-    let (grpc, admin) = (free_port(), free_port());
-    setup.server.listen = format!("127.0.0.1:{grpc}");
-    setup.server.admin_listen = format!("127.0.0.1:{admin}");
+    setup.server.listen = "127.0.0.1:0".into();
+    setup.server.admin_listen = "127.0.0.1:0".into();
     let path = dir.join("untaken.toml");
     common::config::write(setup, &path);
-    let mut sc = Sidecar::spawn(&path, setup.server.listen.parse().unwrap(), setup.server.admin_listen.parse().unwrap(), &dir.join(log));
+    let mut sc = Sidecar::spawn_on_port_0(&path, &dir.join(log), Duration::from_secs(30)).await;
     sc.wait_ready(Duration::from_secs(30)).await;
     sc
 }
@@ -1020,11 +1019,7 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
         accepted.extend(s.await.unwrap());
     }
     // Every pair built, so the records wait in the sidecar (or its spool), not in the engine.
-    let m = wait_metrics(sc.admin, "every pair built", Duration::from_secs(120), |m| {
-        m.lines().filter(|l| l.starts_with("untaken_pairs_built_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
-            == n as f64
-    })
-    .await;
+    let m = wait_metrics(sc.admin, "every pair built", Duration::from_secs(120), |m| metric_sum(m, "untaken_pairs_built_total") == n as f64).await;
     let (published, spooled) = (metric(&m, "untaken_pairs_published_total"), metric(&m, SPOOLED));
     println!(
         "[throttled] {n} accepted in {:?}; at SIGTERM {published} published, {spooled} spooled, {} waiting in memory",

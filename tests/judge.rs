@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use untaken::config::{Encoding, KafkaConfig};
 use untaken::judge::fake::{FakeJudge, Mode, Preference};
+use untaken::judge::config::{JudgeConfig, JudgeKind, JudgeSection, MatchMethod, PairwiseConfig, ReferenceConfig};
 use untaken::judge::{JudgeError, WorkerSummary};
 use untaken::proto::v1::{GradeOutcome, GradeRecord, PairKind, PairRecord};
 use untaken::record::{self, Encoded, Half, PairMeta, RouteInfo, Source};
@@ -102,19 +103,27 @@ fn garbage(i: usize) -> Encoded {
     }
 }
 
-const REFERENCE: &str = "[judge]\nkind = \"reference\"\n[judge.reference]\nlabel = \"expected_answer\"\nmethod = \"normalized\"\n";
-
-fn pairwise(url: &str, extra: &str) -> String {
-    format!("[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"{url}\"\nmodel = \"judge-model\"\nretry_backoff = \"10ms\"\n{extra}\n")
+/// The reference judge: the label `expected_answer`, compared normalised.
+fn reference() -> JudgeSection {
+    let reference = ReferenceConfig { label: Some("expected_answer".into()), pointer: None, method: MatchMethod::Normalized, tolerance: 1e-6 };
+    JudgeSection { kind: JudgeKind::Reference, pairwise: None, reference: Some(reference) }
 }
 
-/// A judge config reading `pairs` in `group`, writing `grades`; `judge` is the
-/// [judge] section, `extra` more sections ([limits]...), `kafka_extra` lines of [kafka].
-#[allow(clippy::too_many_arguments)] // every argument is one line of the config
-fn judge_toml(bootstrap: &str, pairs: &str, grades: &str, group: &str, admin: SocketAddr, judge: &str, extra: &str, kafka_extra: &str) -> String {
-    format!(
-        "{judge}\n{extra}\n[kafka]\nbrokers = \"{bootstrap}\"\npairs_topic = \"{pairs}\"\ngrades_topic = \"{grades}\"\ngroup_id = \"{group}\"\ncommit_interval = \"200ms\"\n{kafka_extra}\n[server]\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n[log]\nformat = \"text\"\n"
-    )
+/// A judge worker config reading `pairs` in `group`, writing `grades` (see
+/// [`common::config::judge`]).
+fn judge_config(bootstrap: &str, pairs: &str, grades: &str, group: &str, judge: JudgeSection) -> JudgeConfig {
+    common::config::judge(judge, bootstrap, pairs, grades, group)
+}
+
+/// The pairwise judge's settings in `config`.
+fn pairwise_of(config: &mut JudgeConfig) -> &mut PairwiseConfig {
+    config.judge.pairwise.as_mut().expect("a pairwise judge")
+}
+
+/// `config` with the secret files polled every 100 ms.
+fn polling_secrets(mut config: JudgeConfig) -> JudgeConfig {
+    config.server.secret_poll_interval = Duration::from_millis(100);
+    config
 }
 
 /// The worker in-process.
@@ -125,19 +134,23 @@ struct Worker {
 }
 
 impl Worker {
-    async fn start(toml: &str) -> Worker {
-        let w = Worker::spawn(toml);
+    async fn start(config: JudgeConfig) -> Worker {
+        let w = Worker::spawn(config);
         w.wait_ready().await;
         w
     }
 
-    /// The worker in-process, without waiting for it to be ready.
-    fn spawn(toml: &str) -> Worker {
-        let cfg = untaken::judge::config::from_toml(toml).unwrap();
-        let admin: SocketAddr = cfg.server.admin_listen.parse().unwrap();
+    /// The worker in-process, its admin port on a listener bound to 127.0.0.1:0
+    /// (`server.admin_listen` is not used), without waiting for it to be ready.
+    fn spawn(config: JudgeConfig) -> Worker {
+        let cfg = common::config::validated_judge(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
+        let admin = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let handle = tokio::spawn(async move { untaken::judge::run_kafka(&cfg, s).await });
+        let handle = tokio::spawn(async move { untaken::judge::run_kafka_on(&cfg, listener, s).await });
         Worker { stop, handle, admin }
     }
 
@@ -148,20 +161,11 @@ impl Worker {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("http://{}/ready", self.admin)).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("judge worker not ready within 30 s");
+        common::metrics::wait_ready_status(self.admin, 200, Duration::from_secs(30)).await;
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+        common::metrics::scrape(self.admin).await
     }
 
     async fn stop(self) -> WorkerSummary {
@@ -170,9 +174,6 @@ impl Worker {
     }
 }
 
-fn admin_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
 
 fn published(metrics: &str) -> f64 {
     ["graded", "primary_failed", "counterfactual_failed", "both_failed", "incomplete", "judge_error", "no_reference"]
@@ -246,8 +247,7 @@ async fn reference_judge_grades_a_thousand_pairs_once_and_skips_undecodable_reco
     records.extend((0..5).map(garbage));
     produce(&bootstrap, &pairs_topic, records).await;
 
-    let admin = admin_addr();
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "")).await;
+    let worker = Worker::start(judge_config(&bootstrap, &pairs_topic, &grades_topic, &group, reference())).await;
     let got = grades(&bootstrap, &grades_topic, 1000, Duration::from_secs(90)).await;
     assert_eq!(got.len(), 1000, "1,000 pairs in, 1,000 grades out");
     let extra = grades(&bootstrap, &grades_topic, 1001, Duration::from_secs(3)).await;
@@ -318,20 +318,16 @@ async fn sigkill_mid_stream_then_restart_grades_every_pair_at_least_once() {
     let window = 64;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("judge.toml");
-    let admin = admin_addr();
-    let toml = judge_toml(
-        &bootstrap,
-        &pairs_topic,
-        &grades_topic,
-        &group,
-        admin,
-        &pairwise(&judge.url(), ""),
-        "[limits]\nmax_concurrency = 32\n",
-        // The killed worker stays in the group until its session times out; only then
-        // does the restarted one get partitions (and become ready): keep that short.
-        &format!("in_flight = {window}\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\""),
-    );
-    std::fs::write(&config, toml).unwrap();
+    // The binary, killed and restarted, must come back on the same admin port.
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &group, common::config::pairwise(&judge.url()));
+    cfg.server.admin_listen = admin.to_string();
+    cfg.limits.max_concurrency = 32;
+    cfg.kafka.in_flight = window;
+    // The killed worker stays in the group until its session times out; only then
+    // does the restarted one get partitions (and become ready): keep that short.
+    cfg.kafka.librdkafka = serde_json::from_value(serde_json::json!({"session.timeout.ms": "6000"})).unwrap();
+    common::config::write_judge(&cfg, &config);
     let log = dir.path().join("judge.log");
     let mut first = Sidecar::spawn_judge(&config, admin, &log);
     first.wait_ready(Duration::from_secs(30)).await;
@@ -373,22 +369,15 @@ async fn position_bias_cancels_out_and_a_length_preference_shows_in_the_grades()
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Protobuf)).await;
     let always_a = FakeJudge::start(Preference::AlwaysA, Duration::from_millis(5), false).await.unwrap();
     let longer = FakeJudge::start(Preference::Longer, Duration::from_millis(5), true).await.unwrap();
-    let prices = "input_usd_per_mtok = 2.0\noutput_usd_per_mtok = 8.0";
     let mut results = Vec::new();
     for (name, judge, structured) in [("a", &always_a, false), ("long", &longer, true)] {
         let grades_topic = topic(&format!("pos-grades-{name}"));
         create_topic_async(&bootstrap, &grades_topic, 1).await;
-        let toml = judge_toml(
-            &bootstrap,
-            &pairs_topic,
-            &grades_topic,
-            &topic("pos-group"),
-            admin_addr(),
-            &pairwise(&judge.url(), &format!("{prices}\nstructured_output = {structured}")),
-            "",
-            "encoding = \"json\"",
-        );
-        let worker = Worker::start(&toml).await;
+        let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("pos-group"), common::config::pairwise(&judge.url()));
+        let pw = pairwise_of(&mut cfg);
+        (pw.input_usd_per_mtok, pw.output_usd_per_mtok, pw.structured_output) = (2.0, 8.0, structured);
+        cfg.kafka.encoding = Encoding::Json;
+        let worker = Worker::start(cfg).await;
         let got = grades(&bootstrap, &grades_topic, 40, Duration::from_secs(60)).await;
         assert_eq!(got.len(), 40);
         let m = worker.metrics().await;
@@ -423,8 +412,10 @@ async fn judge_faults_are_retried_within_bounds_then_recorded_never_guessed() {
     create_topic_async(&bootstrap, &pairs_topic, 1).await;
     create_topic_async(&bootstrap, &grades_topic, 1).await;
     let judge = FakeJudge::start(Preference::Longer, Duration::ZERO, false).await.unwrap();
-    let cfg = pairwise(&judge.url(), "max_attempts = 2\nmax_retries = 1\ntimeout = \"300ms\"");
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("f-group"), admin_addr(), &cfg, "", "")).await;
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("f-group"), common::config::pairwise(&judge.url()));
+    let pw = pairwise_of(&mut cfg);
+    (pw.max_attempts, pw.max_retries, pw.timeout) = (2, 1, Duration::from_millis(300));
+    let worker = Worker::start(cfg).await;
     let mut n = 0;
     // One pair at a time, under a given judge behaviour; returns its grade.
     let mut grade_one = |p: PairRecord| {
@@ -497,9 +488,13 @@ async fn a_spent_budget_pauses_consumption_until_the_window_allows_and_skips_not
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(20), false).await.unwrap();
     // 100 completion tokens at $10,000/M: $1 a call, $2 a pair; $3 per 6 s window.
     // max_tokens = 100 at the same price: each call is estimated at $1 up front.
-    let cfg = pairwise(&judge.url(), "output_usd_per_mtok = 10000.0\nmax_tokens = 100");
-    let limits = "[limits]\nmax_concurrency = 2\nbudget_usd_per_hour = 3.0\nbudget_window = \"6s\"\n";
-    let worker = Worker::start(&judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), admin_addr(), &cfg, limits, "")).await;
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("b-group"), common::config::pairwise(&judge.url()));
+    let pw = pairwise_of(&mut cfg);
+    (pw.output_usd_per_mtok, pw.max_tokens) = (10000.0, 100);
+    cfg.limits.max_concurrency = 2;
+    cfg.limits.budget_usd_per_hour = Some(3.0);
+    cfg.limits.budget_window = Duration::from_secs(6);
+    let worker = Worker::start(cfg).await;
     let start = Instant::now();
     let pairs: Vec<_> = (0..6).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs, Encoding::Json)).await;
@@ -535,9 +530,9 @@ async fn two_workers_in_one_group_split_the_partitions_and_grade_everything_once
     let (pairs_topic, grades_topic, group) = (topic("g-pairs"), topic("g-grades"), topic("g-group"));
     create_topic_async(&bootstrap, &pairs_topic, 4).await;
     create_topic_async(&bootstrap, &grades_topic, 4).await;
-    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
-    let a = Worker::start(&toml(admin_addr())).await;
-    let b = Worker::start(&toml(admin_addr())).await;
+    let cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &group, reference());
+    let a = Worker::start(cfg.clone()).await;
+    let b = Worker::start(cfg).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (ma, mb) = (a.metrics().await, b.metrics().await);
@@ -580,7 +575,7 @@ fn check_config_accepts_the_example_and_names_a_bad_key() {
 fn file_mode_grades_a_pairs_file_without_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let (config, pairs_file, grades_file) = (dir.path().join("judge.toml"), dir.path().join("pairs.jsonl"), dir.path().join("grades.jsonl"));
-    std::fs::write(&config, REFERENCE).unwrap();
+    common::config::write_judge(&JudgeConfig { judge: reference(), ..JudgeConfig::default() }, &config);
     let mut lines = String::new();
     for i in 0..20 {
         let p = pair(i, "Paris", if i < 5 { "Paris" } else { "Rome" }, Some("paris"), 200);
@@ -618,7 +613,7 @@ async fn run_file_is_the_library_entry_point_the_demo_uses() {
     let p = pair(1, "41", "42", Some("42"), 200);
     let line = String::from_utf8(record::encode(p.clone(), Encoding::Json).payload).unwrap();
     std::fs::write(&pairs_file, format!("{line}\n{line}\n{{}}oops\n")).unwrap();
-    let cfg = untaken::judge::config::from_toml(REFERENCE).unwrap();
+    let cfg = common::config::validated_judge(JudgeConfig { judge: reference(), ..JudgeConfig::default() });
     let s = untaken::judge::run_file(&cfg, &pairs_file, &grades_file).await.unwrap();
     assert_eq!((s.pairs_read, s.grades_written, s.undecodable, s.duplicates), (3, 1, 1, 1));
     assert_eq!(s.outcomes.get("graded"), Some(&1));
@@ -633,10 +628,10 @@ async fn ready_only_once_a_partition_is_assigned() {
     // One partition: a second replica in the group gets nothing to consume.
     create_topic_async(&bootstrap, &pairs_topic, 1).await;
     create_topic_async(&bootstrap, &grades_topic, 1).await;
-    let toml = |admin| judge_toml(&bootstrap, &pairs_topic, &grades_topic, &group, admin, REFERENCE, "", "");
-    let first = Worker::start(&toml(admin_addr())).await;
+    let cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &group, reference());
+    let first = Worker::start(cfg.clone()).await;
     assert_eq!(metric(&first.metrics().await, "untaken_judge_assigned_partitions"), 1.0, "ready means assigned");
-    let second = Worker::spawn(&toml(admin_addr()));
+    let second = Worker::spawn(cfg);
     // The group rebalances: one replica keeps the partition, the other gets nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (assigned, idle) = loop {
@@ -670,15 +665,7 @@ async fn ready_only_once_a_partition_is_assigned() {
 
 /// Polls the worker's metrics until `ok` holds (30 s at most).
 async fn wait_metrics(w: &Worker, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = w.metrics().await;
-        if ok(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{what} within 30 s:\n{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::metrics::wait_metrics(w.admin, what, Duration::from_secs(30), ok).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,9 +677,11 @@ async fn judge_outage_pauses_consumption_and_resumes_when_it_answers_without_ski
     // Nothing listens on the judge's port yet: connection refused.
     let judge_addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{judge_addr}/v1/chat/completions");
-    let breaker = "max_retries = 1\nbreaker_failures = 3\nbreaker_probe_interval = \"100ms\"\nbreaker_max_probe_interval = \"400ms\"\ntimeout = \"2s\"";
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), admin_addr(), &pairwise(&url, breaker), "", "");
-    let worker = Worker::start(&toml).await;
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("o-group"), common::config::pairwise(&url));
+    let pw = pairwise_of(&mut cfg);
+    (pw.max_retries, pw.breaker_failures, pw.timeout) = (1, 3, Duration::from_secs(2));
+    (pw.breaker_probe_interval, pw.breaker_max_probe_interval) = (Duration::from_millis(100), Duration::from_millis(400));
+    let worker = Worker::start(cfg).await;
     let pairs: Vec<_> = (0..40).map(|i| pair(i, "x", "longer", None, 200)).collect();
     produce(&bootstrap, &pairs_topic, encoded(&pairs[..10], Encoding::Json)).await;
 
@@ -742,7 +731,7 @@ fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (config, fifo, grades_file) = (dir.path().join("judge.toml"), dir.path().join("pairs.pipe"), dir.path().join("grades.jsonl"));
-    std::fs::write(&config, REFERENCE).unwrap();
+    common::config::write_judge(&JudgeConfig { judge: reference(), ..JudgeConfig::default() }, &config);
     let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo (coreutils) runs");
     assert!(made.success());
     let mut child = Command::new(BIN)
@@ -792,9 +781,11 @@ fn file_mode_streams_a_pipe_grading_pairs_as_they_arrive() {
 async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (config, log) = (dir.path().join("judge.toml"), dir.path().join("judge.log"));
-    let admin = admin_addr();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let broker = common::proc::dead_addr();
-    std::fs::write(&config, judge_toml(&broker, "pairs", "grades", "g", admin, REFERENCE, "", "")).unwrap();
+    let mut cfg = judge_config(&broker, "pairs", "grades", "g", reference());
+    cfg.server.admin_listen = admin.to_string();
+    common::config::write_judge(&cfg, &config);
     let mut judge = Sidecar::spawn_judge(&config, admin, &log);
     // The admin port answers; the worker never gets a partition.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -814,11 +805,6 @@ async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
     assert!(lines.len() <= 12, "{} lines in 8 s:\n{text}", lines.len());
 }
 
-/// `toml` with the secret files polled every 100 ms.
-fn polling_secrets(toml: &str) -> String {
-    toml.replace("[server]\n", "[server]\nsecret_poll_interval = \"100ms\"\n")
-}
-
 /// The judge endpoint's key file rotates the way Kubernetes updates a mounted Secret
 /// while pairs are graded: the next calls carry the new key, and once the provider
 /// revokes the old one grading goes on. An empty key file is rejected and counted, and
@@ -835,9 +821,10 @@ async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_reje
     volume.update(&[("api-key", b"sk-first\n")]);
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(50), false).await.unwrap();
     judge.accept_keys(&["sk-first"]);
-    let key = format!("api_key_file = \"{}\"", volume.path("api-key").display());
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sk-group"), admin_addr(), &pairwise(&judge.url(), &key), "[limits]\nmax_concurrency = 8\n", "");
-    let worker = Worker::start(&polling_secrets(&toml)).await;
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("sk-group"), common::config::pairwise(&judge.url()));
+    pairwise_of(&mut cfg).api_key_file = Some(volume.path("api-key"));
+    cfg.limits.max_concurrency = 8;
+    let worker = Worker::start(polling_secrets(cfg)).await;
     let ok = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="ok"}"#;
     let rejected = r#"untaken_judge_secret_reloads_total{secret="judge.pairwise.api_key_file",outcome="rejected"}"#;
     let stuck = r#"untaken_judge_secret_file_rejected{secret="judge.pairwise.api_key_file"}"#;
@@ -888,13 +875,12 @@ async fn rotated_kafka_secret_files_rebuild_both_clients_and_every_pair_is_grade
     let rotate = |password: &str, protocol: &str| volume.update(&[("password", password.as_bytes()), ("protocol", protocol.as_bytes())]);
     rotate("first-password", "plaintext");
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(50), false).await.unwrap();
-    let kafka = format!(
-        "sasl_password_file = \"{}\"\ndelivery_timeout = \"2s\"\n[kafka.librdkafka_files]\n\"security.protocol\" = \"{}\"",
-        volume.path("password").display(),
-        volume.path("protocol").display()
-    );
-    let toml = judge_toml(&bootstrap, &pairs_topic, &grades_topic, &topic("sr-group"), admin_addr(), &pairwise(&judge.url(), ""), "[limits]\nmax_concurrency = 8\n", &kafka);
-    let worker = Worker::start(&polling_secrets(&toml)).await;
+    let mut cfg = judge_config(&bootstrap, &pairs_topic, &grades_topic, &topic("sr-group"), common::config::pairwise(&judge.url()));
+    cfg.limits.max_concurrency = 8;
+    cfg.kafka.sasl_password_file = Some(volume.path("password"));
+    cfg.kafka.delivery_timeout = Duration::from_secs(2);
+    cfg.kafka.librdkafka_files.insert("security.protocol".into(), volume.path("protocol"));
+    let worker = Worker::start(polling_secrets(cfg)).await;
     let ok = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="ok"}"#;
     let rejected = r#"untaken_judge_secret_reloads_total{secret="kafka",outcome="rejected"}"#;
     let retries = "untaken_judge_grade_send_retries_total";

@@ -90,6 +90,20 @@ impl Proxy {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Polls the proxy's log until it contains `needle` and returns it; panics with
+    /// the log after `timeout` (the callback says the sidecar is unreachable).
+    async fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "`{needle}` not in the proxy's log within {timeout:?}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Proxy {
@@ -352,9 +366,8 @@ async fn pairs_through_a_real_proxy(pairing: &str) {
         assert_eq!(reply.status, 200, "request {i} without untaken: {reply:?}\n{}", proxy.log_text());
         assert!(reply.content.contains(&format!("[{group}/{group}-model]")), "{reply:?}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let log = proxy.log_text();
-    assert!(log.contains("untaken callback: mirror_UNAVAILABLE"), "the callback says the sidecar is unreachable:\n{log}");
+    // The callback runs after each answer: poll the proxy's log for its line.
+    let log = proxy.wait_log("untaken callback: mirror_UNAVAILABLE", Duration::from_secs(15)).await;
     let callback_lines: Vec<&str> = log.lines().filter(|l| l.starts_with(LOG_PREFIX)).collect();
     assert!(
         callback_lines.iter().any(|l| l.contains("mirrored")) && callback_lines.iter().any(|l| l.contains("WARNING")),

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use common::app::{mirror_req, primary_answer, test_config, topic};
 use common::kafka::{create_topic_async, shared_bootstrap_async};
-use common::proc::free_port;
 use tokio_util::sync::CancellationToken;
 use untaken::judge::fake::{FakeJudge, Preference};
 use untaken::proto::v1::{CompleteRequest, MirrorRequest};
@@ -119,20 +118,15 @@ async fn judge_exposition(bootstrap: &str, pairs: &str) -> String {
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(5), false).await.unwrap();
     let grades = topic("monitoring-grades");
     create_topic_async(bootstrap, &grades, 1).await;
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let toml = format!(
-        "[judge]\nkind = \"pairwise\"\n[judge.pairwise]\nurl = \"{}\"\nmodel = \"judge-model\"\n\
-         [kafka]\nbrokers = \"{bootstrap}\"\npairs_topic = \"{pairs}\"\ngrades_topic = \"{grades}\"\ngroup_id = \"{grades}\"\ncommit_interval = \"200ms\"\n\
-         [server]\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n[log]\nformat = \"text\"\n",
-        judge.url()
-    );
-    let config = untaken::judge::config::from_toml(&toml).unwrap_or_else(|e| panic!("judge config: {e}\n{toml}"));
+    let config = common::config::judge(common::config::pairwise(&judge.url()), bootstrap, pairs, &grades, &grades);
+    let config = common::config::validated_judge(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let admin = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let worker = tokio::spawn(async move { untaken::judge::run_kafka(&config, s).await });
-    let url = admin;
-    wait_for(url, "untaken_judge_grades_published_total{").await;
-    let exposition = wait_for(url, "untaken_judge_offsets_committed_total 1").await;
+    let worker = tokio::spawn(async move { untaken::judge::run_kafka_on(&config, listener, s).await });
+    wait_for(admin, "untaken_judge_grades_published_total{").await;
+    let exposition = wait_for(admin, "untaken_judge_offsets_committed_total 1").await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), worker).await.expect("judge stops").unwrap().expect("judge ran");
     exposition

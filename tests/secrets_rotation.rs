@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::app::{metric, metrics, mirror_req, primary_answer, spawn_app, spawn_app_with, wait_metric};
+use common::app::{metric, metrics, mirror_req, primary_answer, spawn_app, spawn_app_with, wait_metric, wait_metric_at_least};
 use common::kafka::{consume_async, shared_bootstrap_async};
 use tonic::Code;
 use untaken::simulate::SecretVolume;
@@ -106,19 +106,6 @@ async fn shadow_authorization(upstream: &untaken::simulate::FakeUpstream, n: usi
     }
 }
 
-/// Waits until `series` reads at least `n`.
-async fn wait_at_least(app: &untaken::app::Running, series: &str, n: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = metrics(app).await;
-        if metric(&m, series) >= n {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {series} >= {n}; last /metrics:\n{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Sends `Mirror` calls with ids `kr-{range}`, each sampled and complete, `gap` apart.
 async fn send(mut client: untaken::proto::v1::mirror_client::MirrorClient<tonic::transport::Channel>, ids: std::ops::Range<usize>, gap: Duration) {
     for i in ids {
@@ -157,12 +144,12 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
 
     // A new password while records flow: nothing is lost, and nothing needs the spool.
     let flow = tokio::spawn(send(t.client.clone(), 0..200, Duration::from_millis(5)));
-    wait_at_least(&t.app, published, 50.0).await;
+    wait_metric_at_least(&t.app, published, 50.0).await;
     rotate("second-password", "plaintext");
     wait_metric(&t.app, ok, 1.0).await;
     let at_rotation = metric(&metrics(&t.app).await, published);
     flow.await.unwrap();
-    wait_at_least(&t.app, published, 200.0).await;
+    wait_metric_at_least(&t.app, published, 200.0).await;
     assert!(at_rotation < 200.0, "records still flowed after the rotation ({at_rotation} before it)");
     assert_eq!(metric(&metrics(&t.app).await, spooled), 0.0, "the replaced producer was flushed, not purged");
 
@@ -170,7 +157,7 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
     rotate("second-password", "ssl");
     wait_metric(&t.app, ok, 2.0).await;
     send(t.client.clone(), 200..220, Duration::ZERO).await;
-    wait_at_least(&t.app, spooled, 1.0).await;
+    wait_metric_at_least(&t.app, spooled, 1.0).await;
 
     // A value librdkafka refuses: rejected, and the producer in force stays.
     rotate("third-password", "carrier-pigeon");
@@ -191,4 +178,57 @@ async fn rotated_kafka_secret_files_rebuild_the_producer_without_losing_a_record
     assert_eq!(metric(&m, rejected), 1.0, "{m}");
     t.app.shutdown();
     t.app.wait().await;
+}
+
+/// Logs never contain a secret: the tokens in force and rotated in, the Kafka
+/// password, and the value librdkafka refused in a rotated file appear nowhere in
+/// the log (the sidecar's or librdkafka's), while each rejection is logged, naming
+/// the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_each_rejected_secret_and_never_contain_a_secret_value() {
+    let log = common::logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = SecretVolume::new(dir.path());
+    volume.update(&[("token", b"zq-token-one\n"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    let bootstrap = shared_bootstrap_async().await;
+    let mut t = spawn_app_with(
+        "secret-logs",
+        |c| {
+            c.server.auth_token_file = Some(volume.path("token"));
+            c.server.secret_poll_interval = Duration::from_millis(100);
+            c.sink.kafka.sasl_password_file = Some(volume.path("password"));
+            c.sink.kafka.librdkafka_files.insert("security.protocol".into(), volume.path("protocol"));
+        },
+        &bootstrap,
+    )
+    .await;
+    assert!(t.client.mirror(with_token("l-1", "zq-token-one")).await.is_ok());
+    let refused = t.client.mirror(with_token("l-2", "zq-token-wrong")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A token rotated in, then a token file that is not text: rejected.
+    volume.update(&[("token", b"zq-token-two\n"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="server.auth_token_file",outcome="ok"}"#, 1.0).await;
+    volume.update(&[("token", b"\xff\xfe zq-token-broken"), ("password", b"zq-password-one"), ("protocol", b"plaintext")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="server.auth_token_file",outcome="rejected"}"#, 1.0).await;
+    // A new password with a protocol librdkafka refuses: rejected.
+    volume.update(&[("token", b"zq-token-two\n"), ("password", b"zq-password-two"), ("protocol", b"carrier-pigeon")]);
+    wait_metric(&t.app, r#"untaken_secret_reloads_total{secret="sink.kafka",outcome="rejected"}"#, 1.0).await;
+    assert!(t.client.mirror(with_token("l-3", "zq-token-two")).await.is_ok());
+    t.app.shutdown();
+    t.app.wait().await;
+
+    let text = log.text();
+    let rejections: Vec<&str> = text.lines().filter(|l| l.contains("new secret rejected")).collect();
+    for secret in ["server.auth_token_file", "sink.kafka"] {
+        assert!(
+            rejections.iter().any(|l| l.contains(&format!("secret=\"{secret}\""))),
+            "the rejection of {secret} is logged, naming it; rejections logged:\n{}",
+            rejections.join("\n")
+        );
+    }
+    for value in ["zq-token-one", "zq-token-two", "zq-token-wrong", "zq-token-broken", "zq-password-one", "zq-password-two", "carrier-pigeon"] {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(value)).collect();
+        assert!(leaks.is_empty(), "`{value}` is in the log:\n{}", leaks.join("\n"));
+    }
 }

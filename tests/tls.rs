@@ -169,14 +169,18 @@ fn a_mismatched_key_is_a_config_error_naming_the_key() {
     let (_, stray_key) = leaf("localhost", &ca);
     let dir = tempfile::tempdir().unwrap();
     for (cert, key, named) in [(cert.as_str(), stray_key.as_str(), "server.tls.key_file"), ("not pem", stray_key.as_str(), "server.tls.cert_file")] {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n\
-             [routes.r]\nurl = \"http://127.0.0.1:1/\"\nmodel = \"m\"\n[sink.file]\npath = {:?}\n[spool]\ndir = {:?}\n",
-            write(dir.path(), "server.pem", cert),
-            write(dir.path(), "server.key", key),
-            dir.path().join("pairs.jsonl"),
-            dir.path().join("spool"),
-        );
+        let mut config = untaken::config::Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.server.admin_listen = "127.0.0.1:0".into();
+        config.server.tls = Some(untaken::config::TlsConfig {
+            cert_file: write(dir.path(), "server.pem", cert).into(),
+            key_file: write(dir.path(), "server.key", key).into(),
+            client_ca_file: None,
+        });
+        config.routes.insert("r".into(), common::config::route("http://127.0.0.1:1/", "m"));
+        config.sink.file.path = dir.path().join("pairs.jsonl");
+        config.spool.dir = Some(dir.path().join("spool"));
+        let text = common::config::to_toml(&config);
         // Validation is what `check-config` and `serve` run first.
         let e = untaken::config::from_toml(&text).expect_err(named);
         assert_eq!(e.key, named, "{e}");

@@ -132,6 +132,32 @@ pub struct PairwiseConfig {
 }
 
 impl PairwiseConfig {
+    /// A judge `model` at `url` with every other setting at its default (as a file
+    /// naming only `url` and `model` would give).
+    pub fn new(url: impl Into<String>, model: impl Into<String>) -> PairwiseConfig {
+        PairwiseConfig {
+            url: url.into(),
+            model: model.into(),
+            api_key_env: None,
+            api_key_file: None,
+            rubric: default_rubric(),
+            structured_output: false,
+            temperature: 0.0,
+            max_tokens: default_max_tokens(),
+            max_attempts: default_max_attempts(),
+            max_retries: default_max_retries(),
+            retry_backoff: default_retry_backoff(),
+            timeout: default_judge_timeout(),
+            max_answer_chars: default_max_answer_chars(),
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            allow_self_judging: false,
+            breaker_failures: default_breaker_failures(),
+            breaker_probe_interval: default_breaker_probe_interval(),
+            breaker_max_probe_interval: default_breaker_max_probe_interval(),
+        }
+    }
+
     /// The circuit breaker's settings.
     pub fn breaker(&self) -> super::breaker::BreakerConfig {
         super::breaker::BreakerConfig {
@@ -526,6 +552,13 @@ impl ReferenceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairwise_new_is_a_file_naming_only_url_and_model() {
+        let from_file = from_toml(PAIRWISE).unwrap().judge.pairwise.unwrap();
+        let built = PairwiseConfig::new("http://127.0.0.1:9/v1/chat/completions", "judge-1");
+        assert_eq!(format!("{built:?}"), format!("{from_file:?}"), "every other field at the file's default");
+    }
 
     const PAIRWISE: &str = r#"
         [judge]

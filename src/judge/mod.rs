@@ -215,13 +215,19 @@ impl crate::admin::Admin for AdminView {
 /// Runs the Kafka worker and its admin port (`/live`, `/ready`, `/metrics` on
 /// `server.admin_listen`) until `stop` is cancelled, then drains (see [`worker::run`]).
 pub async fn run_kafka(config: &JudgeConfig, stop: CancellationToken) -> Result<WorkerSummary, JudgeError> {
-    if !config.has_brokers() {
-        return Err(ConfigError::new("kafka.brokers", "required to read pairs from Kafka (or pass --pairs and --grades)").into());
-    }
-    let sink_metrics = Arc::new(crate::metrics::Metrics::new());
-    let metrics = Arc::new(JudgeMetrics::new(&sink_metrics));
+    check_brokers(config)?;
     let addr = config.server.admin_listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| JudgeError::Bind { addr: addr.clone(), source })?;
+    run_kafka_on(config, listener, stop).await
+}
+
+/// [`run_kafka`] with the admin port served on `listener`, already bound
+/// (`server.admin_listen` is not used): tests bind 127.0.0.1:0 and read the port
+/// from the listener instead of probing for a free one.
+pub async fn run_kafka_on(config: &JudgeConfig, listener: tokio::net::TcpListener, stop: CancellationToken) -> Result<WorkerSummary, JudgeError> {
+    check_brokers(config)?;
+    let sink_metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(JudgeMetrics::new(&sink_metrics));
     let ready = Arc::new(AtomicBool::new(false));
     let admin_stop = CancellationToken::new();
     let view = Arc::new(AdminView { ready: ready.clone(), metrics: metrics.clone() });
@@ -230,6 +236,14 @@ pub async fn run_kafka(config: &JudgeConfig, stop: CancellationToken) -> Result<
     admin_stop.cancel();
     let _ = admin.await;
     result
+}
+
+/// The Kafka worker needs `kafka.brokers`; without it the error says what to set.
+fn check_brokers(config: &JudgeConfig) -> Result<(), JudgeError> {
+    if !config.has_brokers() {
+        return Err(ConfigError::new("kafka.brokers", "required to read pairs from Kafka (or pass --pairs and --grades)").into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

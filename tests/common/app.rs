@@ -120,3 +120,9 @@ pub async fn wait_metric(app: &Running, series: &str, want: f64) {
     let what = format!("{series} = {want}");
     super::metrics::wait_metrics(app.admin_addr, &what, Duration::from_secs(30), |m| metric(m, series) == want).await;
 }
+
+/// Polls /metrics until `series` reads at least `n`; panics with the last scrape after 60 s.
+pub async fn wait_metric_at_least(app: &Running, series: &str, n: f64) {
+    let what = format!("{series} >= {n}");
+    super::metrics::wait_metrics(app.admin_addr, &what, Duration::from_secs(60), |m| metric(m, series) >= n).await;
+}

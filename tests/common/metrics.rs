@@ -46,10 +46,10 @@ pub async fn wait_metrics(admin: SocketAddr, what: &str, timeout: Duration, pred
     }
 }
 
-/// The /metrics lines about pairs, the spool and shedding (for failure messages).
+/// The /metrics lines about pairs, grading, the spool and shedding (for failure messages).
 pub fn interesting(m: &str) -> String {
     m.lines()
-        .filter(|l| !l.starts_with('#') && (l.contains("pairs_") || l.contains("spool") || l.contains("mirror_requests") || l.contains("kafka_delivery_errors")))
+        .filter(|l| !l.starts_with('#') && (l.contains("pairs_") || l.contains("judge_") || l.contains("spool") || l.contains("mirror_requests") || l.contains("kafka_delivery_errors")))
         .collect::<Vec<_>>()
         .join("\n")
 }

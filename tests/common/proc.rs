@@ -61,6 +61,29 @@ impl Sidecar {
         Self::spawn_command("judge", config, admin, admin, log)
     }
 
+    /// Starts the binary on `config`, whose `server.listen` and `server.admin_listen`
+    /// are 127.0.0.1:0, and reads the ports it bound from its `untaken started` log
+    /// line (no port probing); panics with the log tail if it exits first or does not
+    /// start within `timeout`. Does not wait for readiness.
+    pub async fn spawn_on_port_0(config: &Path, log: &Path, timeout: Duration) -> Sidecar {
+        let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let from = fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0);
+        let mut sc = Self::spawn_command("serve", config, unbound, unbound, log);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read(log).unwrap_or_default();
+            if let Some((grpc, admin)) = started_addrs(&String::from_utf8_lossy(&text[from.min(text.len())..])) {
+                (sc.grpc, sc.admin) = (grpc, admin);
+                return sc;
+            }
+            if let Some(status) = sc.try_wait() {
+                panic!("sidecar exited before it started ({status}):\n{}", sc.log_tail(60));
+            }
+            assert!(Instant::now() < deadline, "no `untaken started` line after {timeout:?}:\n{}", sc.log_tail(60));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn spawn_command(subcommand: &str, config: &Path, grpc: SocketAddr, admin: SocketAddr, log: &Path) -> Sidecar {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open sidecar log");
         let err = out.try_clone().expect("dup sidecar log");
@@ -165,4 +188,28 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.sigkill();
     }
+}
+
+/// The gRPC and admin addresses in the first `untaken started` line of `log` (a text
+/// log, ANSI colours or not).
+fn started_addrs(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line = without_ansi(log.lines().find(|l| l.contains("untaken started"))?);
+    let field = |name: &str| {
+        line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.trim_matches('"').parse::<SocketAddr>().ok())
+    };
+    Some((field("grpc")?, field("admin")?))
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
