@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     fn limits(budget: Option<f64>, window: Duration, conc: u32) -> JudgeLimits {
-        JudgeLimits::new(&LimitsConfig { max_rps: None, max_concurrency: conc, budget_usd_per_hour: budget, budget_window: window })
+        JudgeLimits::new(&LimitsConfig { max_rps: None, max_concurrency: conc, budget_usd_per_hour: budget, budget_window: window, ..LimitsConfig::default() })
     }
 
     #[tokio::test]
