@@ -83,7 +83,7 @@ venv=$tools/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
 if [[ ! -f $venv/.complete ]]; then
   command -v "$PYTHON" >/dev/null || fail "'$PYTHON' not found: Python >= 3.11 is needed"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || fail "$("$PYTHON" --version 2>&1) is too old: Python >= 3.11 is needed (tomllib)"
+    || fail "$("$PYTHON" --version 2>&1) is too old: Python >= 3.11 is needed"
   step "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv (first run only)"
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv" >"$tools/venv.log" 2>&1 \
