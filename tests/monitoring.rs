@@ -118,7 +118,13 @@ async fn judge_exposition(bootstrap: &str, pairs: &str) -> String {
     let judge = FakeJudge::start(Preference::Longer, Duration::from_millis(5), false).await.unwrap();
     let grades = topic("monitoring-grades");
     create_topic_async(bootstrap, &grades, 1).await;
-    let config = common::config::judge(common::config::pairwise(&judge.url()), bootstrap, pairs, &grades, &grades);
+    let mut config = common::config::judge(common::config::pairwise(&judge.url()), bootstrap, pairs, &grades, &grades);
+    // A judge key file, broken once the pair is graded: the rejection series exist.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("judge-api-key");
+    std::fs::write(&key, "sk-judge").unwrap();
+    config.judge.pairwise.as_mut().expect("pairwise").api_key_file = Some(key.clone());
+    config.server.secret_poll_interval = Duration::from_millis(100);
     let config = common::config::validated_judge(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let admin = listener.local_addr().unwrap();
@@ -126,7 +132,9 @@ async fn judge_exposition(bootstrap: &str, pairs: &str) -> String {
     let s = stop.clone();
     let worker = tokio::spawn(async move { untaken::judge::run_kafka_on(&config, listener, s).await });
     wait_for(admin, "untaken_judge_grades_published_total{").await;
-    let exposition = wait_for(admin, "untaken_judge_offsets_committed_total 1").await;
+    wait_for(admin, "untaken_judge_offsets_committed_total 1").await;
+    std::fs::write(&key, "").unwrap();
+    let exposition = wait_for(admin, r#"untaken_judge_secret_file_rejected{secret="judge.pairwise.api_key_file"} 1"#).await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), worker).await.expect("judge stops").unwrap().expect("judge ran");
     exposition
