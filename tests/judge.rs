@@ -812,6 +812,7 @@ async fn an_unreachable_broker_is_logged_a_few_times_a_minute_not_per_retry() {
 /// with a revoked key would: the fake judge answers it 401).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_rejected() {
+    let log = common::logs::capture();
     let bootstrap = shared_bootstrap_async().await;
     let (pairs_topic, grades_topic) = (topic("sk-pairs"), topic("sk-grades"));
     create_topic_async(&bootstrap, &pairs_topic, 2).await;
@@ -855,6 +856,11 @@ async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_reje
     assert_eq!(keys.keys().map(String::as_str).collect::<Vec<_>>(), ["sk-first", "sk-second"], "only the keys in force were sent: {keys:?}");
     assert!(keys["sk-second"] >= 100, "the last 50 pairs (2 calls each) and more carried the new key: {keys:?}");
     worker.stop().await;
+    let text = log.text();
+    assert!(text.lines().any(|l| l.contains("judge.pairwise.api_key_file") && l.contains("rejected")), "the rejection is logged, naming the setting");
+    for secret in ["sk-first", "sk-second"] {
+        assert!(!text.contains(secret), "the judge key {secret} reached the log");
+    }
 }
 
 /// The judge's Kafka secret files rotate while pairs are graded. Each valid version
@@ -866,6 +872,7 @@ async fn a_rotated_judge_key_is_used_from_the_next_call_and_a_broken_one_is_reje
 /// itself is not checked by a login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_kafka_secret_files_rebuild_both_clients_and_every_pair_is_graded() {
+    let log = common::logs::capture();
     let bootstrap = shared_bootstrap_async().await;
     let (pairs_topic, grades_topic) = (topic("sr-pairs"), topic("sr-grades"));
     create_topic_async(&bootstrap, &pairs_topic, 2).await;
@@ -916,4 +923,11 @@ async fn rotated_kafka_secret_files_rebuild_both_clients_and_every_pair_is_grade
     assert_eq!(metric(&m, rejected), 1.0, "{m}");
     assert_eq!(assigned(&m), 2.0, "{m}");
     worker.stop().await;
+    let text = log.text();
+    let rejections: Vec<&str> = text.lines().filter(|l| l.contains("rejected")).collect();
+    assert!(rejections.iter().any(|l| l.contains("kafka")), "the refused version is logged: {rejections:?}");
+    for secret in ["first-password", "second-password", "third-password", "carrier-pigeon"] {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{secret} reached the log: {leaks:?}");
+    }
 }

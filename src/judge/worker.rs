@@ -199,7 +199,7 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
     let consumer_errors = LogLimit::new(crate::librdkafka_log::PERIOD);
     let mut consumer: Arc<StreamConsumer<GroupContext>> =
-        Arc::new(consumer_config(config)?.create_with_context(context).map_err(JudgeError::Kafka)?);
+        Arc::new(consumer_config(config)?.create_with_context(context).map_err(|e| crate::sink::kafka::refused(&producer_config(config), e))?);
     consumer.subscribe(&[&config.kafka.pairs_topic]).map_err(JudgeError::Kafka)?;
     let sink = KafkaSink::new(&producer_config(config), sink_metrics.clone())?;
     let grader = Grader::new(config, metrics.clone())?;
@@ -224,7 +224,10 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             // librdkafka reads these files itself, when a client is created: both clients
             // are built anew, the consumer first (nothing changes if librdkafka refuses it).
             let context = GroupContext { tracker: tracker.clone(), metrics: metrics.clone(), logs: LimitedLogs::default() };
-            let fresh = consumer_config(&config).map_err(|e| e.to_string())?.create_with_context(context).map_err(|e| e.to_string())?;
+            let fresh = consumer_config(&config)
+                .map_err(|e| e.to_string())?
+                .create_with_context(context)
+                .map_err(|e| crate::sink::kafka::refused(&producer, e).to_string())?;
             shared.sink.rebuild(&producer).map_err(|e| e.to_string())?;
             fresh_tx.send(fresh).map_err(|_| "the worker is stopping".to_string())
         });

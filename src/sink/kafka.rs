@@ -93,10 +93,16 @@ pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result
     Ok(())
 }
 
-/// A producer for `config`. librdkafka's error for a value it refuses quotes the value:
-/// it is left out when the value came from a secret (a file, or a key naming one).
+/// A producer for `config`.
 fn create_producer(config: &KafkaConfig) -> Result<FutureProducer<LimitedLogs>, SinkError> {
-    client_config(config)?.create_with_context(LimitedLogs::default()).map_err(|e| match e {
+    client_config(config)?.create_with_context(LimitedLogs::default()).map_err(|e| refused(config, e))
+}
+
+/// The error of creating a client (producer or consumer) for `config`. librdkafka's
+/// error for a value it refuses quotes the value: it is left out when the value came
+/// from a secret (a file, or a key naming one).
+pub fn refused(config: &KafkaConfig, e: KafkaError) -> SinkError {
+    match e {
         KafkaError::ClientConfig(_, desc, key, value) => {
             let lower = key.to_ascii_lowercase();
             if config.librdkafka_files.contains_key(&key) || lower.contains("password") || lower.contains("secret") {
@@ -106,7 +112,7 @@ fn create_producer(config: &KafkaConfig) -> Result<FutureProducer<LimitedLogs>, 
             }
         }
         other => SinkError::Kafka(other),
-    })
+    }
 }
 
 #[cfg(test)]
