@@ -24,6 +24,9 @@
 #                                 (1 is the default; 2 = one per core here, Tokio's own default)
 #   BENCH_JUDGE_ALLOCATORS="glibc mimalloc"  one (j) run per global allocator, side by side
 #                                 (the `mimalloc` cargo feature; glibc is the default build)
+#   BENCH_EXTRA_BIN=PATH          also measure this prebuilt untaken (e.g. a build of an
+#                                 older commit), before the others: a before/after in one run
+#   BENCH_EXTRA_NAME=NAME         what the report calls it (default "prebuilt")
 #   BENCH_SKIP_BUILD=1            use the binaries already in target/release (then
 #                                 BENCH_JUDGE_ALLOCATORS must name the one they were built with)
 #   BENCH_KEEP=1                  keep the temp dir (logs, config, metrics)
@@ -76,6 +79,13 @@ for a in $ALLOCATORS; do
   fi
   cp "$BIN" "$WORK/untaken-$a"
 done
+
+EXTRA_NAME="${BENCH_EXTRA_NAME:-prebuilt}"
+if [[ -n "${BENCH_EXTRA_BIN:-}" ]]; then
+  [[ -x "$BENCH_EXTRA_BIN" ]] || die "BENCH_EXTRA_BIN: $BENCH_EXTRA_BIN is not an executable"
+  [[ "$EXTRA_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "BENCH_EXTRA_NAME: letters, digits, . _ - only"
+  cp "$BENCH_EXTRA_BIN" "$WORK/untaken-$EXTRA_NAME"
+fi
 
 start_broker
 PAIRS="bench.pairs.$RANDOM"
@@ -181,6 +191,7 @@ run_worker() { # $1: allocator, $2: worker threads
   [[ "$graded" == "$N" ]] || die "($alloc) $graded distinct grades for $N pairs"
 }
 
+[[ -n "${BENCH_EXTRA_BIN:-}" ]] && for t in $THREADS; do run_worker "$EXTRA_NAME" "$t"; done
 for a in $ALLOCATORS; do for t in $THREADS; do run_worker "$a" "$t"; done; done
 
 # --- report -------------------------------------------------------------------------

@@ -299,8 +299,7 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg.log.level, cfg.log.format);
             drop(runtime);
-            let threads = cfg.limits.worker_threads as usize;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("tokio runtime");
+            let runtime = judge_runtime(cfg.limits.worker_threads as usize);
             let code = runtime.block_on(judge(cfg, pairs.zip(grades)));
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
@@ -317,6 +316,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The judge's runtime. One worker thread (the default) is a current-thread runtime:
+/// the consume loop and the gradings then run on the same thread, where a
+/// multi-thread runtime of one worker runs `block_on`'s future (the consume loop) on
+/// the main thread and every hand-off to a grading is a cross-thread wake-up.
+/// Blocking librdkafka calls (commits, lag, closing) already go to the blocking pool;
+/// a revocation's commit blocks the consumer's poll, and so this thread, for one round trip.
+fn judge_runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 async fn judge(cfg: untaken::judge::config::JudgeConfig, files: Option<(PathBuf, PathBuf)>) -> ExitCode {
