@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::proto::v1::{AnswerRecord, HalfSummary, PairRecord, RequestFeatures};
+use crate::proto::v1::{AnswerRecord, HalfSummary, RequestFeatures};
 
 /// A request or answer body as plain JSON, from either record encoding (text in a
 /// protobuf record, a value in a JSON record); Null when absent or unreadable.
@@ -76,16 +76,16 @@ pub fn half_summary(a: Option<&AnswerRecord>, answer: &str) -> HalfSummary {
     }
 }
 
-/// The answer text of a half: the message content of a JSON answer, the body itself
-/// when the answer was plain text (`body_is_text`), empty when absent.
-pub fn half_text(pair: &PairRecord, counterfactual: bool) -> String {
-    let half = if counterfactual { pair.counterfactual.as_ref() } else { pair.primary.as_ref() };
+/// The answer text of a half with its `body` (a [`Pair`](super::pair::Pair)'s): the
+/// message content of a JSON answer, the body itself when the answer was plain text
+/// (`body_is_text`), empty when absent.
+pub fn half_text(half: Option<&AnswerRecord>, body: Value) -> String {
     match half {
-        Some(a) if a.present && a.body_is_text => match to_json("", a.body.as_ref()) {
+        Some(a) if a.present && a.body_is_text => match body {
             Value::String(text) => text,
             _ => String::new(),
         },
-        Some(a) if a.present => answer_text(&to_json(&a.body_json, a.body.as_ref())),
+        Some(a) if a.present => answer_text(&body),
         _ => String::new(),
     }
 }
@@ -93,15 +93,16 @@ pub fn half_text(pair: &PairRecord, counterfactual: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::v1::PairRecord;
     use serde_json::json;
 
     #[test]
     fn a_plain_text_answer_is_judged_as_its_text_not_as_empty() {
         let text = AnswerRecord { present: true, body_is_text: true, body: Some("The result is 42.".to_string().into()), ..Default::default() };
         let json = AnswerRecord { present: true, body_json: r#"{"choices":[{"message":{"content":"41"}}]}"#.into(), ..Default::default() };
-        let pair = PairRecord { primary: Some(text), counterfactual: Some(json), ..Default::default() };
-        assert_eq!(half_text(&pair, false), "The result is 42.");
-        assert_eq!(half_text(&pair, true), "41");
+        let pair = super::super::pair::Pair::from(PairRecord { primary: Some(text), counterfactual: Some(json), ..Default::default() });
+        assert_eq!(half_text(pair.record.primary.as_ref(), pair.primary_body), "The result is 42.");
+        assert_eq!(half_text(pair.record.counterfactual.as_ref(), pair.counterfactual_body), "41");
     }
 
     #[test]

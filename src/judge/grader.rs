@@ -14,14 +14,15 @@ use bytes::Bytes;
 use super::budget::JudgeLimits;
 use super::client::JudgeClient;
 use super::config::{JudgeConfig, JudgeKind, ReferenceConfig};
-use super::features::{half_summary, half_text, request_features, to_json};
+use super::features::{half_summary, half_text, request_features};
 use super::grade::{self, Order, OrderVerdict, Origin, Summary};
 use super::metrics::JudgeMetrics;
+use super::pair::Pair;
 use super::prompt::{conversation, Prompt};
 use super::reference;
 use crate::config::ConfigError;
 use crate::secrets::LiveToken;
-use crate::proto::v1::{GradeOutcome, GradeRecord, JudgeInfo, PairRecord};
+use crate::proto::v1::{GradeOutcome, GradeRecord, JudgeInfo};
 
 // One per worker: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -86,9 +87,10 @@ impl Grader {
     /// Grades one pair (network for a pairwise judge; waits for admission). The pair
     /// is taken by value: a pairwise grading keeps only the grade and the two judge
     /// request bodies while it waits for the judge, not the decoded record.
-    pub async fn grade(&self, pair: PairRecord, origin: &Origin) -> GradeRecord {
-        let request = to_json(&pair.request_json, pair.request.as_ref());
-        let (primary_text, cf_text) = (half_text(&pair, false), half_text(&pair, true));
+    pub async fn grade(&self, pair: Pair, origin: &Origin) -> GradeRecord {
+        let Pair { record: pair, request, primary_body, counterfactual_body } = pair;
+        let primary_text = half_text(pair.primary.as_ref(), primary_body);
+        let cf_text = half_text(pair.counterfactual.as_ref(), counterfactual_body);
         let summary = Summary {
             features: request_features(&request, pair.primary.as_ref().map_or(0, |p| p.input_tokens)),
             primary: half_summary(pair.primary.as_ref(), &primary_text),

@@ -5,6 +5,7 @@
 //!
 //! Modules, from the pure core outwards:
 //! - [`config`]: the worker's typed config (its own file, same conventions).
+//! - [`pair`]: a pair record as the judge reads it, bodies decoded once (pure).
 //! - [`features`]: request features, half summaries, answer text (pure).
 //! - [`verdict`]: strict verdict parsing (pure).
 //! - [`prompt`]: the versioned pairwise prompt (pure).
@@ -31,6 +32,7 @@ pub mod grade;
 pub mod grader;
 pub mod metrics;
 pub mod offsets;
+pub mod pair;
 pub mod prompt;
 pub mod reference;
 pub mod verdict;
@@ -50,6 +52,7 @@ use self::config::JudgeConfig;
 use self::grade::Origin;
 use self::grader::Grader;
 use self::metrics::{outcome_label, JudgeMetrics};
+use self::pair::Pair;
 use crate::config::ConfigError;
 use crate::proto::v1::PairRecord;
 
@@ -91,10 +94,13 @@ pub enum DecodeError {
 
 /// Decodes a pair record: protobuf when the `content-type` header says so, else the
 /// proto3 JSON mapping (the sidecar's default, and what records without headers are).
-pub fn decode_pair(payload: &[u8], content_type: Option<&str>) -> Result<PairRecord, DecodeError> {
+pub fn decode_pair(payload: &[u8], content_type: Option<&str>) -> Result<Pair, DecodeError> {
     match content_type {
-        Some(ct) if ct.starts_with("application/x-protobuf") => Ok(PairRecord::decode(payload)?),
-        _ => Ok(serde_json::from_slice(payload)?),
+        Some(ct) if ct.starts_with("application/x-protobuf") => Ok(PairRecord::decode(payload)?.into()),
+        _ => match pair::from_json(payload) {
+            Some(pair) => Ok(pair),
+            None => Ok(serde_json::from_slice::<PairRecord>(payload)?.into()),
+        },
     }
 }
 
@@ -165,7 +171,7 @@ pub async fn run_file(config: &JudgeConfig, pairs: &Path, grades: &Path) -> Resu
                 summary.pairs_read += 1;
                 metrics.pairs_consumed.inc();
                 match decode_pair(line.as_bytes(), None) {
-                    Ok(pair) if !seen.insert(&pair.pair_id) => summary.duplicates += 1,
+                    Ok(pair) if !seen.insert(&pair.record.pair_id) => summary.duplicates += 1,
                     Ok(pair) => {
                         let origin = Origin { topic: String::new(), partition: 0, offset: line_no as i64 };
                         graded.push_back(async move { grader.grade(pair, &origin).await });
@@ -255,10 +261,10 @@ mod tests {
     fn pair_records_decode_by_content_type_with_json_as_the_default() {
         let pair = PairRecord { pair_id: "p".into(), kind: PairKind::Control as i32, ..Default::default() };
         let json = serde_json::to_vec(&pair).unwrap();
-        assert_eq!(decode_pair(&json, Some("application/json")).unwrap(), pair);
-        assert_eq!(decode_pair(&json, None).unwrap(), pair, "no header: JSON");
+        assert_eq!(decode_pair(&json, Some("application/json")).unwrap().record, pair);
+        assert_eq!(decode_pair(&json, None).unwrap().record, pair, "no header: JSON");
         let proto = pair.encode_to_vec();
-        assert_eq!(decode_pair(&proto, Some("application/x-protobuf")).unwrap(), pair);
+        assert_eq!(decode_pair(&proto, Some("application/x-protobuf")).unwrap().record, pair);
         assert!(matches!(decode_pair(&proto, None), Err(DecodeError::Json(_))));
         let quoting = br#"{"pair_id":"p","primary":"SECRET ANSWER TEXT from the model"}"#;
         let e = decode_pair(quoting, Some("application/json")).unwrap_err().to_string();
@@ -284,7 +290,7 @@ mod tests {
         json["primary"]["another_new_field"] = serde_json::json!("x");
         let payload = serde_json::to_vec(&json).unwrap();
         let decoded = decode_pair(&payload, Some("application/json")).expect("unknown fields are ignored");
-        assert_eq!(decoded, pair, "every known field kept");
+        assert_eq!(decoded.record, pair, "every known field kept");
         // Known fields are still checked: a wrong type is an error, not ignored.
         assert!(decode_pair(br#"{"pair_id": 42, "newer": 1}"#, None).is_err());
     }

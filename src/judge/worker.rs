@@ -502,9 +502,9 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
     };
     // Remembered only once its grade is acknowledged: a pair read twice while the
     // first grading is in flight is graded twice rather than risk losing its grade.
-    if shared.dedup.lock().expect("dedup lock").contains(&pair.pair_id) {
+    if shared.dedup.lock().expect("dedup lock").contains(&pair.record.pair_id) {
         metrics.pairs_duplicate.inc();
-        tracing::debug!(pair_id = %pair.pair_id, "pair graded recently; skipped");
+        tracing::debug!(pair_id = %pair.record.pair_id, "pair graded recently; skipped");
         return Some(ticket);
     }
     let origin = Origin { topic: t.topic.clone(), partition: t.partition, offset: t.offset };
