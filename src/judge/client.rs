@@ -56,6 +56,9 @@ enum Call {
 pub struct JudgeClient {
     http: reqwest::Client,
     config: PairwiseConfig,
+    /// `config.url` parsed once (not at every call); `None` when it does not parse
+    /// (config validation refuses that), and the call then fails as reqwest says.
+    url: Option<reqwest::Url>,
     /// The key in force, loaded at each call: a rotated key file is used from the next call.
     api_key: Option<LiveToken>,
     /// The `response_format` asking for a structured verdict, when configured.
@@ -82,6 +85,9 @@ impl JudgeClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .connect_timeout(Duration::from_secs(5))
+            // Retries are ours (`call_with_retries`, counted and bounded): reqwest's
+            // own layer would copy every request's headers in case it retried.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()
             .expect("static reqwest configuration is valid");
         let response_format = config.structured_output.then(|| {
@@ -100,7 +106,8 @@ impl JudgeClient {
             })
         });
         let circuit = Circuit::new(config.breaker(), metrics.circuit_open.clone(), metrics.circuit_opened.clone());
-        Self { http, config: config.clone(), api_key, response_format, circuit }
+        let url = reqwest::Url::parse(&config.url).ok();
+        Self { http, config: config.clone(), url, api_key, response_format, circuit }
     }
 
     /// True while the judge endpoint is considered down (calls wait for it).
@@ -230,9 +237,11 @@ impl JudgeClient {
     }
 
     async fn call_once(&self, body: &Bytes) -> (Call, f64) {
-        let mut req = self
-            .http
-            .post(&self.config.url)
+        let req = match &self.url {
+            Some(url) => self.http.post(url.clone()),
+            None => self.http.post(&self.config.url),
+        };
+        let mut req = req
             .timeout(self.config.timeout)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
