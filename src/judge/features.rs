@@ -27,6 +27,19 @@ pub fn content_text(content: &Value) -> String {
     }
 }
 
+/// The length in characters of [`content_text`]'s text, without building it.
+pub fn content_chars(content: &Value) -> usize {
+    match content {
+        Value::String(s) => s.chars().count(),
+        Value::Array(parts) => {
+            let texts = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()));
+            let (n, chars) = texts.fold((0usize, 0usize), |(n, chars), t| (n + 1, chars + t.chars().count()));
+            chars + n.saturating_sub(1) // the newlines joining the parts
+        }
+        _ => 0,
+    }
+}
+
 /// The answer an upstream gave: `choices[0].message.content`, and when the model
 /// asked for tools instead, its tool calls as JSON (so a judge can compare them).
 pub fn answer_text(body: &Value) -> String {
@@ -42,7 +55,7 @@ pub fn answer_text(body: &Value) -> String {
 /// Request features, for slicing grades by cohorts nobody labelled.
 pub fn request_features(request: &Value, primary_input_tokens: u32) -> RequestFeatures {
     let messages = request.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-    let prompt_chars: usize = messages.iter().filter_map(|m| m.get("content")).map(|c| content_text(c).chars().count()).sum();
+    let prompt_chars: usize = messages.iter().filter_map(|m| m.get("content")).map(content_chars).sum();
     let turns = messages.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count();
     let non_empty = |k: &str| request.get(k).is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()) || t.is_object());
     let prompt_tokens = if primary_input_tokens > 0 { primary_input_tokens } else { prompt_chars.div_ceil(4) as u32 };
@@ -119,6 +132,13 @@ mod tests {
         assert_eq!(f.prompt_tokens, 5, "19 chars / 4, rounded up");
         assert_eq!(request_features(&req, 120).prompt_tokens, 120, "the primary's usage wins");
         assert!(!request_features(&json!({"messages": [], "tools": []}), 0).tools_present);
+    }
+
+    #[test]
+    fn content_chars_counts_what_content_text_builds() {
+        for c in [json!("héllo"), json!([{"type": "text", "text": "a"}, "bç", {"type": "image"}, {"text": 3}, {"text": ""}]), json!([]), json!(null), json!({"text": "x"}), json!(["", ""])] {
+            assert_eq!(content_chars(&c), content_text(&c).chars().count(), "{c}");
+        }
     }
 
     #[test]

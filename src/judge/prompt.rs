@@ -92,11 +92,11 @@ fn render_user(conversation: &str, a: &str, b: &str, format: &str) -> String {
     out
 }
 
-/// At most `max` characters, marked when cut.
-fn clip(text: &str, max: usize) -> String {
+/// At most `max` characters, marked when cut (a copy only then).
+fn clip(text: &str, max: usize) -> Cow<'_, str> {
     match text.char_indices().nth(max) {
-        Some((i, _)) => format!("{}\n[... answer cut at {max} characters]", &text[..i]),
-        None => text.to_string(),
+        Some((i, _)) => Cow::Owned(format!("{}\n[... answer cut at {max} characters]", &text[..i])),
+        None => Cow::Borrowed(text),
     }
 }
 
@@ -109,7 +109,9 @@ pub fn conversation(request: &Value) -> String {
         if !out.is_empty() {
             out.push('\n');
         }
-        out.push_str(&format!("<{role}>\n{text}\n</{role}>"));
+        for part in ["<", role, ">\n", &text, "\n</", role, ">"] {
+            out.push_str(part);
+        }
     }
     out
 }
