@@ -263,8 +263,9 @@ pub struct LimitsConfig {
     #[serde(with = "crate::effective_config::duration")]
     pub budget_window: Duration,
     /// Tokio worker threads of `untaken judge` (restart only). The worker waits on the
-    /// network: one thread grades over 800 pairs a second with a 200 ms judge; a second
-    /// one measured no CPU gain and ~5 MiB more RSS (BENCHMARKS.md, "Judge worker").
+    /// network: one thread (a current-thread runtime: the consume loop and the gradings
+    /// share it) grades over 800 pairs a second with a 200 ms judge; a second one
+    /// measured no CPU gain and ~5 MiB more RSS (BENCHMARKS.md, "Judge worker").
     pub worker_threads: u32,
 }
 
