@@ -141,7 +141,10 @@ impl JudgeClient {
             stream: false,
             response_format: self.response_format.as_ref(),
         };
-        Bytes::from(serde_json::to_vec(&request).expect("a chat request serializes"))
+        // Sized for the messages up front (escaping adds little): not grown by doubling.
+        let mut body = Vec::with_capacity(512 + messages.iter().map(|m| m.content.len()).sum::<usize>() * 9 / 8);
+        serde_json::to_writer(&mut body, &request).expect("a chat request serializes");
+        Bytes::from(body)
     }
 
     /// Asks for one verdict with a [`request_body`](Self::request_body) (network;

@@ -170,7 +170,12 @@ pub fn finish_reference(grade: &mut GradeRecord, method: &str, primary_correct: 
 /// Encodes a grade and its Kafka headers (key: request_id).
 pub fn encode(grade: &GradeRecord, encoding: Encoding) -> Encoded {
     let payload = match encoding {
-        Encoding::Json => serde_json::to_vec(grade).expect("GradeRecord always serializes"),
+        Encoding::Json => {
+            // A pairwise grade is 1-2 KB: sized once, not grown from empty by doubling.
+            let mut out = Vec::with_capacity(2048 + grade.error.len());
+            serde_json::to_writer(&mut out, grade).expect("GradeRecord always serializes");
+            out
+        }
         Encoding::Protobuf => grade.encode_to_vec(),
     };
     Encoded {
