@@ -53,14 +53,22 @@ impl Supervisor {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Spawns `task` on the runtime under `name`. Aborting the returned handle
+    /// Spawns `task` on the current runtime under `name`. Aborting the returned handle
     /// cancels the task itself (it is not a failure).
     pub fn spawn<F>(&self, name: &'static str, task: F) -> JoinHandle<()>
     where
         F: Future + Send + 'static,
     {
+        self.spawn_on(name, &tokio::runtime::Handle::current(), task)
+    }
+
+    /// [`Supervisor::spawn`] on the runtime behind `runtime` (the shadow pipeline's own).
+    pub fn spawn_on<F>(&self, name: &'static str, runtime: &tokio::runtime::Handle, task: F) -> JoinHandle<()>
+    where
+        F: Future + Send + 'static,
+    {
         let me = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             match AssertUnwindSafe(task).catch_unwind().await {
                 Ok(_) if me.shutdown.is_cancelled() => {}
                 Ok(_) => me.died(name, "ended before shutdown"),

@@ -34,12 +34,13 @@ impl Engine {
             self.metrics.queue_depth.dec();
             let engine = self.clone();
             let cancel = self.shadow_cancel.clone();
-            self.shadow_tasks.spawn(async move {
+            let call = async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = engine.clone().shadow(job) => {}
                 }
-            });
+            };
+            self.shadow_tasks.spawn_on(call, &self.pipeline);
         }
     }
 

@@ -28,7 +28,7 @@ impl Engine {
     pub(super) fn finish(self: &Arc<Self>, ready: Ready) {
         self.finishing.fetch_add(1, Ordering::Relaxed);
         let engine = self.clone();
-        self.finish_tasks.spawn(async move {
+        let build = async move {
             // Build and encode first, then wait for the publisher holding only the encoded
             // record: the halves, the metadata and the config snapshot are freed before the wait.
             // Redaction, building and encoding are CPU work. A big pair goes off the
@@ -48,7 +48,8 @@ impl Engine {
                 engine.hand_over(encoded).await;
             }
             engine.finishing.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        self.finish_tasks.spawn_on(build, &self.pipeline);
     }
 
     /// [`Engine::finish`] for a caller that is itself a background task (the shadow call,
@@ -67,10 +68,11 @@ impl Engine {
                     // The publisher is busy: wait for it in a tracked task, as `finish` does.
                     self.finishing.fetch_add(1, Ordering::Relaxed);
                     let engine = self.clone();
-                    self.finish_tasks.spawn(async move {
+                    let hand_over = async move {
                         engine.hand_over(encoded).await;
                         engine.finishing.fetch_sub(1, Ordering::Relaxed);
-                    });
+                    };
+                    self.finish_tasks.spawn_on(hand_over, &self.pipeline);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => self.publisher_closed(),
             }
