@@ -1,8 +1,9 @@
 //! Background tasks that cannot die silently.
 //!
 //! Every long-lived task the sidecar spawns (shadow dispatcher, pairing expiry,
-//! publisher, spool replay, config reload, the gRPC and admin servers) runs
-//! through [`Supervisor::spawn`]. A task that panics, or that returns before
+//! publisher, spool replay, config reload, the gRPC and admin servers, and the
+//! watch on the shadow pipeline's thread) runs through [`Supervisor::spawn`] (or
+//! [`Supervisor::spawn_on`] that thread's runtime). A task that panics, or that returns before
 //! shutdown began, is logged with its name, counted in
 //! `untaken_background_task_failures_total{task}`, and turns `/ready` to 503 for
 //! the rest of the process's life (and, through [`Supervisor::failed`], the gRPC

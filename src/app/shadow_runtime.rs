@@ -41,6 +41,12 @@ pub(super) struct ShadowRuntime {
 impl ShadowRuntime {
     /// Builds the runtime and starts its thread.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_running(|runtime, stop| runtime.block_on(stop.cancelled()))
+    }
+
+    /// [`ShadowRuntime::start`] with the thread's body given: it returns once the
+    /// runtime is to stop (tests make it die).
+    fn start_running(body: impl FnOnce(&tokio::runtime::Runtime, CancellationToken) + Send + 'static) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(format!("{THREAD}-blocking"))
@@ -51,7 +57,7 @@ impl ShadowRuntime {
             let (stop, exited) = (stop.clone(), exited.clone().drop_guard());
             std::thread::Builder::new().name(THREAD.into()).spawn(move || {
                 let _exited = exited;
-                runtime.block_on(stop.cancelled());
+                body(&runtime, stop);
                 runtime.shutdown_timeout(STOP_TIMEOUT);
             })?
         };
@@ -90,6 +96,9 @@ impl Drop for ShadowRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{Metrics, TaskLabel};
+    use crate::supervise::Supervisor;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn tasks_run_on_the_named_thread_and_stop_ends_it() {
@@ -105,6 +114,27 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shadow.stop()).await.expect("stop returns");
         tokio::time::timeout(Duration::from_secs(1), exited).await.expect("exited resolves");
         assert!(left.await.unwrap_err().is_cancelled(), "a task still on the runtime is dropped with it");
+    }
+
+    /// The thread dying (here: its body panics) is a background task dying: counted,
+    /// logged, and `/ready` (and gRPC health) turn unready, as `app` wires it.
+    #[tokio::test]
+    async fn the_thread_dying_is_counted_and_marks_the_process_unready() {
+        let metrics = Arc::new(Metrics::new());
+        let supervisor = Supervisor::new(metrics.clone(), CancellationToken::new());
+        let shadow = ShadowRuntime::start_running(|runtime, _stop| {
+            runtime.block_on(tokio::time::sleep(Duration::from_millis(50)));
+            panic!("the shadow thread broke");
+        })
+        .unwrap();
+        supervisor.spawn("shadow_thread", shadow.exited());
+        tokio::time::timeout(Duration::from_secs(5), supervisor.failed()).await.expect("the death is noticed");
+        assert!(supervisor.any_failed());
+        let failures = metrics.task_failures.get_or_create(&TaskLabel { task: "shadow_thread" }).get();
+        assert_eq!(failures, 1);
+        let spawned = shadow.handle().spawn(async {});
+        assert!(spawned.await.is_err(), "nothing runs on a dead shadow runtime");
+        tokio::time::timeout(Duration::from_secs(5), shadow.stop()).await.expect("stopping a dead one returns");
     }
 
     #[tokio::test]

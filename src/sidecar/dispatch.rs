@@ -1,5 +1,5 @@
 //! Dispatch of shadow calls: takes queued jobs, runs one tracked task per call to the
-//! route not taken, settles its admission ticket with the actual cost, and joins the
+//! route not taken (on the shadow pipeline's runtime, `Engine::pipeline`), settles its admission ticket with the actual cost, and joins the
 //! answer into the pairing table.
 //!
 //! Owns the shadow-call tasks and their cancellation. Never runs on the router's

@@ -1,7 +1,8 @@
 //! Finishing a pair: redact, build and encode the record off the request path (on
 //! the blocking pool when it is big), then hand it to the publisher. A pair the shadow
 //! call completes is built in that call's task (`Engine::finish_here`); one completed
-//! by `Complete`, the expiry or the drain, in a task of its own.
+//! by `Complete`, the expiry or the drain, in a task of its own spawned on the shadow
+//! pipeline's runtime (`Engine::pipeline`), never on the one serving `Complete`.
 //!
 //! Owns the hand-off channel's size ([`RECORDS_CHANNEL`]) and the count of pairs
 //! between the table and the publisher. Never sends to a sink or spools: that is the
@@ -130,7 +131,7 @@ impl Engine {
     }
 }
 
-/// Whether a pair's bodies are small enough to build on a runtime worker
+/// Whether a pair's bodies are small enough to build on the shadow pipeline's thread
 /// ([`crate::INLINE_CPU_BYTES`]); a bigger one is built on the blocking pool.
 fn is_small(ready: &Ready) -> bool {
     let bytes = ready.meta.request_body.len()
