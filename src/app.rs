@@ -7,6 +7,7 @@
 //! [`start`] binds the configured addresses; [`start_on`] takes listeners already
 //! bound (tests bind port 0 and never probe for a free port).
 
+mod shadow_runtime;
 mod shutdown;
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] crate::sink::spool::SpoolError),
+    #[error("cannot start the shadow pipeline's thread: {0}")]
+    ShadowThread(std::io::Error),
 }
 
 /// A running sidecar.
@@ -141,7 +144,9 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     let encoding = sink.encoding(config.sink.encoding);
     let grace = config.server.shutdown_grace;
     let fsync = config.spool.fsync_interval;
-    let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone())?;
+    let shadow = shadow_runtime::ShadowRuntime::start().map_err(StartError::ShadowThread)?;
+    let pipeline = shadow.handle().clone();
+    let (engine, channels) = Engine::new(config.clone(), encoding, metrics.clone(), pipeline.clone())?;
     let stall = sink.stall_timeout(&config);
     let publisher = Publisher::new(sink.clone(), spool, metrics.clone(), stall);
     // The token, TLS and Kafka/route secret files, re-read when they rotate (read before any task starts).
@@ -152,10 +157,12 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
     let supervisor = Supervisor::new(metrics.clone(), shutdown.clone());
     let stop_background = CancellationToken::new();
     let stop_publisher = CancellationToken::new();
-    let dispatcher = supervisor.spawn("dispatcher", engine.clone().run_dispatcher(channels.jobs));
+    // The shadow pipeline on its own thread; `Mirror`, `Complete` and the rest stay here.
+    supervisor.spawn("shadow_thread", shadow.exited());
+    let dispatcher = supervisor.spawn_on("dispatcher", &pipeline, engine.clone().run_dispatcher(channels.jobs));
     let expiry = supervisor.spawn("expiry", engine.clone().run_expiry(stop_background.clone()));
-    let publishing = supervisor.spawn("publisher", publisher.clone().run(channels.records, stop_publisher.clone()));
-    let spooling = supervisor.spawn("spool", publisher.clone().run_spool(fsync, stop_background.clone()));
+    let publishing = supervisor.spawn_on("publisher", &pipeline, publisher.clone().run(channels.records, stop_publisher.clone()));
+    let spooling = supervisor.spawn_on("spool", &pipeline, publisher.clone().run_spool(fsync, stop_background.clone()));
     let marker = config.spool.dir.clone().inspect(|dir| {
         supervisor.spawn("pending_marker", pending_marker_loop(dir.clone(), metrics.clone(), stop_background.clone()));
     });
@@ -214,6 +221,7 @@ pub async fn start_on(config: Config, config_path: Option<PathBuf>, listeners: L
         stop_publisher,
         publishing,
         spooling,
+        shadow,
         marker,
         admin: shutdown::Served { stop: admin_stop, task: admin_task },
     };

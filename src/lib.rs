@@ -57,9 +57,9 @@ pub mod sink;
 pub mod upstream;
 pub mod usage;
 
-/// Bodies up to this size are rewritten, redacted and encoded on the runtime's
-/// workers (microseconds); larger ones on the blocking pool, so no `Mirror` waits
-/// behind them.
+/// Bodies up to this size are rewritten, redacted and encoded on the shadow
+/// pipeline's thread (microseconds); larger ones on the blocking pool, so no other
+/// pair's shadow call or delivery waits behind them.
 pub const INLINE_CPU_BYTES: usize = 64 * 1024;
 
 /// Generated code for `proto/untaken/v1`.

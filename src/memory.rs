@@ -7,8 +7,9 @@
 //! `server.max_body_bytes`) and its labels; a shadow call holds the rewritten
 //! request it sends and the answer it reads. The queue's jobs share their request
 //! with the pending pair, so they add nothing. Not counted: transient copies while
-//! a record is encoded (one per worker thread), and JSON escaping of a non-JSON
-//! body, which can make its record larger than the body.
+//! a record is encoded (one per thread building records: `untaken-shadow` and its
+//! blocking pool), and JSON escaping of a non-JSON body, which can make its record
+//! larger than the body.
 
 use std::fmt;
 

@@ -1,8 +1,9 @@
 //! Background tasks that cannot die silently.
 //!
 //! Every long-lived task the sidecar spawns (shadow dispatcher, pairing expiry,
-//! publisher, spool replay, config reload, the gRPC and admin servers) runs
-//! through [`Supervisor::spawn`]. A task that panics, or that returns before
+//! publisher, spool replay, config reload, the gRPC and admin servers, and the
+//! watch on the shadow pipeline's thread) runs through [`Supervisor::spawn`] (or
+//! [`Supervisor::spawn_on`] that thread's runtime). A task that panics, or that returns before
 //! shutdown began, is logged with its name, counted in
 //! `untaken_background_task_failures_total{task}`, and turns `/ready` to 503 for
 //! the rest of the process's life (and, through [`Supervisor::failed`], the gRPC
@@ -53,14 +54,22 @@ impl Supervisor {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Spawns `task` on the runtime under `name`. Aborting the returned handle
+    /// Spawns `task` on the current runtime under `name`. Aborting the returned handle
     /// cancels the task itself (it is not a failure).
     pub fn spawn<F>(&self, name: &'static str, task: F) -> JoinHandle<()>
     where
         F: Future + Send + 'static,
     {
+        self.spawn_on(name, &tokio::runtime::Handle::current(), task)
+    }
+
+    /// [`Supervisor::spawn`] on the runtime behind `runtime` (the shadow pipeline's own).
+    pub fn spawn_on<F>(&self, name: &'static str, runtime: &tokio::runtime::Handle, task: F) -> JoinHandle<()>
+    where
+        F: Future + Send + 'static,
+    {
         let me = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             match AssertUnwindSafe(task).catch_unwind().await {
                 Ok(_) if me.shutdown.is_cancelled() => {}
                 Ok(_) => me.died(name, "ended before shutdown"),

@@ -7,6 +7,7 @@
 //!    and every pair still pending is published with its missing half named;
 //! 3. stop the gRPC server and the background tasks (dispatcher, expiry, markers);
 //! 4. flush the publisher: every record is acknowledged by the sink or spooled;
+//!    then the shadow pipeline's thread (`shadow_runtime`) stops, nothing left on it;
 //! 5. fsync the spool, clear the pending-pairs marker, flush the Kafka producer;
 //! 6. stop the admin server (last, so `/metrics` can be scraped during the drain).
 //!
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::shadow_runtime::ShadowRuntime;
 use crate::proto::v1::mirror_server::MirrorServer;
 use crate::server::MirrorService;
 use crate::sidecar::engine::Engine;
@@ -61,6 +63,8 @@ pub(super) struct Shutdown {
     pub stop_publisher: CancellationToken,
     pub publishing: JoinHandle<()>,
     pub spooling: JoinHandle<()>,
+    /// The thread the dispatcher, shadow calls, record building and publisher ran on.
+    pub shadow: ShadowRuntime,
     /// The spool directory holding the pending-pairs marker, when there is a spool.
     pub marker: Option<PathBuf>,
     pub admin: Served,
@@ -81,6 +85,7 @@ impl Shutdown {
         self.stop_background.cancel();
         let _ = self.expiry.await;
         flush_publisher(self.stop_publisher, self.publishing, self.spooling).await;
+        self.shadow.stop().await;
         deadline.abort();
         let _ = grpc_closing.await;
         sync_spool(&self.publisher, self.marker.as_deref()).await;

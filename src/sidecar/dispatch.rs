@@ -1,5 +1,5 @@
 //! Dispatch of shadow calls: takes queued jobs, runs one tracked task per call to the
-//! route not taken, settles its admission ticket with the actual cost, and joins the
+//! route not taken (on the shadow pipeline's runtime, `Engine::pipeline`), settles its admission ticket with the actual cost, and joins the
 //! answer into the pairing table.
 //!
 //! Owns the shadow-call tasks and their cancellation. Never runs on the router's
@@ -34,12 +34,13 @@ impl Engine {
             self.metrics.queue_depth.dec();
             let engine = self.clone();
             let cancel = self.shadow_cancel.clone();
-            self.shadow_tasks.spawn(async move {
+            let call = async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = engine.clone().shadow(job) => {}
                 }
-            });
+            };
+            self.shadow_tasks.spawn_on(call, &self.pipeline);
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -86,6 +87,9 @@ pub struct Engine {
     pub(super) client: upstream::Client,
     pub(super) encoding: Encoding,
     pub(super) draining: AtomicBool,
+    /// The runtime the shadow calls and record building run on (the shadow pipeline's
+    /// own thread, see `app`), never the one `Mirror` and `Complete` are served on.
+    pub(super) pipeline: Handle,
     /// Shadow calls; cancelled when the shutdown grace runs out.
     pub(super) shadow_tasks: TaskTracker,
     pub(super) shadow_cancel: CancellationToken,
@@ -104,7 +108,8 @@ pub struct Channels {
 }
 
 impl Engine {
-    pub fn new(config: Config, encoding: Encoding, metrics: Arc<Metrics>) -> Result<(Arc<Self>, Channels), ConfigError> {
+    /// `pipeline` is where shadow calls and record building are spawned.
+    pub fn new(config: Config, encoding: Encoding, metrics: Arc<Metrics>, pipeline: Handle) -> Result<(Arc<Self>, Channels), ConfigError> {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue.capacity);
         let (rec_tx, rec_rx) = mpsc::channel(RECORDS_CHANNEL);
         let table = Table::new(config.pairing.max_pending, config.pairing.timeout);
@@ -118,6 +123,7 @@ impl Engine {
             client,
             encoding,
             draining: AtomicBool::new(false),
+            pipeline,
             shadow_tasks: TaskTracker::new(),
             shadow_cancel: CancellationToken::new(),
             finish_tasks: TaskTracker::new(),
@@ -363,7 +369,8 @@ mod tests {
              [routes.slow]\nurl = \"http://127.0.0.1:9/\"\nmodel = \"s\"\n",
         )
         .unwrap();
-        let (engine, _channels) = Engine::new(config, Encoding::Json, Arc::new(Metrics::new())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (engine, _channels) = Engine::new(config, Encoding::Json, Arc::new(Metrics::new()), runtime.handle().clone()).unwrap();
         let mut table = engine.table.lock().unwrap();
         let call = std::thread::spawn({
             let engine = engine.clone();

@@ -1,7 +1,8 @@
 //! Finishing a pair: redact, build and encode the record off the request path (on
 //! the blocking pool when it is big), then hand it to the publisher. A pair the shadow
 //! call completes is built in that call's task (`Engine::finish_here`); one completed
-//! by `Complete`, the expiry or the drain, in a task of its own.
+//! by `Complete`, the expiry or the drain, in a task of its own spawned on the shadow
+//! pipeline's runtime (`Engine::pipeline`), never on the one serving `Complete`.
 //!
 //! Owns the hand-off channel's size ([`RECORDS_CHANNEL`]) and the count of pairs
 //! between the table and the publisher. Never sends to a sink or spools: that is the
@@ -28,7 +29,7 @@ impl Engine {
     pub(super) fn finish(self: &Arc<Self>, ready: Ready) {
         self.finishing.fetch_add(1, Ordering::Relaxed);
         let engine = self.clone();
-        self.finish_tasks.spawn(async move {
+        let build = async move {
             // Build and encode first, then wait for the publisher holding only the encoded
             // record: the halves, the metadata and the config snapshot are freed before the wait.
             // Redaction, building and encoding are CPU work. A big pair goes off the
@@ -48,7 +49,8 @@ impl Engine {
                 engine.hand_over(encoded).await;
             }
             engine.finishing.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        self.finish_tasks.spawn_on(build, &self.pipeline);
     }
 
     /// [`Engine::finish`] for a caller that is itself a background task (the shadow call,
@@ -67,10 +69,11 @@ impl Engine {
                     // The publisher is busy: wait for it in a tracked task, as `finish` does.
                     self.finishing.fetch_add(1, Ordering::Relaxed);
                     let engine = self.clone();
-                    self.finish_tasks.spawn(async move {
+                    let hand_over = async move {
                         engine.hand_over(encoded).await;
                         engine.finishing.fetch_sub(1, Ordering::Relaxed);
-                    });
+                    };
+                    self.finish_tasks.spawn_on(hand_over, &self.pipeline);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => self.publisher_closed(),
             }
@@ -128,7 +131,7 @@ impl Engine {
     }
 }
 
-/// Whether a pair's bodies are small enough to build on a runtime worker
+/// Whether a pair's bodies are small enough to build on the shadow pipeline's thread
 /// ([`crate::INLINE_CPU_BYTES`]); a bigger one is built on the blocking pool.
 fn is_small(ready: &Ready) -> bool {
     let bytes = ready.meta.request_body.len()
