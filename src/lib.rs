@@ -18,7 +18,7 @@
 //!   `dispatch` (shadow calls), `pairing` (join table), `expiry`, `finish` (record
 //!   building), `publisher` (delivery, spool, replay).
 //! - [`upstream`]: the OpenAI-compatible HTTP client for shadow calls.
-//! - [`sink`]: the [`sink::Sink`] trait and its Kafka and file implementations; the disk spool.
+//! - [`sink`]: the [`sink::Sink`] trait and its Kafka (with its own delivery-report thread) and file implementations; the disk spool.
 //! - [`server`]: the gRPC edge (`Mirror`, health, reflection, auth, TLS).
 //! - [`admin`]: `/live`, `/ready`, `/metrics`; [`metrics`]: the Prometheus registry.
 //! - [`app`]: wires it all, reloads the config, and drains on shutdown (`app::shutdown`).

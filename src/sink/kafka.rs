@@ -19,10 +19,9 @@ use arc_swap::ArcSwap;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::PurgeConfig;
 
-use crate::librdkafka_log::LimitedLogs;
-
+use super::delivery::Producer;
 use super::SinkError;
 use crate::config::KafkaConfig;
 use crate::log_limit::LogLimit;
@@ -42,9 +41,9 @@ pub const LIBRDKAFKA_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct KafkaSink {
     /// The producer new records go to.
-    producer: ArcSwap<FutureProducer<LimitedLogs>>,
+    producer: ArcSwap<Producer>,
     /// Producers replaced by [`KafkaSink::rebuild`] and still flushing: a shutdown purges them too.
-    retiring: Arc<Mutex<Vec<Arc<FutureProducer<LimitedLogs>>>>>,
+    retiring: Arc<Mutex<Vec<Arc<Producer>>>>,
     topic: String,
     brokers: String,
     delivery_timeout: Duration,
@@ -94,8 +93,8 @@ pub fn apply_user_settings(c: &mut ClientConfig, config: &KafkaConfig) -> Result
 }
 
 /// A producer for `config`.
-fn create_producer(config: &KafkaConfig) -> Result<FutureProducer<LimitedLogs>, SinkError> {
-    client_config(config)?.create_with_context(LimitedLogs::default()).map_err(|e| refused(config, e))
+fn create_producer(config: &KafkaConfig) -> Result<Producer, SinkError> {
+    Producer::create(&client_config(config)?).map_err(|e| refused(config, e))
 }
 
 /// The error of creating a client (producer or consumer) for `config`. librdkafka's
@@ -184,28 +183,29 @@ impl KafkaSink {
         let start = Instant::now();
         // Held until the delivery report: a producer replaced meanwhile lives until then.
         let producer = self.producer.load_full();
-        let mut fr = FutureRecord::to(&self.topic).key(&record.key).payload(&record.payload).headers(headers);
+        let (record_out, acked) = Producer::record(&self.topic);
+        let mut out = record_out.key(record.key.as_bytes()).payload(record.payload.as_slice()).headers(headers);
         // Enqueue without blocking a runtime thread; wait out a full local queue, but
         // not for longer than a delivery may take.
-        let delivery = loop {
-            match producer.send_result(fr) {
-                Ok(d) => break d,
+        loop {
+            match producer.send(out) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if start.elapsed() < self.delivery_timeout =>
                 {
-                    fr = back;
+                    out = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err((e, _)) => return Err(self.fail(record, e)),
             }
-        };
-        match delivery.await {
-            Ok(Ok(_)) => {
+        }
+        match acked.await {
+            Ok(Ok(())) => {
                 self.metrics.kafka_delivery_seconds.observe(start.elapsed().as_secs_f64());
                 Ok(())
             }
-            Ok(Err((e, _))) => Err(self.fail(record, e)),
-            Err(_cancelled) => Err(self.fail(record, KafkaError::Canceled)),
+            Ok(Err(e)) => Err(self.fail(record, e)),
+            Err(_dropped) => Err(self.fail(record, KafkaError::Canceled)),
         }
     }
 
@@ -225,8 +225,9 @@ impl KafkaSink {
                     tracing::warn!(error = %e, "flushing the replaced Kafka producer; what it held is failed back and spooled");
                 }
                 retiring.lock().expect("retiring lock").retain(|p| !Arc::ptr_eq(p, &old));
-                // Dropping the last handle stops librdkafka's threads (up to 100 ms): here, not in a send
-                // that still holds one on the async runtime, unless that send outlives this wait.
+                // The last handle goes here, not in a send that still holds one on the async
+                // runtime (unless that send outlives this wait); its delivery thread then
+                // stops librdkafka's threads within `delivery::POLL_CYCLE`.
                 let until = Instant::now() + Duration::from_secs(1);
                 while Arc::strong_count(&old) > 1 && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(10));

@@ -4,6 +4,7 @@
 //! A sink only sends; it never decides what to do with a failure. The publisher
 //! turns a failure into a spool write, so a sink must report every failure.
 
+pub mod delivery;
 pub mod file;
 pub mod kafka;
 pub mod spool;
