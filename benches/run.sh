@@ -14,6 +14,9 @@
 #   (e)    extra: untaken serve, sampling 10 %, fast upstream, Kafka down, at (a)'s
 #          rate for BENCH_KAFKA_DOWN_SOAK s (a Kafka outage; longer than the 30 s
 #          delivery timeout, so the switch to the spool is inside the run)
+#   (f), (s) untaken serve, sampling 0 % and 100 %, fast fake upstream, real Kafka,
+#          both at the same fixed rate BENCH_PAIR_RPS: issue 9's definition of
+#          untaken's CPU per sampled pair, (s) − (f) per call, each round
 #   (bm), (cm)  (b) and (c) again with untaken built with the other allocator
 #          (BENCH_ALLOCATORS: glibc's malloc and mimalloc, side by side)
 #   (k)    Kafka sink alone (examples/sink_bench.rs) vs kcat, same records
@@ -31,7 +34,8 @@
 # Knobs (environment; BENCH_* on purpose: untaken reads UNTAKEN_* variables as
 # config, and builds before 97a9d09 refused unknown ones; it is started without any):
 #   BENCH_DURATION=20      seconds measured per scenario (a), (b), (c), (c100)
-#   BENCH_ROUNDS=3         rounds of (a), (b), (c)
+#   BENCH_ROUNDS=3         rounds of (a), (b), (c), (f), (s)
+#   BENCH_PAIR_RPS=3000    the offered rate (ghz -r) of (f) and (s); 0 skips them
 #   BENCH_WARMUP=3         seconds of unmeasured load before each measurement
 #   BENCH_SOAK=60          seconds of (d)
 #   BENCH_KAFKA_DOWN_SOAK=45  seconds of (e); 0 skips it
@@ -75,6 +79,7 @@ KRECORDS="${BENCH_KAFKA_RECORDS:-50000}"
 SINK_CONC="${BENCH_SINK_CONCURRENCY:-4096}"
 UP_DELAY="${BENCH_UPSTREAM_DELAY_MS:-0}"
 PARTITIONS="${BENCH_PARTITIONS:-3}"
+PAIR_RPS="${BENCH_PAIR_RPS:-3000}"
 read -r -a ALLOCATORS <<<"${BENCH_ALLOCATORS:-glibc mimalloc}"
 [[ -n "${BENCH_EXTRA_BIN:-}" ]] && ALLOCATORS+=(prebuilt)
 C_RATE=0.1
@@ -472,7 +477,7 @@ FAST_URL="$UPSTREAM_URL"
 FAST_PID="$UPSTREAM_PID"
 log "fast fake upstream at $FAST_URL"
 
-run_scenario() { # a|b|c|bm|cm ROUND
+run_scenario() { # a|b|c|f|s|bm|cm|fm|sm... ROUND
   local s="$1" r="$2" alloc="${ALLOCATORS[0]}" a
   for a in "${ALLOCATORS[@]}"; do [[ "${s:1}" == "$(alloc_suffix "$a")" ]] && alloc="$a"; done
   BIN="${BINS[$alloc]}"
@@ -491,10 +496,21 @@ run_scenario() { # a|b|c|bm|cm ROUND
       log "($s) round $r: untaken ($alloc), sampling $C_RATE, fast upstream, real Kafka"
       scenario_untaken "$s$r" "$C_RATE" "$FAST_URL" "$BROKERS" "bench.pairs.$s$r.$STAMP" "$DURATION"
       ;;
+    f*)
+      log "($s) round $r: untaken ($alloc), sampling 0 %, at $PAIR_RPS rps"
+      scenario_untaken "$s$r" 0.0 "$FAST_URL" "$BROKERS" "bench.pairs.$s$r.$STAMP" "$DURATION" "$PAIR_RPS"
+      ;;
+    s*)
+      log "($s) round $r: untaken ($alloc), sampling 100 %, fast upstream, real Kafka, at $PAIR_RPS rps"
+      scenario_untaken "$s$r" 1.0 "$FAST_URL" "$BROKERS" "bench.pairs.$s$r.$STAMP" "$DURATION" "$PAIR_RPS"
+      ;;
   esac
 }
 ORDER=(a)
-for alloc in "${ALLOCATORS[@]}"; do ORDER+=("b$(alloc_suffix "$alloc")" "c$(alloc_suffix "$alloc")"); done
+for alloc in "${ALLOCATORS[@]}"; do
+  ORDER+=("b$(alloc_suffix "$alloc")" "c$(alloc_suffix "$alloc")")
+  [[ "$PAIR_RPS" != 0 ]] && ORDER+=("f$(alloc_suffix "$alloc")" "s$(alloc_suffix "$alloc")")
+done
 for ((r = 1; r <= ROUNDS; r++)); do
   k=$(((r - 1) % ${#ORDER[@]}))
   for ((i = 0; i < ${#ORDER[@]}; i++)); do run_scenario "${ORDER[$(((i + k) % ${#ORDER[@]}))]}" "$r"; done
@@ -526,11 +542,11 @@ stop_pid "$HANG_PID" 5
 # --------------------------------------------------------------------- report
 
 # What the report needs besides the ghz JSON, /metrics snapshots and runs.tsv.
-export M_STAMP="$STAMP" M_SOURCE="$SRC_STATE" M_ROUNDS="$ROUNDS" M_BASE_RPS="$BASE_RPS" M_C_RATE="$C_RATE"
+export M_STAMP="$STAMP" M_SOURCE="$SRC_STATE" M_ROUNDS="$ROUNDS" M_BASE_RPS="$BASE_RPS" M_C_RATE="$C_RATE" M_PAIR_RPS="$PAIR_RPS"
 export M_PARTITIONS="$PARTITIONS" M_THREADS_D="${THREADS[d]:-?}" M_FDS_D="${FDS[d]:-?}" M_THREADS_E="${THREADS[e]:-?}" M_FDS_E="${FDS[e]:-?}"
 export M_ALLOCS="$(for a in "${ALLOCATORS[@]}"; do printf '%s\t%s\t%s\n' "$(alloc_suffix "$a")" "$a" "$(alloc_flags "$a")"; done)"
 export M_MACHINE="$(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-export M_SETTINGS="${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, (c) sampled at $C_RATE, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
+export M_SETTINGS="${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, (c) sampled at $C_RATE, (f)/(s) at $PAIR_RPS rps, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
 export M_WHAT_IF="${BENCH_SHADOW_MAX_CONCURRENCY:+shadow route max_concurrency=$BENCH_SHADOW_MAX_CONCURRENCY }${BENCH_SHADOW_TIMEOUT:+timeout=$BENCH_SHADOW_TIMEOUT}"
 export M_KCAT_VERSION="kcat $("$KCAT" -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $("$KCAT" -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}'))"
 export M_RDKAFKA="rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")"
