@@ -114,3 +114,42 @@ impl Drop for Producer {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_broker() -> ClientConfig {
+        let mut c = ClientConfig::new();
+        // A loopback port nothing listens on: records wait in librdkafka's queue.
+        c.set("bootstrap.servers", "127.0.0.1:1").set("message.timeout.ms", "60000");
+        c
+    }
+
+    #[tokio::test]
+    async fn reports_never_hang_and_the_thread_ends_with_its_producer() {
+        let producer = Producer::create(&unreachable_broker()).expect("producer");
+        // The delivery thread holds the client: it is gone once that thread let go of it.
+        let client = Arc::downgrade(&producer.inner);
+
+        // A purge fails queued records back at once.
+        let (record, acked) = Producer::record("t");
+        producer.send(record.key(b"k".as_slice()).payload(b"v".as_slice())).map_err(|(e, _)| e).expect("queued");
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let report = tokio::time::timeout(Duration::from_secs(5), acked).await.expect("reported within 5 s");
+        assert!(matches!(report, Ok(Err(_))), "{report:?}");
+
+        // A dropped producer tells the sender (a purge error) rather than leave it waiting
+        // on a record nobody will deliver, and its thread ends.
+        let (record, acked) = Producer::record("t");
+        producer.send(record.key(b"k".as_slice()).payload(b"v".as_slice())).map_err(|(e, _)| e).expect("queued");
+        drop(producer);
+        let report = tokio::time::timeout(Duration::from_secs(10), acked).await.expect("reported within 10 s");
+        assert!(matches!(report, Ok(Err(_))), "{report:?}");
+        let until = std::time::Instant::now() + POLL_CYCLE * 5;
+        while client.strong_count() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(client.strong_count(), 0, "the delivery thread outlived its producer");
+    }
+}
