@@ -170,6 +170,10 @@ fn consumer_config(config: &JudgeConfig) -> Result<ClientConfig, SinkError> {
         // this long (1 s by default) before fetching again: after a resume the window
         // would stay empty for most of a second.
         .set("fetch.queue.backoff.ms", "50")
+        // Incremental rebalancing: a replica joining or leaving moves only the partitions
+        // that change owner; the others keep being graded, and what was read of them and
+        // not yet committed is not graded again by someone else.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("reconnect.backoff.max.ms", "1000");
     crate::sink::kafka::apply_user_settings(&mut c, &k.client()).map_err(|e| SinkError::Config(e.to_string()))?;
     Ok(c)

@@ -7,8 +7,9 @@
 //! the time left down to whole milliseconds, so the last millisecond of each cycle
 //! is spent in zero-timeout polls. That was about 1 % of a core on an idle sidecar or
 //! judge (measured in BENCHMARKS.md). Here a cycle lasts [`POLL_CYCLE`], so the same
-//! rounding costs a millisecond a second at most; a report still comes back as soon
-//! as librdkafka queues it (the wait ends on any event, not at the end of a cycle).
+//! rounding costs a millisecond a second at most; a report is still handed over as
+//! soon as librdkafka queues it (each event is served as it arrives, not at the end
+//! of a cycle).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
