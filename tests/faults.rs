@@ -989,13 +989,15 @@ async fn sigterm_with_a_throttled_kafka_spools_the_rest_within_grace_plus_margin
 
     setup.sink.kafka.stall_timeout = secs(600);
     setup.spool.max_bytes = 512 * 1024 * 1024;
-    setup.routes.get_mut("reasoning").unwrap().max_concurrency = Some(4096);
+    let n = 7000;
+    // Every request is to be sampled: room for all of them in flight at once, since the
+    // shadow calls (one thread) may fall behind 32 senders on a loaded machine.
+    setup.routes.get_mut("reasoning").unwrap().max_concurrency = Some(n as u32);
     setup.queue.capacity = 16384;
     setup.pairing.max_pending = 50000;
     let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
     let client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
 
-    let n = 7000;
     let next = Arc::new(AtomicU64::new(0));
     let senders: Vec<_> = (0..32)
         .map(|_| {
