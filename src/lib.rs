@@ -38,6 +38,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod effective_config;
+pub mod http_client;
 pub mod log_limit;
 pub mod judge;
 pub mod librdkafka_log;

@@ -5,9 +5,12 @@
 //! log a body, and always come back with a [`Half`]: failures are recorded in
 //! the half, not raised.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use crate::http_client::{self, HttpClient};
 use crate::record::{Half, Source};
 use crate::routes::Route;
 
@@ -113,18 +116,13 @@ impl<'de> serde::Deserialize<'de> for CowKey<'de> {
 
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: HttpClient,
     max_body_bytes: usize,
 }
 
 impl Client {
     pub fn new(max_body_bytes: usize) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("static reqwest configuration is valid");
-        Self { http, max_body_bytes }
+        Self { http: HttpClient::new(http_client::Options::default()), max_body_bytes }
     }
 
     /// Sends the shadow request and waits for the answer (network; runs off the
@@ -140,79 +138,59 @@ impl Client {
             tokio::task::spawn_blocking(move || prepare_body(&raw, &model)).await.expect("prepare_body does not panic")
         };
         let body = match prepared {
-            Ok(b) => b,
+            Ok(b) => Bytes::from(b),
             Err(e) => {
                 half.error = format!("request body not JSON: {e}");
                 return half;
             }
         };
-        let mut req = self
-            .http
-            .post(&route.url)
-            .timeout(route.timeout)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(SHADOW_HEADER, "1")
-            .header("x-request-id", request_id)
-            .body(body);
-        if !traceparent.is_empty() {
-            req = req.header("traceparent", traceparent);
-        }
-        if let Some(key) = &route.api_key {
-            req = req.bearer_auth(key.expose());
-        }
-        let result = async {
-            let mut resp = req.send().await?;
-            let status = resp.status().as_u16() as u32;
-            let mut buf = Vec::new();
-            while let Some(chunk) = resp.chunk().await? {
-                if buf.len() + chunk.len() > self.max_body_bytes {
-                    return Ok::<_, reqwest::Error>((status, Bytes::from(buf), true));
-                }
-                buf.extend_from_slice(&chunk);
+        let headers = match shadow_headers(route, request_id, traceparent) {
+            Ok(h) => h,
+            Err(e) => {
+                half.error = format!("request error: {e}");
+                return half;
             }
-            Ok((status, Bytes::from(buf), false))
-        }
-        .await;
+        };
+        let target = self.http.target(&route.url);
+        let result = self.http.post(&target, headers, body, route.timeout, self.max_body_bytes).await;
         half.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         match result {
-            Ok((status, body, truncated)) => {
-                half.status_code = status;
-                if truncated {
+            Ok(resp) => {
+                half.status_code = u32::from(resp.status);
+                if resp.truncated {
                     half.error = format!("response body over {} bytes, dropped", self.max_body_bytes);
                 } else {
-                    if !(200..300).contains(&status) {
-                        half.error = format!("http status {status}");
-                    } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                    if !(200..300).contains(&resp.status) {
+                        half.error = format!("http status {}", resp.status);
+                    } else if serde_json::from_slice::<serde::de::IgnoredAny>(&resp.body).is_err() {
                         half.error = "response body is not JSON".into();
                     }
-                    half.body = body;
+                    half.body = resp.body;
                 }
             }
-            Err(e) => half.error = describe(&e),
+            Err(e) => half.error = e.to_string(),
         }
         half
     }
 }
 
-/// A short, body-free description of a transport error.
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect error"
-    } else if e.is_body() || e.is_decode() {
-        "response body error"
-    } else {
-        "request error"
-    };
-    // The source chain names the cause (reset, refused...) and never contains bodies.
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
+/// The shadow request's headers. Values come from the Mirror request (validated:
+/// no control characters) and the route's key; one that is still not a valid header
+/// value fails the call, named but not echoed.
+fn shadow_headers(route: &Route, request_id: &str, traceparent: &str) -> Result<HeaderMap, &'static str> {
+    let mut h = HeaderMap::with_capacity(5);
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    h.insert("x-request-id", HeaderValue::from_str(request_id).map_err(|_| "request_id is not a valid header value")?);
+    if !traceparent.is_empty() {
+        h.insert("traceparent", HeaderValue::from_str(traceparent).map_err(|_| "traceparent is not a valid header value")?);
     }
-    if cause.is_empty() { kind.to_string() } else { format!("{kind}: {cause}") }
+    if let Some(key) = &route.api_key {
+        let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| "the route's api key is not a valid header value")?;
+        v.set_sensitive(true);
+        h.insert(http::header::AUTHORIZATION, v);
+    }
+    Ok(h)
 }
 
 /// The outcome label for metrics.

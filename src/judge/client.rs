@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -27,12 +28,16 @@ use super::config::PairwiseConfig;
 use super::metrics::JudgeMetrics;
 use super::prompt::ChatMessage;
 use super::verdict::{self, Raw};
+use crate::http_client::{self, CallError, HttpClient, Target};
 use crate::sidecar::admission::estimate_for;
 use crate::secrets::LiveToken;
 use crate::usage::Usage;
 
 /// Longest wait between retries, whatever the backoff or `Retry-After` says.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A judge's answer is one short verdict: anything longer than this is not read.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// One verdict as the client got it.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,11 +59,10 @@ enum Call {
 }
 
 pub struct JudgeClient {
-    http: reqwest::Client,
+    http: HttpClient,
     config: PairwiseConfig,
-    /// `config.url` parsed once (not at every call); `None` when it does not parse
-    /// (config validation refuses that), and the call then fails as reqwest says.
-    url: Option<reqwest::Url>,
+    /// Where `config.url` is called, resolved once.
+    target: Target,
     /// The key in force, loaded at each call: a rotated key file is used from the next call.
     api_key: Option<LiveToken>,
     /// The `response_format` asking for a structured verdict, when configured.
@@ -81,15 +85,8 @@ struct ChatRequest<'a> {
 impl JudgeClient {
     /// `metrics` receives the circuit's state.
     pub fn new(config: &PairwiseConfig, api_key: Option<LiveToken>, metrics: &JudgeMetrics) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .connect_timeout(Duration::from_secs(5))
-            // Retries are ours (`call_with_retries`, counted and bounded): reqwest's
-            // own layer would copy every request's headers in case it retried.
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .build()
-            .expect("static reqwest configuration is valid");
+        // Retries are ours (`call_with_retries`, counted and bounded); the client has none.
+        let http = HttpClient::new(http_client::Options { pool_max_idle_per_host: 1024, ..Default::default() });
         let response_format = config.structured_output.then(|| {
             json!({
                 "type": "json_schema",
@@ -106,8 +103,8 @@ impl JudgeClient {
             })
         });
         let circuit = Circuit::new(config.breaker(), metrics.circuit_open.clone(), metrics.circuit_opened.clone());
-        let url = reqwest::Url::parse(&config.url).ok();
-        Self { http, config: config.clone(), url, api_key, response_format, circuit }
+        let target = http.target(&config.url);
+        Self { http, config: config.clone(), target, api_key, response_format, circuit }
     }
 
     /// True while the judge endpoint is considered down (calls wait for it).
@@ -240,42 +237,39 @@ impl JudgeClient {
     }
 
     async fn call_once(&self, body: &Bytes) -> (Call, f64) {
-        let req = match &self.url {
-            Some(url) => self.http.post(url.clone()),
-            None => self.http.post(&self.config.url),
-        };
-        let mut req = req
-            .timeout(self.config.timeout)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
+        let mut headers = HeaderMap::with_capacity(2);
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key.load().expose());
+            match HeaderValue::try_from(format!("Bearer {}", key.load().expose())) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.insert(http::header::AUTHORIZATION, v);
+                }
+                Err(_) => return (Call::Permanent("client_error", "the judge's api key is not a valid header value".into()), 0.0),
+            }
         }
-        let resp = match req.send().await {
+        let resp = match self.http.post(&self.target, headers, body.clone(), self.config.timeout, MAX_ANSWER_BYTES).await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return (Call::Transient("timeout", "judge call timed out".into(), None), 0.0),
-            Err(e) => return (Call::Transient("transport_error", format!("judge call failed: {}", transport(&e)), None), 0.0),
+            Err(CallError::Timeout) => return (Call::Transient("timeout", "judge call timed out".into(), None), 0.0),
+            Err(CallError::Body(e)) => return (Call::Transient("transport_error", format!("judge answer unreadable: {e}"), None), 0.0),
+            Err(CallError::Connect(e) | CallError::Request(e)) => return (Call::Transient("transport_error", format!("judge call failed: {e}"), None), 0.0),
         };
-        let status = resp.status().as_u16();
+        let status = resp.status;
         let retry_after = resp
-            .headers()
+            .headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return (Call::Transient("timeout", "judge call timed out".into(), None), 0.0),
-            Err(e) => return (Call::Transient("transport_error", format!("judge answer unreadable: {}", transport(&e)), None), 0.0),
-        };
         match status {
+            200..=299 if resp.truncated => return (Call::Transient("invalid_body", format!("judge answer over {MAX_ANSWER_BYTES} bytes"), None), 0.0),
             200..=299 => {}
             429 => return (Call::Transient("rate_limited", "judge answered http 429".into(), retry_after), 0.0),
             408 | 500..=599 => return (Call::Transient("server_error", format!("judge answered http {status}"), retry_after), 0.0),
             _ => return (Call::Permanent("client_error", format!("judge answered http {status}")), 0.0),
         }
-        self.read_answer(&bytes)
+        self.read_answer(&resp.body)
     }
 
     /// A 2xx answer's verdict text and cost. Typed: only the first choice's content
@@ -320,17 +314,6 @@ struct Message {
     /// A verdict is text: any other JSON here is no content.
     #[serde(default)]
     content: Option<Value>,
-}
-
-/// The innermost cause of a transport error (never contains a body).
-fn transport(e: &reqwest::Error) -> String {
-    let mut cause = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    cause
 }
 
 #[cfg(test)]
