@@ -30,6 +30,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+/// What the proxy matcher reads (hyper-util's `Matcher::from_env`, as reqwest does):
+/// with none of them set, no URL is proxied.
+const PROXY_VARIABLES: [&str; 6] = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+
 /// Connection settings, shared by both paths.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -94,13 +98,18 @@ fn cause(c: &str) -> String {
 pub struct HttpClient {
     direct: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     reqwest: reqwest::Client,
-    proxies: std::sync::Arc<Matcher>,
+    /// `None`: no proxy is configured, nothing to look up per call.
+    proxies: Option<std::sync::Arc<Matcher>>,
 }
 
 impl HttpClient {
     /// A client with the environment's proxy settings (as reqwest reads them).
     pub fn new(options: Options) -> Self {
-        Self::with_proxies(options, Matcher::from_system())
+        let mut c = Self::with_proxies(options, Matcher::from_system());
+        if !PROXY_VARIABLES.iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())) {
+            c.proxies = None;
+        }
+        c
     }
 
     /// A client whose proxy settings are `proxies` (tests: the environment is process-wide).
@@ -133,13 +142,13 @@ impl HttpClient {
             .proxy(reqwest_proxy(proxies.clone()))
             .build()
             .expect("static reqwest configuration is valid");
-        Self { direct, reqwest, proxies }
+        Self { direct, reqwest, proxies: Some(proxies) }
     }
 
     /// How calls to `url` are made (cheap: call it per call or keep it).
     pub fn target(&self, url: &str) -> Target {
         let via = match url.parse::<Uri>() {
-            Ok(uri) if is_plain(&uri) && self.proxies.intercept(&uri).is_none() => Via::Direct(uri),
+            Ok(uri) if is_plain(&uri) && self.proxies.as_ref().is_none_or(|p| p.intercept(&uri).is_none()) => Via::Direct(uri),
             _ => match reqwest::Url::parse(url) {
                 Ok(u) => Via::Reqwest(u),
                 Err(e) => Via::Invalid(format!("invalid URL: {e}")),

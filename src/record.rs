@@ -66,6 +66,8 @@ pub struct PairMeta {
     pub rate: f64,
     pub route_taken: RouteInfo,
     pub route_not_taken: RouteInfo,
+    /// A JSON object: `Mirror` refuses any other body (`validate_request`), and
+    /// redaction rewrites string values only, so it stays one.
     pub request_body: Bytes,
     pub traceparent: String,
     /// `Control` when the request was shadowed to the route taken itself.
@@ -85,10 +87,9 @@ pub fn build(
         (false, _) => PairStatus::PrimaryMissing,
         (true, false) => PairStatus::CounterfactualMissing,
     };
-    let (request_json, request, request_is_text) = match read(&meta.request_body) {
-        BodyKind::Object(_) | BodyKind::OtherJson => (utf8(&meta.request_body), None, false),
-        BodyKind::Text => (String::new(), Some(text_value(&meta.request_body)), true),
-    };
+    // Not parsed again: a JSON object by construction (see `PairMeta::request_body`).
+    debug_assert!(matches!(read(&meta.request_body), BodyKind::Object(_)), "request_body is a JSON object");
+    let (request_json, request, request_is_text) = (utf8(&meta.request_body), None, false);
     PairRecord {
         schema_version: SCHEMA_VERSION,
         pair_id: meta.pair_id.clone(),
