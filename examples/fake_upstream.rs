@@ -8,9 +8,11 @@
 //! then serves until killed. `--hang` accepts every request and never answers;
 //! otherwise each request gets a chat completion after `--delay-ms` (default 0).
 //!
-//! Note: `FakeUpstream` keeps every request it saw (for tests to assert on), so
-//! this process grows with the number of requests; that is the helper's memory,
-//! not the sidecar's.
+//! It stands in for a remote model server, yet shares the benchmark machine's two
+//! cores with the sidecar, ghz and Kafka: so it keeps nothing of the requests it
+//! answers (`FakeUpstream::start_with(.., record: false)`) and runs on one thread
+//! (a current-thread runtime), spending as little of them as it can. The answers are
+//! the same bytes as before (BENCHMARKS.md has what it cost before and after).
 
 use std::io::Write;
 use std::time::Duration;
@@ -31,11 +33,11 @@ struct Args {
     delay_ms: u64,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let behaviour = if args.hang { Behaviour::Hang } else { Behaviour::Answer { delay: Duration::from_millis(args.delay_ms) } };
-    let upstream = FakeUpstream::start(&args.name, behaviour).await?;
+    let upstream = FakeUpstream::start_with(&args.name, behaviour, false).await?;
     println!("url {}", upstream.url());
     std::io::stdout().flush()?;
     std::future::pending::<()>().await;

@@ -44,6 +44,8 @@ struct UpstreamState {
     name: String,
     behaviour: Arc<Mutex<Behaviour>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Keep what each request was in `seen` (tests); off for a long-running load peer.
+    record: bool,
 }
 
 /// An OpenAI chat-completions server on loopback.
@@ -55,12 +57,19 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(name: &str, behaviour: Behaviour) -> std::io::Result<Self> {
+        Self::start_with(name, behaviour, true).await
+    }
+
+    /// `record = false`: [`seen`](Self::seen) stays empty, so a benchmark's peer does
+    /// not grow (or spend CPU) with every request it answers.
+    pub async fn start_with(name: &str, behaviour: Behaviour, record: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = UpstreamState {
             name: name.to_string(),
             behaviour: Arc::new(Mutex::new(behaviour)),
             seen: Arc::new(Mutex::new(Vec::new())),
+            record,
         };
         let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(state.clone());
         tokio::spawn(async move {
@@ -84,13 +93,15 @@ impl FakeUpstream {
 
 async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.seen.lock().expect("seen lock").push(Seen {
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
-            .collect(),
-        body: parsed.clone(),
-    });
+    if state.record {
+        state.seen.lock().expect("seen lock").push(Seen {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect(),
+            body: parsed.clone(),
+        });
+    }
     let behaviour = state.behaviour.lock().expect("behaviour lock").clone();
     match behaviour {
         Behaviour::Hang => {
