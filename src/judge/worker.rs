@@ -557,7 +557,7 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
         tracing::debug!(pair_id = %pair.record.pair_id, "pair graded recently; skipped");
         return Some(ticket);
     }
-    let origin = Origin { topic: t.topic.clone(), partition: t.partition, offset: t.offset };
+    let origin = Origin { topic: t.topic.to_string(), partition: t.partition, offset: t.offset };
     let g = tokio::select! {
         g = shared.grader.grade(pair, &origin) => g,
         _ = shared.stop.cancelled() => return None,
