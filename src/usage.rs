@@ -29,12 +29,22 @@ struct AnswerView {
     choices: Option<Vec<ChoiceView>>,
 }
 
+/// A `usage` object, typed: its token counts read as [`Usage::from_json`] reads them,
+/// without building a JSON tree (a number is no allocation; other fields are skipped).
 #[derive(Deserialize)]
-struct UsageView {
+pub struct UsageView {
     prompt_tokens: Option<Value>,
     completion_tokens: Option<Value>,
     input_tokens: Option<Value>,
     output_tokens: Option<Value>,
+}
+
+impl UsageView {
+    /// (input, output) tokens: the chat-completions name, else the Responses API one.
+    pub fn tokens(&self) -> (u32, u32) {
+        let pick = |a: Option<&Value>, b: Option<&Value>| tokens(a).or(tokens(b)).unwrap_or(0);
+        (pick(self.prompt_tokens.as_ref(), self.input_tokens.as_ref()), pick(self.completion_tokens.as_ref(), self.output_tokens.as_ref()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,8 +93,7 @@ pub struct Usage {
 
 impl Usage {
     fn from_view(v: &AnswerView) -> Self {
-        let u = v.usage.as_ref();
-        let pick = |a: Option<&Value>, b: Option<&Value>| tokens(a).or(tokens(b)).unwrap_or(0);
+        let (input_tokens, output_tokens) = v.usage.as_ref().map_or((0, 0), UsageView::tokens);
         let tool_calls: usize = v
             .choices
             .iter()
@@ -92,8 +101,8 @@ impl Usage {
             .filter_map(|c| c.message.as_ref()?.tool_calls.as_ref().map(Vec::len))
             .sum();
         Self {
-            input_tokens: u.map_or(0, |u| pick(u.prompt_tokens.as_ref(), u.input_tokens.as_ref())),
-            output_tokens: u.map_or(0, |u| pick(u.completion_tokens.as_ref(), u.output_tokens.as_ref())),
+            input_tokens,
+            output_tokens,
             tool_calls: u32::try_from(tool_calls).unwrap_or(u32::MAX),
         }
     }

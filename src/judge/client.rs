@@ -31,7 +31,7 @@ use super::verdict::{self, Raw};
 use crate::http_client::{self, CallError, HttpClient, Target};
 use crate::sidecar::admission::estimate_for;
 use crate::secrets::LiveToken;
-use crate::usage::Usage;
+use crate::usage::{Usage, UsageView};
 
 /// Longest wait between retries, whatever the backoff or `Retry-After` says.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -276,13 +276,21 @@ impl JudgeClient {
     /// and the usage are kept, not a JSON tree of the whole answer.
     fn read_answer(&self, bytes: &[u8]) -> (Call, f64) {
         let no_content = || Call::Transient("invalid_body", "judge answer has no choices[0].message.content".into(), None);
-        let answer = match serde_json::from_slice::<Completion>(bytes) {
-            Ok(a) => a,
-            Err(e) if e.is_data() => return (no_content(), 0.0),
+        // The usage typed (no JSON tree); one that is not an object with numbers (rare) is
+        // read again as any JSON, which prices it as before.
+        let (choices, usage) = match serde_json::from_slice::<Completion<Option<UsageView>>>(bytes) {
+            Ok(a) => {
+                let (input_tokens, output_tokens) = a.usage.as_ref().map_or((0, 0), UsageView::tokens);
+                (a.choices, Usage { input_tokens, output_tokens, tool_calls: 0 })
+            }
+            Err(e) if e.is_data() => match serde_json::from_slice::<Completion<Value>>(bytes) {
+                Ok(a) => (a.choices, Usage::from_json(&json!({ "usage": a.usage }))),
+                Err(_) => return (no_content(), 0.0),
+            },
             Err(_) => return (Call::Transient("invalid_body", "judge answer is not JSON".into(), None), 0.0),
         };
-        let cost = Usage::from_json(&json!({ "usage": answer.usage })).cost_usd(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
-        match answer.choices.into_iter().next().and_then(|c| c.message).and_then(|m| m.content) {
+        let cost = usage.cost_usd(self.config.input_usd_per_mtok, self.config.output_usd_per_mtok);
+        match choices.into_iter().next().and_then(|c| c.message).and_then(|m| m.content) {
             Some(Value::String(content)) => (Call::Content(content), cost),
             _ => (no_content(), cost),
         }
@@ -296,11 +304,11 @@ fn endpoint_failure(label: &str) -> bool {
 
 /// What the judge reads of a chat completion; anything else in it is skipped.
 #[derive(serde::Deserialize)]
-struct Completion {
+struct Completion<U> {
     #[serde(default)]
     choices: Vec<Choice>,
     #[serde(default)]
-    usage: Value,
+    usage: U,
 }
 
 #[derive(serde::Deserialize)]
@@ -369,6 +377,50 @@ mod tests {
         assert_eq!(no_content(b"<html>busy</html>"), "judge answer is not JSON");
         let (_, cost) = p.read_answer(br#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":10}}"#);
         assert!(cost > 0.0, "an answer without content is still paid for");
+    }
+
+    /// Simulation (fixed seed): answers with usage of every shape (numbers of all kinds,
+    /// strings, null, both naming schemes, duplicate keys, not an object) are priced
+    /// exactly as reading the usage as any JSON prices them, and keep their verdict.
+    #[test]
+    fn typed_usage_prices_every_answer_as_the_json_tree_does() {
+        use rand::{Rng, SeedableRng};
+        let mut priced = cfg(false);
+        (priced.input_usd_per_mtok, priced.output_usd_per_mtok) = (1.5, 4.0);
+        let c = JudgeClient::new(&priced, None, &metrics());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let values = ["1000", "0", "-3", "12.5", "1e3", "5000000000", "18446744073709551615", "\"77\"", "null", "true", "[1]", "{\"n\":1}"];
+        let names = ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "total_tokens", "x"];
+        let (mut typed_priced, mut slow) = (0, 0);
+        for _ in 0..5_000 {
+            let usage = match rng.random_range(0..10) {
+                0 => "5".to_string(),
+                1 => "\"many\"".to_string(),
+                2 => "[]".to_string(),
+                3 => "null".to_string(),
+                _ => {
+                    let fields: Vec<String> = (0..rng.random_range(0..6))
+                        .map(|_| format!("\"{}\":{}", names[rng.random_range(0..names.len())], values[rng.random_range(0..values.len())]))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+            };
+            let usage_field = if rng.random_bool(0.1) { String::new() } else { format!(",\"usage\":{usage}") };
+            let body = format!(r#"{{"choices":[{{"message":{{"content":"[[VERDICT: B]]"}}}}]{usage_field}}}"#);
+            let tree: Value = serde_json::from_str(&body).unwrap();
+            let expected = Usage::from_json(&json!({ "usage": tree.get("usage").cloned().unwrap_or(Value::Null) })).cost_usd(1.5, 4.0);
+            match c.read_answer(body.as_bytes()) {
+                (Call::Content(text), cost) => {
+                    assert_eq!(text, "[[VERDICT: B]]", "{body}");
+                    assert_eq!(cost, expected, "{body}");
+                    let typed = serde_json::from_str::<Completion<Option<UsageView>>>(&body).is_ok();
+                    typed_priced += usize::from(typed && cost > 0.0);
+                    slow += usize::from(!typed);
+                }
+                _ => panic!("{body} is a verdict"),
+            }
+        }
+        assert!(typed_priced > 300 && slow > 300, "both paths are exercised: {typed_priced} typed and priced, {slow} read as any JSON");
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //! Partitions carry an epoch, bumped on every assignment: completions of work
 //! started before a revocation are ignored (the partition's new owner re-reads it).
 //!
+//! Partitions are found by topic name and number without allocating: the worker
+//! looks one up several times for every record it reads.
+//!
 //! Pure: the worker calls it and does the Kafka commits.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -38,14 +42,16 @@ impl Partition {
 
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    partitions: HashMap<(String, i32), Partition>,
+    /// By topic, then partition number.
+    partitions: HashMap<Arc<str>, HashMap<i32, Partition>>,
     next_epoch: u64,
 }
 
 /// A read record's place: where, and in which assignment epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    pub topic: String,
+    /// Shared with the tracker's entry for the topic (a ticket allocates nothing).
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub epoch: u64,
@@ -59,27 +65,49 @@ impl OffsetTracker {
     /// The partition is (re)assigned to this worker: a new epoch, nothing pending.
     pub fn assign(&mut self, topic: &str, partition: i32) {
         self.next_epoch += 1;
-        self.partitions.insert((topic.to_string(), partition), Partition { epoch: self.next_epoch, ..Default::default() });
+        let fresh = Partition { epoch: self.next_epoch, ..Default::default() };
+        match self.partitions.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(partition, fresh);
+            }
+            None => {
+                self.partitions.insert(Arc::from(topic), HashMap::from([(partition, fresh)]));
+            }
+        }
     }
 
     /// The partition was taken away: forget it (its pending work will be redone elsewhere).
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.partitions.remove(&(topic.to_string(), partition));
+        if let Some(partitions) = self.partitions.get_mut(topic) {
+            partitions.remove(&partition);
+            if partitions.is_empty() {
+                self.partitions.remove(topic);
+            }
+        }
+    }
+
+    fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
+        self.partitions.get(topic)?.get(&partition)
+    }
+
+    fn partition_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
+        self.partitions.get_mut(topic)?.get_mut(&partition)
     }
 
     /// Records that `offset` was read; `None` when the partition is not assigned.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Option<Ticket> {
-        let p = self.partitions.get_mut(&(topic.to_string(), partition))?;
+        let name = self.partitions.get_key_value(topic)?.0.clone();
+        let p = self.partition_mut(topic, partition)?;
         p.pending.insert(offset);
         p.first.get_or_insert(offset);
         p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
-        Some(Ticket { topic: topic.to_string(), partition, offset, epoch: p.epoch })
+        Some(Ticket { topic: name, partition, offset, epoch: p.epoch })
     }
 
     /// Records that the grade of `ticket` was acknowledged (or that the record needs
     /// none). False when the ticket is from an older assignment and was ignored.
     pub fn complete(&mut self, ticket: &Ticket) -> bool {
-        match self.partitions.get_mut(&(ticket.topic.clone(), ticket.partition)) {
+        match self.partition_mut(&ticket.topic, ticket.partition) {
             Some(p) if p.epoch == ticket.epoch => p.pending.remove(&ticket.offset) && p.done.insert(ticket.offset),
             _ => false,
         }
@@ -87,14 +115,17 @@ impl OffsetTracker {
 
     /// True when `ticket` still belongs to the current assignment of its partition.
     pub fn is_current(&self, ticket: &Ticket) -> bool {
-        self.partitions.get(&(ticket.topic.clone(), ticket.partition)).is_some_and(|p| p.epoch == ticket.epoch)
+        self.partition(&ticket.topic, ticket.partition).is_some_and(|p| p.epoch == ticket.epoch)
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&Arc<str>, i32, &Partition)> {
+        self.partitions.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, part)| (t, *p, part)))
     }
 
     /// Offsets to commit now (topic, partition, next offset to read): only those
     /// that advanced since the last [`mark_committed`](Self::mark_committed).
     pub fn to_commit(&self) -> Vec<(String, i32, i64)> {
-        let mut out: Vec<_> =
-            self.partitions.iter().filter_map(|((t, p), part)| part.committable().map(|c| (t.clone(), *p, c))).collect();
+        let mut out: Vec<_> = self.all().filter_map(|(t, p, part)| part.committable().map(|c| (t.to_string(), p, c))).collect();
         out.sort();
         out
     }
@@ -102,7 +133,7 @@ impl OffsetTracker {
     /// Kafka stored these offsets: what is below them no longer counts as uncommitted.
     pub fn mark_committed(&mut self, offsets: &[(String, i32, i64)]) {
         for (topic, partition, offset) in offsets {
-            if let Some(p) = self.partitions.get_mut(&(topic.clone(), *partition)) {
+            if let Some(p) = self.partition_mut(topic, *partition) {
                 if p.committed.is_none_or(|c| *offset > c) {
                     p.committed = Some(*offset);
                     p.done = p.done.split_off(offset);
@@ -113,28 +144,28 @@ impl OffsetTracker {
 
     /// Offsets to commit for one partition before it is revoked (without marking).
     pub fn committable(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.partitions.get(&(topic.to_string(), partition)).and_then(Partition::committable)
+        self.partition(topic, partition).and_then(Partition::committable)
     }
 
     /// Records read and not yet acknowledged, over all partitions.
     pub fn pending(&self) -> usize {
-        self.partitions.values().map(|p| p.pending.len()).sum()
+        self.all().map(|(_, _, p)| p.pending.len()).sum()
     }
 
     /// Records read whose offsets are not committed yet: what a crash now would make
     /// this worker's successor read (and grade) again.
     pub fn uncommitted(&self) -> usize {
-        self.partitions.values().map(|p| p.pending.len() + p.done.len()).sum()
+        self.all().map(|(_, _, p)| p.pending.len() + p.done.len()).sum()
     }
 
     /// Acknowledged records waiting for a commit.
     pub fn done(&self) -> usize {
-        self.partitions.values().map(|p| p.done.len()).sum()
+        self.all().map(|(_, _, p)| p.done.len()).sum()
     }
 
     /// Partitions assigned to this worker.
     pub fn assigned(&self) -> usize {
-        self.partitions.len()
+        self.partitions.values().map(HashMap::len).sum()
     }
 }
 
@@ -183,6 +214,31 @@ mod tests {
         assert!(t.is_current(&new));
         assert!(t.complete(&new));
         assert_eq!(t.to_commit(), vec![("p".into(), 1, 6)]);
+    }
+
+    #[test]
+    fn partitions_of_two_topics_are_kept_apart_and_a_topic_goes_with_its_last_partition() {
+        let mut t = OffsetTracker::new();
+        t.assign("a", 0);
+        t.assign("b", 0);
+        t.assign("b", 1);
+        let a0 = t.begin("a", 0, 7).unwrap();
+        let b0 = t.begin("b", 0, 7).unwrap();
+        let b1 = t.begin("b", 1, 3).unwrap();
+        assert_eq!((t.assigned(), t.pending()), (3, 3));
+        assert!(t.complete(&b0));
+        assert!(!t.complete(&b0), "completed once");
+        assert_eq!(t.to_commit(), vec![("b".into(), 0, 8)], "only b/0 advanced; a/0 at offset 7 is still pending");
+        t.revoke("a", 0);
+        assert!(t.begin("a", 0, 8).is_none() && !t.is_current(&a0) && !t.complete(&a0));
+        assert_eq!(t.assigned(), 2);
+        t.revoke("b", 0);
+        t.revoke("b", 1);
+        assert_eq!((t.assigned(), t.uncommitted()), (0, 0));
+        assert!(!t.is_current(&b1));
+        t.assign("b", 1);
+        assert!(!t.is_current(&b1), "a new epoch for the reassigned partition");
+        assert_eq!(&*t.begin("b", 1, 3).unwrap().topic, "b");
     }
 
     /// Model check: random interleavings of reads and acknowledgements; the committed

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::str::FromStr;
 
-use pbjson::private::NumberDeserialize;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
@@ -205,11 +205,39 @@ struct AnswerJson {
     source: String,
 }
 
+/// A number as pbjson's `NumberDeserialize` reads it (a JSON number as `T` reads it,
+/// or a string `T` parses), without its untagged enum: that buffers the value and
+/// tries it as a string first, building (and formatting) a serde error for every
+/// plain number, about ten a pair record.
 fn number<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
 where
-    NumberDeserialize<T>: Deserialize<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: fmt::Display,
 {
-    Ok(NumberDeserialize::<T>::deserialize(d)?.0)
+    struct V<T>(PhantomData<T>);
+    impl<'de, T> Visitor<'de> for V<T>
+    where
+        T: FromStr + Deserialize<'de>,
+        T::Err: fmt::Display,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, or a string holding one")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            T::deserialize(de::value::U64Deserializer::new(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            T::deserialize(de::value::I64Deserializer::new(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            T::deserialize(de::value::F64Deserializer::new(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            v.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V(PhantomData))
 }
 
 fn status<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {

@@ -10,10 +10,15 @@
 //! acknowledged prefix of each partition is committed. At least once: a crash or a
 //! rebalance re-reads what was in flight, at most `in_flight` records per worker.
 //!
-//! Consumption pauses (librdkafka `pause`, while still polling so the group keeps
-//! the worker) when `in_flight` records are outstanding, the judge budget is spent
-//! or the judge endpoint is down (its circuit is open); it resumes when all allow. Scaling out is Kafka's: more replicas with
-//! the same `group_id` split the partitions, with no coordination of our own.
+//! When `in_flight` records are outstanding the loop stops taking records ([`Intake`]):
+//! first it only holds off (librdkafka keeps what it prefetched, bounded by
+//! `queued.max.messages.kbytes`, and stops fetching), and it reads on as soon as a
+//! commit frees the window. Only a window full for [`HOLD_LIMIT`], a spent judge
+//! budget or a judge endpoint that is down (its circuit is open) pause consumption
+//! (librdkafka `pause`, while still polling so the group keeps the worker and
+//! rebalances are served); pausing drops the prefetch, fetched again on resume.
+//! Scaling out is Kafka's: more replicas with the same `group_id` split the
+//! partitions, with no coordination of our own.
 //!
 //! Secret files (the judge's API key, Kafka's) are watched by a [`SecretWatch`]: a
 //! rotated Kafka file rebuilds the grades producer and the consumer, which the main
@@ -59,6 +64,43 @@ const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
 
 /// How often the lag gauge is recomputed (two broker round trips per partition set).
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a full window only holds reading off before consumption is paused. While
+/// holding, the consumer is not polled, so a rebalance waits for it at most this long
+/// (far below librdkafka's `max.poll.interval.ms`, 300 s by default). With a judge
+/// answering in seconds, a full window frees a quarter of itself well within this.
+const HOLD_LIMIT: Duration = Duration::from_secs(5);
+
+/// How the main loop takes records from the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// Reading records.
+    Read,
+    /// Not reading (the window is full); librdkafka keeps its prefetch and stops
+    /// fetching once it is full, so nothing is fetched twice.
+    Hold,
+    /// Partitions paused (librdkafka drops its prefetch; resuming fetches it again),
+    /// still polling for the group's events.
+    Pause,
+}
+
+/// The next [`Intake`]: pause at once when `blocked` (the budget is spent or the judge
+/// endpoint is down, which may last); read while the window has room; hold a full
+/// window off for up to [`HOLD_LIMIT`], then pause. A paused window drains to three
+/// quarters before reading resumes (each resume fetches the dropped prefetch again);
+/// a held one reads again as soon as a record's room is free. Pure.
+fn intake(current: Intake, held_for: Duration, uncommitted: usize, window: usize, blocked: bool) -> Intake {
+    if blocked {
+        return Intake::Pause;
+    }
+    match current {
+        Intake::Pause if uncommitted > window * 3 / 4 => Intake::Pause,
+        _ if uncommitted < window => Intake::Read,
+        Intake::Hold if held_for >= HOLD_LIMIT => Intake::Pause,
+        Intake::Pause => Intake::Pause,
+        Intake::Read | Intake::Hold => Intake::Hold,
+    }
+}
 
 /// Consumer callbacks: offsets of revoked partitions are committed before they go,
 /// assigned partitions start a new epoch, librdkafka's lines are rate limited.
@@ -245,7 +287,8 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
     let mut tasks: JoinSet<Option<Ticket>> = JoinSet::new();
     let mut backlog: VecDeque<Item> = VecDeque::new();
     let mut in_flight = 0usize;
-    let mut paused = false;
+    let mut state = Intake::Read;
+    let mut hold_since: Option<tokio::time::Instant> = None;
     let mut summary = WorkerSummary::default();
     let mut tick = tokio::time::interval(config.kafka.commit_interval.min(Duration::from_millis(200)));
     let mut last_commit = tokio::time::Instant::now();
@@ -285,14 +328,13 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
         // The judge endpoint is down: read nothing more until a probe is answered (the
         // records already read wait in their calls; none becomes a judge error).
         let judge_down = shared.grader.judge_down();
-        // Pausing drops what librdkafka prefetched (it is fetched again on resume), so
-        // once full, the window drains to three quarters before reading resumes.
-        let full = if paused { uncommitted > window * 3 / 4 } else { uncommitted >= window };
-        let want_pause = full || exhausted || judge_down;
-        if want_pause != paused {
-            set_paused(&consumer, want_pause);
-            paused = want_pause;
+        let held_for = hold_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let next = intake(state, held_for, uncommitted, window, exhausted || judge_down);
+        if (next == Intake::Pause) != (state == Intake::Pause) {
+            set_paused(&consumer, next == Intake::Pause);
         }
+        hold_since = if next == Intake::Hold { hold_since.or_else(|| Some(tokio::time::Instant::now())) } else { None };
+        state = next;
         metrics.paused.set(i64::from(exhausted || judge_down));
         tokio::select! {
             biased;
@@ -307,11 +349,13 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
             }
             Some(fresh) = fresh_rx.recv() => {
                 consumer = replace_consumer(consumer, fresh, &config.kafka.pairs_topic, &tracker, &metrics).await;
-                paused = false; // the new consumer's partitions are paused again below if need be
+                // The new consumer's partitions are paused again below if need be.
+                state = Intake::Read;
+                hold_since = None;
                 last_commit = tokio::time::Instant::now();
             }
             _ = tick.tick() => {
-                if paused {
+                if state == Intake::Pause {
                     // Partitions assigned since the pause must be paused too.
                     set_paused(&consumer, true);
                 }
@@ -320,7 +364,9 @@ pub async fn run(config: &JudgeConfig, metrics: Arc<JudgeMetrics>, sink_metrics:
                     refresh_lag(&consumer, &metrics, &lag_busy);
                 }
             }
-            m = consumer.recv() => match m {
+            // Holding: the records stay in librdkafka's queue (the tick above wakes the
+            // loop to pause once the hold has lasted too long).
+            m = consumer.recv(), if state != Intake::Hold => match m {
                 Ok(m) => {
                     metrics.pairs_consumed.inc();
                     summary.pairs_read += 1;
@@ -511,7 +557,7 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
         tracing::debug!(pair_id = %pair.record.pair_id, "pair graded recently; skipped");
         return Some(ticket);
     }
-    let origin = Origin { topic: t.topic.clone(), partition: t.partition, offset: t.offset };
+    let origin = Origin { topic: t.topic.to_string(), partition: t.partition, offset: t.offset };
     let g = tokio::select! {
         g = shared.grader.grade(pair, &origin) => g,
         _ = shared.stop.cancelled() => return None,
@@ -545,7 +591,58 @@ async fn grade_one(item: Item, shared: &Shared) -> Option<Ticket> {
 
 #[cfg(test)]
 mod tests {
-    use super::partition_lag;
+    use super::{intake, partition_lag, Intake, HOLD_LIMIT};
+    use rand::{Rng, SeedableRng};
+    use std::time::Duration;
+
+    #[test]
+    fn a_full_window_holds_reading_off_and_pauses_only_when_it_stays_full() {
+        let (w, none) = (1024, Duration::ZERO);
+        assert_eq!(intake(Intake::Read, none, 1023, w, false), Intake::Read);
+        assert_eq!(intake(Intake::Read, none, 1024, w, false), Intake::Hold, "full: stop reading, keep the prefetch");
+        assert_eq!(intake(Intake::Hold, HOLD_LIMIT / 2, 1024, w, false), Intake::Hold);
+        assert_eq!(intake(Intake::Hold, HOLD_LIMIT / 2, 1023, w, false), Intake::Read, "a held window reads on at once");
+        assert_eq!(intake(Intake::Hold, HOLD_LIMIT, 1024, w, false), Intake::Pause, "full for too long: pause, keep polling");
+        assert_eq!(intake(Intake::Pause, none, 769, w, false), Intake::Pause, "a resume refetches: drain to 3/4 first");
+        assert_eq!(intake(Intake::Pause, none, 768, w, false), Intake::Read);
+        for current in [Intake::Read, Intake::Hold, Intake::Pause] {
+            assert_eq!(intake(current, none, 0, w, true), Intake::Pause, "budget spent or judge down: pause at once");
+        }
+    }
+
+    /// Simulation (fixed seed): a worker whose window fills and drains at random. It
+    /// never reads with the window full, pauses only after holding for HOLD_LIMIT (or
+    /// when blocked), and never stops reading with room in the window unless paused.
+    #[test]
+    fn random_window_levels_never_overfill_and_hold_at_most_the_limit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (w, step) = (64usize, Duration::from_millis(200));
+        let (mut state, mut held, mut uncommitted) = (Intake::Read, Duration::ZERO, 0usize);
+        let (mut pauses, mut holds) = (0, 0);
+        for _ in 0..100_000 {
+            let blocked = rng.random_bool(0.01);
+            let next = intake(state, held, uncommitted, w, blocked);
+            match next {
+                Intake::Read => assert!(uncommitted < w, "reading with a full window"),
+                Intake::Hold => assert!(uncommitted >= w && !blocked && held < HOLD_LIMIT, "holding too long"),
+                Intake::Pause => {
+                    assert!(blocked || state == Intake::Pause || held >= HOLD_LIMIT, "paused without cause");
+                    pauses += u32::from(state != Intake::Pause);
+                }
+            }
+            holds += u32::from(next == Intake::Hold && state != Intake::Hold);
+            held = if next == Intake::Hold { held + step } else { Duration::ZERO };
+            state = next;
+            // Reading adds up to a few records; commits free a random number of them.
+            if state == Intake::Read {
+                uncommitted = (uncommitted + rng.random_range(1..8)).min(w);
+            }
+            if rng.random_bool(0.05) {
+                uncommitted -= rng.random_range(0..=uncommitted);
+            }
+        }
+        assert!(holds > 100 && pauses > 100, "both states are exercised: {holds} holds, {pauses} pauses");
+    }
 
     #[test]
     fn lag_counts_from_the_committed_offset_or_the_start_of_what_is_retained() {
