@@ -97,7 +97,10 @@ start_broker() {
   # The integration-test harness's settings (tests/common/kafka.rs writes them the same way).
   bash "$BROKER_SH" props "$dir" "$KPORT" "$cp" "num.partitions=$PARTITIONS" || die "broker.sh props failed"
   local cid
-  cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  # base64url, never starting with `-` (kafka-storage would read it as an option),
+  # as tests/common/kafka.rs makes it.
+  cid="-"
+  while [[ "$cid" == -* ]]; do cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"; done
   bash "$BROKER_SH" format "$dir" "$cid" >"$dir/format.out" 2>&1 || {
     cat "$dir/format.out" >&2
     die "kafka format failed"
