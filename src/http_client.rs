@@ -13,8 +13,8 @@
 //! that the environment's proxy settings send through a proxy (`HTTP_PROXY`,
 //! `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, read once, as reqwest reads them), or
 //! that `http::Uri` cannot carry (credentials in the URL, a non-ASCII host), goes
-//! through a reqwest client with the same settings, so such deployments behave as
-//! before.
+//! through a reqwest client with the same settings, so such deployments reach their
+//! proxy as before. Redirects are not followed on either path: a 3xx is an answer.
 //!
 //! Never logs. Errors name the cause (timeout, refused, reset...) and never contain a
 //! body.
@@ -106,7 +106,7 @@ impl HttpClient {
     /// A client with the environment's proxy settings (as reqwest reads them).
     pub fn new(options: Options) -> Self {
         let mut c = Self::with_proxies(options, Matcher::from_system());
-        if !PROXY_VARIABLES.iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())) {
+        if !proxy_configured(|v| std::env::var_os(v)) {
             c.proxies = None;
         }
         c
@@ -175,9 +175,17 @@ impl HttpClient {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
+        // As reqwest sends it (some gateways route on it).
+        req.headers_mut().entry(http::header::ACCEPT).or_insert(http::HeaderValue::from_static("*/*"));
         let resp = self.direct.request(req).await.map_err(|e| {
-            let c = innermost(&e);
-            if e.is_connect() { CallError::Connect(c) } else { CallError::Request(c) }
+            if timed_out(&e) {
+                // The connect timeout, as reqwest reported it.
+                CallError::Timeout
+            } else if e.is_connect() {
+                CallError::Connect(innermost(&e))
+            } else {
+                CallError::Request(innermost(&e))
+            }
         })?;
         let (parts, mut incoming) = resp.into_parts();
         let mut reader = BodyReader::new(max);
@@ -216,6 +224,11 @@ impl HttpClient {
         }
         Ok(Response { status, headers, body: reader.finish(), truncated: false })
     }
+}
+
+/// Whether any variable the proxy matcher reads is set (`env` looks one up).
+fn proxy_configured(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    PROXY_VARIABLES.iter().any(|v| env(v).is_some_and(|x| !x.is_empty()))
 }
 
 /// A URI hyper sends as it is: http(s), an ASCII host, no credentials.
@@ -284,6 +297,18 @@ impl BodyReader {
     }
 }
 
+/// True when an I/O error in the chain timed out (hyper's connect timeout).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// The innermost cause in an error's source chain (names what failed; never a body).
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e.to_string();
@@ -328,6 +353,23 @@ mod tests {
         assert!(matches!(proxied.target("http://api.example.test/v1").via, Via::Reqwest(_)), "HTTP_PROXY applies");
         assert!(matches!(proxied.target("https://api.example.test/v1").via, Via::Direct(_)), "no HTTPS_PROXY set");
         assert!(matches!(proxied.target("http://localhost:9/v1").via, Via::Direct(_)), "NO_PROXY applies");
+    }
+
+    /// The proxy variables are looked up under every name the matcher reads (a name
+    /// missing here would send that deployment's calls past its proxy).
+    #[test]
+    fn any_proxy_variable_turns_the_proxy_lookup_on() {
+        let none = |_: &str| None;
+        assert!(!proxy_configured(none));
+        for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            assert!(proxy_configured(|v: &str| (v == name).then(|| "http://127.0.0.1:3128".into())), "{name}");
+            assert!(!proxy_configured(|v: &str| (v == name).then(|| "".into())), "{name} set but empty");
+        }
+        // NO_PROXY alone proxies nothing.
+        assert!(!proxy_configured(|v: &str| (v == "NO_PROXY").then(|| "localhost".into())));
+        // What the matcher itself reads from these names agrees.
+        let m = Matcher::builder().https("http://127.0.0.1:3128").build();
+        assert!(m.intercept(&"https://api.example.test/v1".parse().unwrap()).is_some());
     }
 
     #[test]
@@ -428,6 +470,27 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let e = c.post(&c.target(&format!("http://{closed}/v1")), HeaderMap::new(), Bytes::new(), SECOND, 1000).await.unwrap_err();
         assert!(matches!(&e, CallError::Connect(c) if c.contains("refused")), "{e}");
+    }
+
+    /// A connect that does not complete within `connect_timeout` is a timeout (the
+    /// `timeout` outcome), not a transport error: here a listener whose accept queue
+    /// is full, so the kernel drops further SYNs.
+    #[tokio::test]
+    async fn a_connect_that_times_out_is_a_timeout_at_the_connect_timeout() {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        sock.listen(0).unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        let _held: Vec<_> = (0..4).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
+        let options = Options { connect_timeout: Duration::from_millis(300), ..Options::default() };
+        let c = HttpClient::with_proxies(options, Matcher::builder().build());
+        let started = std::time::Instant::now();
+        let e = c.post(&c.target(&format!("http://{addr}/v1")), HeaderMap::new(), Bytes::new(), 5 * SECOND, 1000).await.unwrap_err();
+        assert_eq!(e, CallError::Timeout);
+        assert!(started.elapsed() < 3 * SECOND, "the connect timeout fired, not the call's deadline: {:?}", started.elapsed());
+        let half = crate::record::Half { body: Bytes::new(), status_code: 0, latency_ms: 0.0, error: e.to_string(), source: crate::record::Source::Untaken };
+        assert_eq!(crate::upstream::outcome(&half), "timeout", "counted as a timeout in the shadow calls' metric");
     }
 
     /// A URL the proxy settings cover is sent to the proxy (as reqwest sends it: the

@@ -614,7 +614,7 @@ mod tests {
     /// never reads with the window full, pauses only after holding for HOLD_LIMIT (or
     /// when blocked), and never stops reading with room in the window unless paused.
     #[test]
-    fn random_window_levels_never_overfill_and_hold_at_most_the_limit() {
+    fn random_window_levels_read_only_with_room_and_hold_at_most_the_limit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let (w, step) = (64usize, Duration::from_millis(200));
         let (mut state, mut held, mut uncommitted) = (Intake::Read, Duration::ZERO, 0usize);
@@ -635,6 +635,7 @@ mod tests {
             state = next;
             // Reading adds up to a few records; commits free a random number of them.
             if state == Intake::Read {
+                // (capped here: `intake` only decides; the window itself is bounded by the reader)
                 uncommitted = (uncommitted + rng.random_range(1..8)).min(w);
             }
             if rng.random_bool(0.05) {
