@@ -30,6 +30,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+/// `Authorization: Bearer <token>`, marked sensitive (kept out of `Debug` output);
+/// an error when the token holds bytes a header cannot carry.
+pub fn bearer(token: &str) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = http::HeaderValue::try_from(format!("Bearer {token}"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// What the proxy matcher reads (hyper-util's `Matcher::from_env`, as reqwest does):
 /// with none of them set, no URL is proxied.
 const PROXY_VARIABLES: [&str; 6] = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
@@ -404,6 +412,7 @@ mod tests {
                     }),
                 )
                 .route("/v1/big", post(|| async { "x".repeat(100_000) }))
+                .route("/v1/moved", post(|| async { (http::StatusCode::TEMPORARY_REDIRECT, [("location", "/v1/echo")], "") }))
                 .route(
                     "/v1/slow",
                     post(|| async {
@@ -446,6 +455,16 @@ mod tests {
         assert!(seen.calls.iter().all(|c| c.3 == "Bearer k-1" && c.1 == "/v1/echo"));
         let peers: std::collections::HashSet<_> = seen.calls.iter().map(|c| c.0).collect();
         assert_eq!(peers.len(), 1, "one pooled connection for sequential calls");
+    }
+
+    /// Redirects are not followed (README): a 307 is the answer, and nothing reaches its target.
+    #[tokio::test]
+    async fn a_redirect_is_the_answer_not_followed() {
+        let (base, seen) = peer::start().await;
+        let c = HttpClient::with_proxies(Options::default(), Matcher::builder().build());
+        let r = c.post(&c.target(&format!("{base}/v1/moved")), headers("r-307"), Bytes::from_static(b"{}"), SECOND, 1000).await.unwrap();
+        assert_eq!((r.status, r.headers["location"].to_str().unwrap()), (307, "/v1/echo"));
+        assert!(seen.lock().unwrap().calls.is_empty(), "the redirect's target was not called");
     }
 
     #[tokio::test]

@@ -186,9 +186,7 @@ fn shadow_headers(route: &Route, request_id: &str, traceparent: &str) -> Result<
         h.insert("traceparent", HeaderValue::from_str(traceparent).map_err(|_| "traceparent is not a valid header value")?);
     }
     if let Some(key) = &route.api_key {
-        let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| "the route's api key is not a valid header value")?;
-        v.set_sensitive(true);
-        h.insert(http::header::AUTHORIZATION, v);
+        h.insert(http::header::AUTHORIZATION, http_client::bearer(key.expose()).map_err(|_| "the route's api key is not a valid header value")?);
     }
     Ok(h)
 }

@@ -240,9 +240,8 @@ impl JudgeClient {
         let mut headers = HeaderMap::with_capacity(2);
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &self.api_key {
-            match HeaderValue::try_from(format!("Bearer {}", key.load().expose())) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
+            match http_client::bearer(key.load().expose()) {
+                Ok(v) => {
                     headers.insert(http::header::AUTHORIZATION, v);
                 }
                 Err(_) => return (Call::Permanent("client_error", "the judge's api key is not a valid header value".into()), 0.0),
