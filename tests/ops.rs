@@ -86,6 +86,29 @@ async fn draining_refuses_new_work_and_still_completes_pending_pairs() {
     assert_eq!(r["primary"]["body"]["choices"][0]["message"]["content"], "in time");
 }
 
+/// Pairs accepted right before the drain get their shadow calls: the dispatcher
+/// gathers queued jobs into batches (`dispatch::GATHER`), and a drain that started
+/// meanwhile must start what is queued, not publish it with the counterfactual missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_accepted_just_before_the_drain_get_their_shadow_calls() {
+    let mut t = spawn_app("drainq", |c| c.server.shutdown_grace = Duration::from_secs(5)).await;
+    // An upstream answering at once: a batch's calls are done before the next starts.
+    t.reasoning.set(Behaviour::Answer { delay: Duration::ZERO });
+    const N: usize = 20;
+    for i in 0..N {
+        let r = t.client.mirror(mirror_req(&format!("q-{i}"), "fast", Some(primary_answer("p")))).await.unwrap().into_inner();
+        assert!(r.sampled, "{r:?}");
+    }
+    t.app.shutdown_token().cancel();
+    t.app.wait().await;
+    let got = consume_async(&t.bootstrap, &t.topic, N, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), N);
+    for m in &got {
+        let r: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(r["status"], "PAIR_STATUS_COMPLETE", "{r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();

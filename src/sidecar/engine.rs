@@ -87,6 +87,9 @@ pub struct Engine {
     pub(super) client: upstream::Client,
     pub(super) encoding: Encoding,
     pub(super) draining: AtomicBool,
+    /// Cancelled when the drain starts: the dispatcher stops gathering jobs into
+    /// batches (`dispatch::GATHER`) and starts what is queued at once.
+    pub(super) drain_started: CancellationToken,
     /// The runtime the shadow calls and record building run on (the shadow pipeline's
     /// own thread, see `app`), never the one `Mirror` and `Complete` are served on.
     pub(super) pipeline: Handle,
@@ -123,6 +126,7 @@ impl Engine {
             client,
             encoding,
             draining: AtomicBool::new(false),
+            drain_started: CancellationToken::new(),
             pipeline,
             shadow_tasks: TaskTracker::new(),
             shadow_cancel: CancellationToken::new(),
@@ -332,14 +336,21 @@ impl Engine {
     /// Shutdown, step 1: refuse new `Mirror` calls.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drain_started.cancel();
     }
 
     /// Shutdown, step 2: wait up to `grace` for shadow calls, cancel the rest, and
     /// publish every pair still pending with its missing half named. When this
     /// returns, every accepted pair has been handed to the publisher.
     pub async fn drain(self: &Arc<Self>, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        // Jobs queued before the drain started get their calls too: the dispatcher
+        // stopped gathering and takes them at once (`Mirror` queues no more).
+        while self.jobs.capacity() < self.jobs.max_capacity() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.shadow_tasks.close();
-        let _ = tokio::time::timeout(grace, self.shadow_tasks.wait()).await;
+        let _ = tokio::time::timeout_at(deadline, self.shadow_tasks.wait()).await;
         self.shadow_cancel.cancel();
         self.shadow_tasks.wait().await;
         let left = self.table.lock().expect("pairing lock").drain("untaken shut down before it arrived");
