@@ -45,6 +45,7 @@
 #   BENCH_SINK_CONCURRENCY=4096 sends in flight in sink_bench (the publisher's cap, sidecar/publisher.rs MAX_IN_FLIGHT)
 #   BENCH_KAFKA_REPEATS=3  repeats of each Kafka producer run (median reported)
 #   BENCH_UPSTREAM_DELAY_MS=0  answer delay of the fast fake upstream
+#   BENCH_UPSTREAM_JITTER_MS=0 plus up to this much, drawn per request (answers arrive spread)
 #   BENCH_PARTITIONS=3     partitions of the auto-created topics
 #   BENCH_SHADOW_MAX_CONCURRENCY, BENCH_SHADOW_TIMEOUT  what-if: set max_concurrency
 #                          / timeout (e.g. 5s) on the shadow route in every untaken
@@ -78,6 +79,7 @@ CONNS="${BENCH_CONNECTIONS:-1}"
 KRECORDS="${BENCH_KAFKA_RECORDS:-50000}"
 SINK_CONC="${BENCH_SINK_CONCURRENCY:-4096}"
 UP_DELAY="${BENCH_UPSTREAM_DELAY_MS:-0}"
+UP_JITTER="${BENCH_UPSTREAM_JITTER_MS:-0}"
 PARTITIONS="${BENCH_PARTITIONS:-3}"
 PAIR_RPS="${BENCH_PAIR_RPS:-3000}"
 read -r -a ALLOCATORS <<<"${BENCH_ALLOCATORS:-glibc mimalloc}"
@@ -472,7 +474,7 @@ write_payload
 FAST_URL="http://127.0.0.1:9/unused" # overwritten below
 start_broker
 
-start_upstream fast --delay-ms "$UP_DELAY"
+start_upstream fast --delay-ms "$UP_DELAY" --jitter-ms "$UP_JITTER"
 FAST_URL="$UPSTREAM_URL"
 FAST_PID="$UPSTREAM_PID"
 log "fast fake upstream at $FAST_URL"
@@ -546,7 +548,7 @@ export M_STAMP="$STAMP" M_SOURCE="$SRC_STATE" M_ROUNDS="$ROUNDS" M_BASE_RPS="$BA
 export M_PARTITIONS="$PARTITIONS" M_THREADS_D="${THREADS[d]:-?}" M_FDS_D="${FDS[d]:-?}" M_THREADS_E="${THREADS[e]:-?}" M_FDS_E="${FDS[e]:-?}"
 export M_ALLOCS="$(for a in "${ALLOCATORS[@]}"; do printf '%s\t%s\t%s\n' "$(alloc_suffix "$a")" "$a" "$(alloc_flags "$a")"; done)"
 export M_MACHINE="$(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-export M_SETTINGS="${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, (c) sampled at $C_RATE, (f)/(s) at $PAIR_RPS rps, fake upstream delay ${UP_DELAY} ms, $PARTITIONS partitions"
+export M_SETTINGS="${ROUNDS} rounds x ${DURATION}s (+${WARMUP}s warm-up each), (c100) ${DURATION}s, (d) ${SOAK}s, (e) ${KDOWN_SOAK}s, ghz $GHZ_VERSION -c $CONC --connections $CONNS, request_body ${REQ_BYTES} B + primary.body ${PRIM_BYTES} B, (c) sampled at $C_RATE, (f)/(s) at $PAIR_RPS rps, fake upstream delay ${UP_DELAY} ms (+ up to ${UP_JITTER} ms), $PARTITIONS partitions"
 export M_WHAT_IF="${BENCH_SHADOW_MAX_CONCURRENCY:+shadow route max_concurrency=$BENCH_SHADOW_MAX_CONCURRENCY }${BENCH_SHADOW_TIMEOUT:+timeout=$BENCH_SHADOW_TIMEOUT}"
 export M_KCAT_VERSION="kcat $("$KCAT" -V 2>/dev/null | awk '/^Version/ {print $2}') (librdkafka $("$KCAT" -V 2>/dev/null | grep -o 'librdkafka [0-9.]*' | awk '{print $2}'))"
 export M_RDKAFKA="rdkafka-sys $(awk '/^name = "rdkafka-sys"/ { getline; gsub(/[" ]/, ""); sub(/version=/, ""); print }' "$ROOT/Cargo.lock")"

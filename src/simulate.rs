@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use rand::Rng;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -22,6 +23,9 @@ use tokio::net::TcpListener;
 pub enum Behaviour {
     /// A chat completion after `delay`.
     Answer { delay: Duration },
+    /// A chat completion after a delay drawn for each request, uniformly between
+    /// `min` and `max` (real models' latencies vary, so their answers arrive spread).
+    AnswerBetween { min: Duration, max: Duration },
     /// Never answers (until the client gives up).
     Hang,
     /// HTTP 500 with a JSON error.
@@ -119,7 +123,13 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
             tokio::time::sleep(Duration::from_millis(ms)).await;
             axum::Json(completion_with(&model, &parsed, content)).into_response()
         }
-        Behaviour::Answer { delay } => {
+        Behaviour::Answer { .. } | Behaviour::AnswerBetween { .. } => {
+            let delay = match behaviour {
+                Behaviour::AnswerBetween { min, max } if max > min => rand::rng().random_range(min..=max),
+                Behaviour::AnswerBetween { min, .. } => min,
+                Behaviour::Answer { delay } => delay,
+                _ => unreachable!(),
+            };
             tokio::time::sleep(delay).await;
             let answer = completion(&state.name, &parsed);
             if parsed["stream"] == json!(true) {
@@ -302,5 +312,25 @@ mod tests {
         assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
         assert!(!stream_events(&answer, false).contains("usage"));
     }
-}
 
+    /// Answers spread over the range: none before `min`, and not all at once.
+    #[tokio::test]
+    async fn spread_answers_arrive_between_min_and_max() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_millis(250));
+        let up = FakeUpstream::start_with("s", Behaviour::AnswerBetween { min, max }, false).await.unwrap();
+        let client = reqwest::Client::new();
+        let t0 = std::time::Instant::now();
+        let calls = (0..20).map(|_| {
+            let (client, url) = (client.clone(), up.url());
+            async move {
+                let r = client.post(url).json(&json!({"model": "m", "messages": []})).send().await.unwrap();
+                assert!(r.status().is_success());
+                t0.elapsed()
+            }
+        });
+        let took = futures::future::join_all(calls).await;
+        let (first, last) = (took.iter().min().unwrap(), took.iter().max().unwrap());
+        assert!(*first >= min, "an answer came before the minimum delay: {first:?}");
+        assert!(*last - *first >= Duration::from_millis(50), "20 answers within 50 ms of each other: not spread ({first:?}..{last:?})");
+    }
+}
