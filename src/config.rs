@@ -480,6 +480,11 @@ pub fn figment_error(err: figment::Error) -> ConfigError {
             return ConfigError::new(field.clone(), "unknown key");
         }
         figment::error::Kind::UnknownField(..) => "unknown key".to_string(),
+        // figment's own text nests the quotes ("expected `one of `a`, `b``").
+        figment::error::Kind::UnknownVariant(found, expected) => {
+            let expected: Vec<String> = expected.iter().map(|v| format!("`{v}`")).collect();
+            format!("unknown value `{found}`, expected one of {}", expected.join(", "))
+        }
         kind => kind.to_string(),
     };
     ConfigError::new(key, message)

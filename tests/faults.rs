@@ -343,6 +343,48 @@ struct Call {
     result: Option<Result<MirrorResponse, tonic::Status>>,
 }
 
+/// A Kafka outage under load spools every pair without a thread per record: spool
+/// writes are blocking tasks that queue on the spool's lock, and the shadow runtime's
+/// blocking pool used to grow a thread for each one waiting (523 threads after 45 s of
+/// the benchmark's outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_under_load_does_not_grow_a_thread_per_spooled_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fast, reasoning) = (upstream("fast", answer(0)).await, upstream("reasoning", answer(0)).await);
+    let mut setup = config(&fast, &reasoning, &dead_addr(), &common::app::topic("threads"), &dir.path().join("spool"));
+    setup.routes.get_mut("reasoning").unwrap().max_concurrency = Some(4096);
+    let mut sc = spawn_binary(&mut setup, dir.path(), "sidecar.log").await;
+    let client = MirrorClient::connect(format!("http://{}", sc.grpc)).await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..3000 {
+        let mut c = client.clone();
+        calls.spawn(async move { c.mirror(req(&format!("th-{i}"), "")).await.map(|r| r.into_inner().sampled).unwrap_or(false) });
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let sampled = calls.join_all().await.into_iter().filter(|s| *s).count();
+    assert!(sampled >= 1000, "only {sampled} of 3000 sampled");
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", sc.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse::<usize>().unwrap()
+    };
+    let spooled = loop {
+        most.fetch_max(threads(), Ordering::Relaxed);
+        let m = sc.metrics().await;
+        if metric(&m, SPOOL_RECORDS) as usize >= sampled {
+            break metric(&m, SPOOL_RECORDS) as usize;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let most = most.load(Ordering::Relaxed);
+    println!("[threads] {sampled} pairs sampled, {spooled} spooled with Kafka down; at most {most} threads");
+    assert_eq!(spooled, sampled, "every sampled pair is in the spool");
+    assert!(most <= 40, "{most} threads while spooling {sampled} pairs");
+    sc.sigkill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_zero() {
     let t0 = Instant::now();

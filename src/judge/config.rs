@@ -605,6 +605,7 @@ mod tests {
         assert_eq!(e.key, "judge.pairwise.api_key_env");
         let e = from_toml("[judge]\nkind = \"reference\"\n[judge.reference]\nlabel = \"a\"\nmethod = \"fuzzy\"\n").unwrap_err();
         assert_eq!(e.key, "judge.reference.method", "{e}");
+        assert_eq!(e.message, "unknown value `fuzzy`, expected one of `exact`, `normalized`, `numeric`, `regex`");
         let e = from_toml(&format!("{PAIRWISE}\npairs_topic = \"untaken.grades\"\n")).unwrap_err();
         assert_eq!(e.key, "kafka.grades_topic");
         let e = from_toml(&format!("{PAIRWISE}\n[server]\nsecret_poll_interval = \"0s\"\n")).unwrap_err();
