@@ -16,7 +16,7 @@
 # Knobs (environment; BENCH_* because untaken reads UNTAKEN_* as config):
 #   BENCH_JUDGE_PAIRS=30000       pairs produced and graded
 #   BENCH_JUDGE_DELAY_MS=200      fake judge latency per call
-#   BENCH_JUDGE_CONCURRENCY=512   [limits] max_concurrency (judge calls in flight)
+#   BENCH_JUDGE_CONCURRENCY=256   [limits] max_concurrency (judge calls in flight; the default)
 #   BENCH_JUDGE_IN_FLIGHT=1024    [kafka] in_flight (records read, not committed; the default)
 #   BENCH_PARTITIONS=6            partitions of the pairs topic
 #   BENCH_JUDGE_MALLOC_ARENA_MAX  what-if: glibc MALLOC_ARENA_MAX for the worker (unset: glibc's default)
@@ -41,7 +41,7 @@ cd "$ROOT"
 
 N="${BENCH_JUDGE_PAIRS:-30000}"
 DELAY="${BENCH_JUDGE_DELAY_MS:-200}"
-CONCURRENCY="${BENCH_JUDGE_CONCURRENCY:-512}"
+CONCURRENCY="${BENCH_JUDGE_CONCURRENCY:-256}"
 IN_FLIGHT="${BENCH_JUDGE_IN_FLIGHT:-1024}"
 PARTITIONS="${BENCH_PARTITIONS:-6}"
 ALLOCATORS="${BENCH_JUDGE_ALLOCATORS:-glibc mimalloc}"
