@@ -128,7 +128,6 @@ impl Client {
     /// Sends the shadow request and waits for the answer (network; runs off the
     /// request path). Never fails: errors are recorded in the returned half.
     pub async fn call(&self, route: &Route, request_body: &Bytes, request_id: &str, traceparent: &str) -> Half {
-        let start = Instant::now();
         let mut half = Half { body: Bytes::new(), status_code: 0, latency_ms: 0.0, error: String::new(), source: Source::Untaken };
         let prepared = if request_body.len() <= crate::INLINE_CPU_BYTES {
             prepare_body(request_body, &route.info.model)
@@ -152,6 +151,9 @@ impl Client {
             }
         };
         let target = self.http.target(&route.url);
+        // Timed from here: the upstream's latency, not our rewrite of a big body (which
+        // may have waited for a blocking thread).
+        let start = Instant::now();
         let result = self.http.post(&target, headers, body, route.timeout, self.max_body_bytes).await;
         half.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         match result {

@@ -22,14 +22,6 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-/// Threads of the runtime's blocking pool (spool I/O, big pairs' rewrites and builds).
-/// During a Kafka outage every record is a spool write, one blocking task each, and
-/// they queue on the spool's lock: with Tokio's default cap (512) the pool grew a
-/// thread for each one waiting, about 300 after 45 s of an outage at 1,200 sampled
-/// requests a second (BENCHMARKS.md, (e)). A few threads keep the spool busy; the
-/// rest of the tasks wait in the pool's queue, not in threads.
-const BLOCKING_THREADS: usize = 8;
-
 /// The OS thread's name (what `top -H` and `perf` show).
 pub(super) const THREAD: &str = "untaken-shadow";
 /// How long tasks still on the runtime when it stops (idle HTTP connections) may take
@@ -58,7 +50,6 @@ impl ShadowRuntime {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(format!("{THREAD}-blocking"))
-            .max_blocking_threads(BLOCKING_THREADS)
             .build()?;
         let handle = runtime.handle().clone();
         let (stop, exited) = (CancellationToken::new(), CancellationToken::new());

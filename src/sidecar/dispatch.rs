@@ -8,10 +8,11 @@
 //!
 //! Jobs are taken in batches: after starting every queued job the dispatcher lets
 //! the queue gather for [`GATHER`] before it looks again. While it gathers it does
-//! not wait on the queue, so a `Mirror` that queues a job wakes nobody (waking the
-//! shadow thread from the request path was a system call and a cross-CPU wake-up
-//! per sampled request, ~3.5 µs of the router's worker each, BENCHMARKS.md), and
-//! the shadow thread wakes once per batch instead of once per job. The cost is at
+//! not wait on the queue, so a `Mirror` that queues a job then wakes nobody (waking
+//! the shadow thread from the request path was a system call and a cross-CPU
+//! wake-up per sampled request, ~3.5 µs of the router's worker each, BENCHMARKS.md):
+//! at most one wake-up per batch, the first job after the queue ran empty. Below a
+//! few hundred sampled requests a second that is still one per job, as before. The cost is at
 //! most [`GATHER`] (plus the timer's 1 ms tick) before a shadow call starts, which
 //! no pair measures: a half's latency is timed from its own call. The drain stops
 //! the gathering: what is queued when it starts is started at once.
@@ -69,6 +70,7 @@ impl Engine {
             }
         };
         self.shadow_tasks.spawn_on(call, &self.pipeline);
+        self.unstarted.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn shadow(self: Arc<Self>, job: Job) {

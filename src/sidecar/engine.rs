@@ -90,6 +90,10 @@ pub struct Engine {
     /// Cancelled when the drain starts: the dispatcher stops gathering jobs into
     /// batches (`dispatch::GATHER`) and starts what is queued at once.
     pub(super) drain_started: CancellationToken,
+    /// Jobs queued and not yet spawned on `shadow_tasks` (raised under the table lock
+    /// before the hand-off, lowered by the dispatcher after the spawn): the drain waits
+    /// for 0 before it closes the tracker, so no job is between the queue and the tracker.
+    pub(super) unstarted: AtomicUsize,
     /// The runtime the shadow calls and record building run on (the shadow pipeline's
     /// own thread, see `app`), never the one `Mirror` and `Complete` are served on.
     pub(super) pipeline: Handle,
@@ -127,6 +131,7 @@ impl Engine {
             encoding,
             draining: AtomicBool::new(false),
             drain_started: CancellationToken::new(),
+            unstarted: AtomicUsize::new(0),
             pipeline,
             shadow_tasks: TaskTracker::new(),
             shadow_cancel: CancellationToken::new(),
@@ -286,8 +291,10 @@ impl Engine {
             }
             // Counted before the hand-off, so the dispatcher's decrement never runs first.
             self.metrics.queue_depth.inc();
+            self.unstarted.fetch_add(1, Ordering::SeqCst);
             if self.jobs.try_send(job).is_err() {
                 self.metrics.queue_depth.dec();
+                self.unstarted.fetch_sub(1, Ordering::SeqCst);
                 table.remove(&req.request_id);
                 self.metrics.mirror("shed", "queue_full", &req.slice);
                 return Ok(not("queue_full", decision.rate));
@@ -344,9 +351,12 @@ impl Engine {
     /// returns, every accepted pair has been handed to the publisher.
     pub async fn drain(self: &Arc<Self>, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
+        // A `Mirror` that passed the draining check holds the table lock until its job
+        // is queued: once the lock is ours, no job is on its way into the queue.
+        drop(self.table.lock().expect("pairing lock"));
         // Jobs queued before the drain started get their calls too: the dispatcher
-        // stopped gathering and takes them at once (`Mirror` queues no more).
-        while self.jobs.capacity() < self.jobs.max_capacity() && tokio::time::Instant::now() < deadline {
+        // stopped gathering and starts them at once.
+        while self.unstarted.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.shadow_tasks.close();

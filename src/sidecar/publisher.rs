@@ -51,6 +51,11 @@ pub struct Publisher<S: Sink = ConfiguredSink> {
     epoch: Instant,
     /// Drop messages: at most one log line a second (a full spool must not flood the logs).
     drop_log: LogLimit,
+    /// One spool write at a time. Writes serialise on the spool's lock anyway; without
+    /// this, each record Kafka failed (up to `MAX_IN_FLIGHT` at once in an outage) was a
+    /// blocking task waiting on that lock, and the blocking pool grew a thread for each:
+    /// ~520 threads in the benchmark's Kafka outage. Waiting here costs no thread.
+    spool_writes: Semaphore,
 }
 
 impl<S: Sink> Publisher<S> {
@@ -68,6 +73,7 @@ impl<S: Sink> Publisher<S> {
             last_progress_ms: AtomicU64::new(0),
             stall_timeout,
             epoch: Instant::now(),
+            spool_writes: Semaphore::new(1),
             drop_log: LogLimit::new(Duration::from_secs(1)),
         })
     }
@@ -199,6 +205,7 @@ impl<S: Sink> Publisher<S> {
     /// Writes a record to the spool (on a blocking thread). A full spool hands the
     /// record back, uncounted; an i/o error drops it, counted.
     async fn append_to_spool(&self, spool: Arc<Spool>, rec: Encoded) -> Option<Encoded> {
+        let _one_at_a_time = self.spool_writes.acquire().await.expect("semaphore never closed");
         let (rec, result) = tokio::task::spawn_blocking(move || {
             let r = spool.append(&rec);
             (rec, r)
