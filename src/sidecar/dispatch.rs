@@ -12,11 +12,12 @@
 //! the shadow thread from the request path was a system call and a cross-CPU
 //! wake-up per sampled request, ~3.5 µs of the router's worker each, BENCHMARKS.md):
 //! at most one wake-up per batch, the first job after the queue ran empty. Below a
-//! few hundred sampled requests a second that is still one per job, as before. The cost is at
-//! most [`GATHER`] (plus the timer's 1 ms tick) before a shadow call starts, which
-//! no pair measures: a half's latency is timed from its own call. The drain stops
-//! the gathering: what is queued when it starts is started at once.
+//! few hundred sampled requests a second that is still one per job, as before. The
+//! cost is at most [`GATHER`] (plus the timer's 1 ms tick) before a shadow call
+//! starts, which no pair measures: a half's latency is timed from its own call. The
+//! drain stops the gathering: what is queued when it starts is started at once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +40,8 @@ pub struct Job {
 }
 
 /// How long queued jobs gather between two batches (see the module comment). The
-/// queue must hold what arrives meanwhile: `queue.capacity` (1,024 by default) is
-/// 2 ms of 500,000 sampled requests a second.
+/// queue must hold what arrives meanwhile, ~3 ms with the timer's 1 ms tick:
+/// `queue.capacity` (1,024 by default) is that much of 341,000 sampled requests a second.
 pub const GATHER: Duration = Duration::from_millis(2);
 
 impl Engine {
@@ -70,7 +71,7 @@ impl Engine {
             }
         };
         self.shadow_tasks.spawn_on(call, &self.pipeline);
-        self.unstarted.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.unstarted.fetch_sub(1, Ordering::SeqCst);
     }
 
     async fn shadow(self: Arc<Self>, job: Job) {

@@ -355,7 +355,9 @@ impl Engine {
         // is queued: once the lock is ours, no job is on its way into the queue.
         drop(self.table.lock().expect("pairing lock"));
         // Jobs queued before the drain started get their calls too: the dispatcher
-        // stopped gathering and starts them at once.
+        // stopped gathering and starts them at once. (A dispatcher that died with jobs
+        // queued never starts them: this waits out the grace, and their pairs are
+        // drained below with the counterfactual named missing.)
         while self.unstarted.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
