@@ -107,6 +107,12 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
         });
     }
     let behaviour = state.behaviour.lock().expect("behaviour lock").clone();
+    let delay = match behaviour {
+        Behaviour::Answer { delay } => delay,
+        Behaviour::AnswerBetween { min, max } if max > min => rand::rng().random_range(min..=max),
+        Behaviour::AnswerBetween { min, .. } => min,
+        _ => Duration::ZERO,
+    };
     match behaviour {
         Behaviour::Hang => {
             std::future::pending::<()>().await;
@@ -124,12 +130,6 @@ async fn chat(State(state): State<UpstreamState>, headers: HeaderMap, body: axum
             axum::Json(completion_with(&model, &parsed, content)).into_response()
         }
         Behaviour::Answer { .. } | Behaviour::AnswerBetween { .. } => {
-            let delay = match behaviour {
-                Behaviour::AnswerBetween { min, max } if max > min => rand::rng().random_range(min..=max),
-                Behaviour::AnswerBetween { min, .. } => min,
-                Behaviour::Answer { delay } => delay,
-                _ => unreachable!(),
-            };
             tokio::time::sleep(delay).await;
             let answer = completion(&state.name, &parsed);
             if parsed["stream"] == json!(true) {

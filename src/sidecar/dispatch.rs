@@ -17,7 +17,6 @@
 //! starts, which no pair measures: a half's latency is timed from its own call. The
 //! drain stops the gathering: what is queued when it starts is started at once.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +60,6 @@ impl Engine {
     }
 
     fn start(self: &Arc<Self>, job: Job) {
-        self.metrics.queue_depth.dec();
         let engine = self.clone();
         let cancel = self.shadow_cancel.clone();
         let call = async move {
@@ -71,7 +69,12 @@ impl Engine {
             }
         };
         self.shadow_tasks.spawn_on(call, &self.pipeline);
-        self.unstarted.fetch_sub(1, Ordering::SeqCst);
+        // After the spawn: the drain waits for this gauge to reach 0 before it closes
+        // the tracker, so no job is ever between the queue and the tracker. The gauge
+        // is a relaxed atomic: this fence, with the drain's acquire fence, orders the
+        // spawn before the drain's close.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.metrics.queue_depth.dec();
     }
 
     async fn shadow(self: Arc<Self>, job: Job) {

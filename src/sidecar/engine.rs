@@ -90,10 +90,6 @@ pub struct Engine {
     /// Cancelled when the drain starts: the dispatcher stops gathering jobs into
     /// batches (`dispatch::GATHER`) and starts what is queued at once.
     pub(super) drain_started: CancellationToken,
-    /// Jobs queued and not yet spawned on `shadow_tasks` (raised under the table lock
-    /// before the hand-off, lowered by the dispatcher after the spawn): the drain waits
-    /// for 0 before it closes the tracker, so no job is between the queue and the tracker.
-    pub(super) unstarted: AtomicUsize,
     /// The runtime the shadow calls and record building run on (the shadow pipeline's
     /// own thread, see `app`), never the one `Mirror` and `Complete` are served on.
     pub(super) pipeline: Handle,
@@ -131,7 +127,6 @@ impl Engine {
             encoding,
             draining: AtomicBool::new(false),
             drain_started: CancellationToken::new(),
-            unstarted: AtomicUsize::new(0),
             pipeline,
             shadow_tasks: TaskTracker::new(),
             shadow_cancel: CancellationToken::new(),
@@ -290,11 +285,10 @@ impl Engine {
                 }
             }
             // Counted before the hand-off, so the dispatcher's decrement never runs first.
+            // The gauge is also what the drain waits on: jobs queued and not yet spawned.
             self.metrics.queue_depth.inc();
-            self.unstarted.fetch_add(1, Ordering::SeqCst);
             if self.jobs.try_send(job).is_err() {
                 self.metrics.queue_depth.dec();
-                self.unstarted.fetch_sub(1, Ordering::SeqCst);
                 table.remove(&req.request_id);
                 self.metrics.mirror("shed", "queue_full", &req.slice);
                 return Ok(not("queue_full", decision.rate));
@@ -358,9 +352,12 @@ impl Engine {
         // stopped gathering and starts them at once. (A dispatcher that died with jobs
         // queued never starts them: this waits out the grace, and their pairs are
         // drained below with the counterfactual named missing.)
-        while self.unstarted.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        // `queue_depth` counts them until they are spawned on the tracker closed below.
+        while self.metrics.queue_depth.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // Pairs with the dispatcher's release fence (see `dispatch::Engine::start`).
+        std::sync::atomic::fence(Ordering::Acquire);
         self.shadow_tasks.close();
         let _ = tokio::time::timeout_at(deadline, self.shadow_tasks.wait()).await;
         self.shadow_cancel.cancel();
